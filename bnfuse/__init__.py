@@ -1,0 +1,77 @@
+"""bnfuse: fold BatchNorm and Scale layers of Caffe models, exactly, without Caffe.
+
+The public API:
+
+- :func:`load` / :func:`save`: read and write a Caffe net (prototxt, caffemodel);
+- :func:`fold` / :func:`fold_net`: fold BatchNorm, Scale and Bias layers and
+  report every decision;
+- :func:`verify`: run two nets on the same inputs and compare every blob;
+- :class:`BnfuseError` and its subclasses: the only errors bnfuse raises.
+
+Example:
+    >>> import bnfuse
+    >>> result = bnfuse.fold(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    >>> [a.kind for a in result.report.actions]
+    ['folded_into_producer', 'folded_into_producer']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bnfuse.errors import (
+    BackendUnavailableError,
+    BnfuseError,
+    CaffemodelError,
+    ModelMismatchError,
+    OutputError,
+    PrototxtSchemaError,
+    PrototxtSyntaxError,
+    UnsupportedLayerError,
+)
+from bnfuse.fold.api import FoldReport, FoldResult, fold, fold_net
+from bnfuse.fold.planner import Action
+from bnfuse.net import Layer, Net, load, save
+
+__version__ = "0.1.0"
+
+_EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+
+def example_path(kind: str = "prototxt") -> Path:
+    """Path of the small example model that ships with bnfuse.
+
+    ``kind`` is ``"prototxt"`` or ``"caffemodel"``. The example is a tiny
+    classifier with two Convolution + BatchNorm + Scale blocks and realistic
+    BatchNorm statistics (factor != 1).
+
+    Example:
+        >>> example_path("prototxt").name
+        'example.prototxt'
+    """
+    if kind not in ("prototxt", "caffemodel"):
+        raise BnfuseError(f"example_path: kind must be 'prototxt' or 'caffemodel', not {kind!r}")
+    return _EXAMPLES / f"example.{kind}"
+
+
+__all__ = [
+    "Action",
+    "BackendUnavailableError",
+    "BnfuseError",
+    "CaffemodelError",
+    "FoldReport",
+    "FoldResult",
+    "Layer",
+    "ModelMismatchError",
+    "Net",
+    "OutputError",
+    "PrototxtSchemaError",
+    "PrototxtSyntaxError",
+    "UnsupportedLayerError",
+    "__version__",
+    "example_path",
+    "fold",
+    "fold_net",
+    "load",
+    "save",
+]

@@ -1,0 +1,341 @@
+"""The ``bnfuse`` command line: fold, inspect, verify, random-weights.
+
+This is the only module that prints or exits. Library errors become one line
+``error: ...`` and exit code 1; usage errors exit 2 (argparse's convention).
+
+Example:
+    >>> from bnfuse.cli import main
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    bnfuse ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Out:
+    """Where the command writes: stdout for results, stderr for progress and errors."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text, file=sys.stdout)
+
+    def progress(self) -> Callable[[int, int, str], None] | None:
+        """A progress callback drawing on stderr, only when stderr is a terminal."""
+        stream: TextIO = sys.stderr
+        if self.quiet or not stream.isatty():
+            return None
+
+        def draw(done: int, total: int, what: str) -> None:
+            width = 30
+            filled = width * done // max(total, 1)
+            stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what[:40]:40}")
+            if done >= total:
+                stream.write("\r" + " " * (width + 60) + "\r")
+            stream.flush()
+
+        return draw
+
+
+def _write_json(payload: Any, target: str) -> None:
+    """Write JSON to stdout (``-``) or atomically to a file."""
+    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    from bnfuse.io.atomic import atomic_write
+
+    with atomic_write(Path(target)) as handle:
+        handle.write(text.encode("utf-8"))
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _counts_table(before: dict[str, int], after: dict[str, int],
+                  params_before: int, params_after: int) -> str:
+    types = list(before) + [t for t in after if t not in before]
+    rows = [(t, str(before.get(t, 0)), str(after.get(t, 0))) for t in types]
+    rows.append(("total layers", str(sum(before.values())), str(sum(after.values()))))
+    rows.append(("parameters", f"{params_before:,}", f"{params_after:,}"))
+    return _table(rows, ("layer type", "before", "after"))
+
+
+_KIND_LABELS = {
+    "folded_into_producer": "folded ",
+    "folded_forward": "forward",
+    "merged_into_scale": "merged ",
+    "skipped": "skipped",
+    "kept": "kept   ",
+}
+
+
+def _describe_action(action: Any) -> str:
+    label = _KIND_LABELS.get(action.kind, action.kind)
+    chain = " + ".join(action.chain)
+    if action.kind == "folded_into_producer":
+        return f"{label} {chain} into {action.target[0]}"
+    if action.kind == "folded_forward":
+        return f"{label} {chain} into {', '.join(action.target)}"
+    if action.kind == "merged_into_scale":
+        return f"{label} {chain} into one Scale ({action.reason})"
+    return f"{label} {chain}: {action.reason}"
+
+
+def _default_outputs(prototxt: Path, caffemodel: Path) -> tuple[Path, Path]:
+    return (prototxt.with_name(f"{prototxt.stem}_inference.prototxt"),
+            caffemodel.with_name(f"{caffemodel.stem}_inference.caffemodel"))
+
+
+def _verify_and_report(out: _Out, a: Any, b: Any, args: argparse.Namespace) -> Any:
+    from bnfuse.verify.compare import verify
+
+    result = verify(a, b, backend=args.backend, inputs=args.inputs, seed=args.seed,
+                    rtol=args.rtol, atol=args.atol, progress=out.progress())
+    out.say(result.summary())
+    return result
+
+
+def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
+    import bnfuse
+
+    prototxt, caffemodel = Path(args.prototxt), Path(args.caffemodel)
+    result = bnfuse.fold(prototxt, caffemodel, forward=not args.no_forward,
+                         merge_unfoldable=not args.no_merge,
+                         force_global_stats=args.force_global_stats)
+    report = result.report
+    out.say(f"{prototxt.name} + {caffemodel.name}")
+    out.say(_counts_table(report.layers_before, report.layers_after,
+                          report.parameters_before, report.parameters_after))
+    if report.actions:
+        out.say()
+    for action in report.actions:
+        out.say(_describe_action(action))
+    payload: dict[str, Any] = {"prototxt": str(prototxt), "caffemodel": str(caffemodel),
+                               "report": report.to_dict(), "written": None, "verify": None}
+    status = EXIT_OK
+    if not args.dry_run:
+        default_text, default_model = _default_outputs(prototxt, caffemodel)
+        out_text = Path(args.output) if args.output else default_text
+        out_model = Path(args.weights) if args.weights else default_model
+        result.save(out_text, out_model)
+        payload["written"] = {"prototxt": str(out_text), "caffemodel": str(out_model)}
+        out.say()
+        out.say(f"wrote {out_text}")
+        out.say(f"wrote {out_model}")
+        if args.verify:
+            out.say()
+            checked = _verify_and_report(out, (prototxt, caffemodel), (out_text, out_model), args)
+            payload["verify"] = checked.to_dict()
+            if not checked.passed:
+                status = EXIT_ERROR
+                print("error: verification failed: the folded model's outputs differ "
+                      f"(first at blob {checked.first_divergence!r})", file=sys.stderr)
+    elif args.verify:
+        out.say("--verify ignored with --dry-run: nothing was written to verify")
+    if args.json:
+        _write_json(payload, args.json)
+    return status
+
+
+def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
+    import bnfuse
+    from bnfuse.fold.planner import FoldOptions, layer_counts, plan
+
+    net = bnfuse.load(args.prototxt, args.caffemodel)
+    counts = layer_counts(net.layers)
+    parameters = sum(int(b.size) for layer in net.layers for b in layer.blobs)
+    size = sum(int(b.nbytes) for layer in net.layers for b in layer.blobs)
+    actions = plan(net, FoldOptions(forward=not args.no_forward,
+                                    merge_unfoldable=not args.no_merge,
+                                    force_global_stats=args.force_global_stats),
+                   structural=net.weights is None)
+    out.say(f"{net.prototxt_source}: {len(net.layers)} layers"
+            + (f", {parameters:,} parameters ({size / 2**20:.1f} MiB)"
+               if net.weights is not None else " (structure only: no caffemodel given)"))
+    out.say(_table([(t, str(n)) for t, n in counts.items()], ("layer type", "count")))
+    if actions:
+        out.say()
+        out.say("fold opportunities and blockers:")
+    for action in actions:
+        out.say("  " + _describe_action(action))
+    if args.json:
+        _write_json({"prototxt": net.prototxt_source, "layers": counts,
+                     "parameters": parameters, "bytes": size,
+                     "actions": [a.to_dict() for a in actions]}, args.json)
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace, out: _Out) -> int:
+    result = _verify_and_report(out, (Path(args.a_prototxt), Path(args.a_caffemodel)),
+                                (Path(args.b_prototxt), Path(args.b_caffemodel)), args)
+    if args.json:
+        _write_json(result.to_dict(), args.json)
+    if not result.passed:
+        print(f"error: the nets differ (first at blob {result.first_divergence!r})",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
+    from bnfuse.net import save_weights
+    from bnfuse.verify.randweights import random_weights
+
+    net = random_weights(Path(args.prototxt), seed=args.seed)
+    target = Path(args.weights) if args.weights else Path(args.prototxt).with_suffix(".caffemodel")
+    save_weights(net, target)
+    out.say(f"wrote {target}")
+    return EXIT_OK
+
+
+def _add_verify_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("numpy", "opencv", "pycaffe"), default="numpy",
+                        help="runtime that runs both nets (default: numpy, always available)")
+    parser.add_argument("--inputs", metavar="FILE.npz",
+                        help="input arrays by blob name (default: seeded random inputs)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--rtol", type=float, default=None,
+                        help="max difference relative to each blob's max |value|")
+    parser.add_argument("--atol", type=float, default=None, help="absolute tolerance")
+
+
+def _add_fold_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-forward", action="store_true",
+                        help="do not fold BatchNorm forward into the next convolution")
+    parser.add_argument("--no-merge", action="store_true",
+                        help="leave unfoldable BatchNorm + Scale pairs as they are")
+    parser.add_argument("--force-global-stats", action="store_true",
+                        help="fold BatchNorms with use_global_stats: false using their "
+                             "stored statistics (changes outputs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bnfuse`` command.
+
+    Example:
+        >>> build_parser().parse_args(["inspect", "net.prototxt"]).command
+        'inspect'
+    """
+    from bnfuse import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="bnfuse",
+        description="Fold BatchNorm and Scale layers of Caffe models exactly, without Caffe.",
+        epilog="Run 'bnfuse COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"bnfuse {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fold = commands.add_parser(
+        "fold", help="fold BatchNorm/Scale layers and write the inference model",
+        description="Fold BatchNorm, Scale and Bias layers into the layers around them and write "
+                    "<name>_inference.prototxt / .caffemodel beside the inputs.")
+    fold.add_argument("prototxt", help="the model definition (deploy .prototxt)")
+    fold.add_argument("caffemodel", help="the trained weights (.caffemodel)")
+    fold.add_argument("-o", "--output", metavar="OUT.prototxt", help="folded prototxt path")
+    fold.add_argument("-w", "--weights", metavar="OUT.caffemodel", help="folded caffemodel path")
+    fold.add_argument("--verify", action="store_true",
+                      help="run both models and fail if the folded one's outputs differ")
+    fold.add_argument("--dry-run", action="store_true", help="report what would be done only")
+    fold.add_argument("--json", metavar="REPORT.json", nargs="?", const="-",
+                      help="write the report as JSON (to stdout when no file is given)")
+    fold.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _add_fold_options(fold)
+    _add_verify_options(fold)
+    fold.set_defaults(handler=_cmd_fold)
+
+    inspect = commands.add_parser(
+        "inspect", help="list layers, parameters and every fold opportunity or blocker",
+        description="Show layer counts, parameter count and what 'bnfuse fold' would do to each "
+                    "BatchNorm/Scale, and why. Writes nothing.")
+    inspect.add_argument("prototxt", help="the model definition")
+    inspect.add_argument("caffemodel", nargs="?", default=None,
+                         help="the weights (optional: without them only structure is checked)")
+    inspect.add_argument("--json", metavar="FILE", nargs="?", const="-",
+                         help="write the result as JSON (to stdout when no file is given)")
+    inspect.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _add_fold_options(inspect)
+    inspect.set_defaults(handler=_cmd_inspect)
+
+    verify = commands.add_parser(
+        "verify", help="run two models on the same inputs and compare every blob",
+        description="Compare model A with model B blob by blob; exit 1 when they differ.")
+    verify.add_argument("a_prototxt", metavar="A.prototxt")
+    verify.add_argument("a_caffemodel", metavar="A.caffemodel")
+    verify.add_argument("b_prototxt", metavar="B.prototxt")
+    verify.add_argument("b_caffemodel", metavar="B.caffemodel")
+    verify.add_argument("--json", metavar="FILE", nargs="?", const="-",
+                        help="write the comparison as JSON (to stdout when no file is given)")
+    verify.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _add_verify_options(verify)
+    verify.set_defaults(handler=_cmd_verify)
+
+    rand = commands.add_parser(
+        "random-weights", help="write realistic random weights for a prototxt",
+        description="Fill every layer with He-scaled weights and BatchNorm statistics measured on "
+                    "each layer's actual input, to try bnfuse on an architecture without weights.")
+    rand.add_argument("prototxt", help="the model definition")
+    rand.add_argument("-w", "--weights", metavar="OUT.caffemodel",
+                      help="output path (default: the prototxt's name with .caffemodel)")
+    rand.add_argument("--seed", type=int, default=0, help="random seed")
+    rand.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    rand.set_defaults(handler=_cmd_random_weights)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bnfuse`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Example:
+        >>> main(["fold"])  # doctest: +SKIP
+        2
+    """
+    from bnfuse.errors import BnfuseError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse exits 0 for --help/--version and 2 for usage
+        return int(stop.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    out = _Out(getattr(args, "quiet", False))
+    try:
+        return int(args.handler(args, out))
+    except BnfuseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into a closed reader (e.g. `| head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""``bnfuse.fold`` and ``bnfuse.fold_net``: plan, apply, report.
+
+Example:
+    >>> import bnfuse
+    >>> result = bnfuse.fold(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    >>> result.report.layers_before["BatchNorm"], result.report.layers_after.get("BatchNorm", 0)
+    (2, 0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bnfuse.fold import planner, rewrite
+from bnfuse.fold.planner import Action, FoldOptions, layer_counts
+from bnfuse.net import Destination, Layer, Net, Source, load, save
+
+
+def _parameter_count(layers: Sequence[Layer]) -> int:
+    return sum(int(blob.size) for layer in layers for blob in layer.blobs)
+
+
+@dataclass
+class FoldReport:
+    """What a fold did: every action, and the net's size before and after.
+
+    ``actions`` lists each decision in layer order (kind, layers, target,
+    reason); ``layers_before``/``layers_after`` count layers by type;
+    ``parameters_before``/``parameters_after`` count weight values.
+
+    Example:
+        >>> report = FoldReport(actions=[], layers_before={"ReLU": 1}, layers_after={"ReLU": 1},
+        ...                     parameters_before=0, parameters_after=0)
+        >>> report.folded, report.skipped
+        ([], [])
+    """
+
+    actions: list[Action]
+    layers_before: dict[str, int]
+    layers_after: dict[str, int]
+    parameters_before: int
+    parameters_after: int
+    options: FoldOptions = field(default_factory=FoldOptions)
+
+    @property
+    def folded(self) -> list[Action]:
+        """Actions that removed or merged layers."""
+        return [a for a in self.actions if a.kind not in (planner.SKIPPED, planner.KEPT)]
+
+    @property
+    def skipped(self) -> list[Action]:
+        """Actions that left layers as they were, each with its reason."""
+        return [a for a in self.actions if a.kind in (planner.SKIPPED, planner.KEPT)]
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready view (used by ``bnfuse fold --json``)."""
+        return {
+            "actions": [a.to_dict() for a in self.actions],
+            "layers_before": dict(self.layers_before),
+            "layers_after": dict(self.layers_after),
+            "parameters_before": self.parameters_before,
+            "parameters_after": self.parameters_after,
+            "options": {"forward": self.options.forward,
+                        "merge_unfoldable": self.options.merge_unfoldable,
+                        "force_global_stats": self.options.force_global_stats},
+        }
+
+
+@dataclass
+class FoldResult:
+    """The folded net and its report; :meth:`save` writes both files.
+
+    Example:
+        >>> import bnfuse, tempfile, pathlib
+        >>> result = bnfuse.fold(bnfuse.example_path("prototxt"),
+        ...                      bnfuse.example_path("caffemodel"))
+        >>> out = pathlib.Path(tempfile.mkdtemp())
+        >>> result.save(out / "net.prototxt", out / "net.caffemodel")
+        >>> sorted(p.name for p in out.iterdir())
+        ['net.caffemodel', 'net.prototxt']
+    """
+
+    net: Net
+    report: FoldReport
+
+    def save(self, prototxt: Destination, caffemodel: Destination | None = None) -> None:
+        """Write the folded prototxt and, when a path is given, the caffemodel."""
+        save(self.net, prototxt, caffemodel)
+
+
+def fold_net(
+    net: Net,
+    *,
+    forward: bool = True,
+    merge_unfoldable: bool = True,
+    force_global_stats: bool = False,
+) -> FoldResult:
+    """Fold BatchNorm/Scale/Bias layers of a loaded net, in place, and report.
+
+    ``forward`` allows folding into the following zero-padded Convolution or
+    InnerProduct; ``merge_unfoldable`` turns a BatchNorm + Scale that cannot
+    fold into one Scale with bias; ``force_global_stats`` folds BatchNorms that
+    say ``use_global_stats: false`` as if they used their stored statistics.
+    The net is modified in place (no copy of its weights is made) and returned
+    as ``result.net``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> result = bnfuse.fold_net(net)
+        >>> result.net is net, [a.kind for a in result.report.actions]
+        (True, ['folded_into_producer', 'folded_into_producer'])
+    """
+    options = FoldOptions(forward=forward, merge_unfoldable=merge_unfoldable,
+                          force_global_stats=force_global_stats)
+    layers_before = layer_counts(net.layers)
+    parameters_before = _parameter_count(net.layers)
+    actions = planner.plan(net, options)
+    rewrite.apply(net, actions)
+    report = FoldReport(actions=actions, layers_before=layers_before,
+                        layers_after=layer_counts(net.layers),
+                        parameters_before=parameters_before,
+                        parameters_after=_parameter_count(net.layers), options=options)
+    return FoldResult(net=net, report=report)
+
+
+def fold(
+    prototxt: Source,
+    caffemodel: Source | None = None,
+    *,
+    forward: bool = True,
+    merge_unfoldable: bool = True,
+    force_global_stats: bool = False,
+) -> FoldResult:
+    """Load a Caffe model and fold its BatchNorm and Scale layers; see :func:`fold_net`.
+
+    Without a caffemodel only the plan can be made (nothing has weights), so
+    every chain is reported as skipped for lack of weights.
+
+    Example:
+        >>> import bnfuse
+        >>> result = bnfuse.fold(bnfuse.example_path("prototxt"),
+        ...                      bnfuse.example_path("caffemodel"))
+        >>> result.report.layers_after
+        {'Input': 1, 'Convolution': 2, 'ReLU': 2, 'Pooling': 1, 'InnerProduct': 1, 'Softmax': 1}
+    """
+    net = load(prototxt, caffemodel)
+    return fold_net(net, forward=forward, merge_unfoldable=merge_unfoldable,
+                    force_global_stats=force_global_stats)
+
+
+__all__ = ["FoldReport", "FoldResult", "fold", "fold_net"]

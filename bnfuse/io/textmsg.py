@@ -1,0 +1,329 @@
+"""Concrete syntax tree -> typed protobuf message, with fork fields kept aside.
+
+:func:`fill_message` reads a :class:`~bnfuse.io.prototxt.MessageNode` into a
+protobuf message by the message's descriptor, with the value rules of
+protobuf's C++ ``TextFormat`` (what Caffe uses): enums by name or number,
+``true``/``t``/``1`` for bools, hex and octal integers with range checks,
+``inf``/``nan`` floats, adjacent string literals joined.
+
+Fields the schema does not know -- fork fields such as SegNet's ``bn_param``
+or SSD's ``prior_box_param`` -- are not an error: they are skipped and their
+dotted paths returned, so the caller can read them from the text tree (which
+keeps them byte for byte).  A value that does not fit its field raises
+:class:`~bnfuse.errors.PrototxtSchemaError` naming ``file:line:column``, the
+field and the value.
+
+:func:`format_value` is the way back for new text: the token a Python value
+gets in a given field (enum names bare, strings quoted, float32 fields in the
+shortest form that reads back to the same float32).
+
+Example:
+    >>> from google.protobuf import descriptor_pb2
+    >>> from bnfuse.io.prototxt import Document
+    >>> doc = Document.parse('name: "x" label: LABEL_REPEATED number: 0x10 json_name: "a" "b" x {}')
+    >>> msg = descriptor_pb2.FieldDescriptorProto()
+    >>> fill_message(doc.root, msg)
+    ['x']
+    >>> msg.label == msg.LABEL_REPEATED, msg.number, msg.json_name
+    (True, 16, 'ab')
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from bnfuse.errors import PrototxtSchemaError
+from bnfuse.io.prototxt import (
+    FieldNode,
+    Identifier,
+    ListValue,
+    MessageNode,
+    ScalarValue,
+    format_float,
+)
+
+__all__ = ["fill_message", "format_value", "is_repeated", "type_name"]
+
+_FD = FieldDescriptor
+
+#: Inclusive integer ranges by field type.
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    _FD.TYPE_INT32: (-(2**31), 2**31 - 1),
+    _FD.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    _FD.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    _FD.TYPE_INT64: (-(2**63), 2**63 - 1),
+    _FD.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    _FD.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    _FD.TYPE_UINT32: (0, 2**32 - 1),
+    _FD.TYPE_FIXED32: (0, 2**32 - 1),
+    _FD.TYPE_UINT64: (0, 2**64 - 1),
+    _FD.TYPE_FIXED64: (0, 2**64 - 1),
+}
+
+_TYPE_NAMES: dict[int, str] = {
+    _FD.TYPE_DOUBLE: "double",
+    _FD.TYPE_FLOAT: "float",
+    _FD.TYPE_INT64: "int64",
+    _FD.TYPE_UINT64: "uint64",
+    _FD.TYPE_INT32: "int32",
+    _FD.TYPE_FIXED64: "fixed64",
+    _FD.TYPE_FIXED32: "fixed32",
+    _FD.TYPE_BOOL: "bool",
+    _FD.TYPE_STRING: "string",
+    _FD.TYPE_BYTES: "bytes",
+    _FD.TYPE_UINT32: "uint32",
+    _FD.TYPE_SFIXED32: "sfixed32",
+    _FD.TYPE_SFIXED64: "sfixed64",
+    _FD.TYPE_SINT32: "sint32",
+    _FD.TYPE_SINT64: "sint64",
+}
+
+_MESSAGE_TYPES = (_FD.TYPE_MESSAGE, _FD.TYPE_GROUP)
+
+
+def is_repeated(field: FieldDescriptor) -> bool:
+    """Whether a field is repeated, on every supported protobuf runtime.
+
+    Newer runtimes deprecate ``label`` in favour of ``is_repeated``.
+
+    Example:
+        >>> from google.protobuf import descriptor_pb2
+        >>> is_repeated(descriptor_pb2.DescriptorProto.DESCRIPTOR.fields_by_name["field"])
+        True
+    """
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(field.label == _FD.LABEL_REPEATED)
+
+
+def type_name(field: FieldDescriptor) -> str:
+    """The type of a field as a ``.proto`` file spells it (``uint32``, ``Phase``, ...).
+
+    Example:
+        >>> from google.protobuf import descriptor_pb2
+        >>> type_name(descriptor_pb2.FieldDescriptorProto.DESCRIPTOR.fields_by_name["type"])
+        'Type'
+    """
+    if field.type in _MESSAGE_TYPES:
+        return str(field.message_type.name)
+    if field.type == _FD.TYPE_ENUM:
+        return str(field.enum_type.name)
+    return _TYPE_NAMES.get(field.type, "value")
+
+
+def fill_message(node: MessageNode, message: Message, *, source: str | None = None) -> list[str]:
+    """Fill ``message`` from the text tree ``node``; return the unknown fields' paths.
+
+    Repeated fields append (so filling an empty message gives the parsed
+    value), singular fields may appear once, as in C++ ``TextFormat``.  Paths
+    are dotted, with the index of repeated messages: ``layer[3].bn_param``;
+    each path is listed once, in file order.  ``source`` names the file in
+    error messages (default: the name the text was parsed with).
+
+    Example:
+        >>> from google.protobuf import descriptor_pb2
+        >>> from bnfuse.io.prototxt import Document
+        >>> doc = Document.parse("field { name: 'a' number: 3e9 }", source="m.prototxt")
+        >>> fill_message(doc.root, descriptor_pb2.DescriptorProto())
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.PrototxtSchemaError: m.prototxt:1:27: field 'field[0].number' (int32) ...
+    """
+    unknown: dict[str, None] = {}
+    _fill(node, message, "", source, unknown)
+    return list(unknown)
+
+
+def _fail(
+    where: FieldNode | ScalarValue | MessageNode, source: str | None, message: str
+) -> PrototxtSchemaError:
+    name = source if source is not None else where.source
+    return PrototxtSchemaError(f"{name}:{where.line}:{where.column}: {message}")
+
+
+def _fill(
+    node: MessageNode,
+    message: Message,
+    prefix: str,
+    source: str | None,
+    unknown: dict[str, None],
+) -> None:
+    by_name = message.DESCRIPTOR.fields_by_name
+    seen: set[str] = set()
+    for field in node.fields:
+        path = prefix + field.name
+        fd = by_name.get(field.name)
+        if fd is None:
+            unknown[path] = None
+            continue
+        repeated = is_repeated(fd)
+        if not repeated:
+            if field.name in seen:
+                raise _fail(
+                    field,
+                    source,
+                    f"field '{path}' is set more than once, but it is not repeated",
+                )
+            if isinstance(field.value, ListValue):
+                raise _fail(
+                    field, source, f"field '{path}' is not repeated, so it cannot take a list [...]"
+                )
+        seen.add(field.name)
+        if fd.type in _MESSAGE_TYPES:
+            for value in field.values:
+                if not isinstance(value, MessageNode):
+                    raise _fail(
+                        value,
+                        source,
+                        f"field '{path}' is a message ({type_name(fd)}), "
+                        f"expected '{{ ... }}', found {value.raw!r}",
+                    )
+                if repeated:
+                    container = getattr(message, field.name)
+                    sub = container.add()
+                    sub_prefix = f"{path}[{len(container) - 1}]."
+                else:
+                    sub = getattr(message, field.name)
+                    # An empty "name {}" still marks the field as present.
+                    sub.SetInParent()
+                    sub_prefix = path + "."
+                _fill(value, sub, sub_prefix, source, unknown)
+            continue
+        for value in field.values:
+            if isinstance(value, MessageNode):
+                raise _fail(
+                    value,
+                    source,
+                    f"field '{path}' is a {type_name(fd)}, not a message",
+                )
+            converted = _convert(fd, value, path, source)
+            if repeated:
+                getattr(message, field.name).append(converted)
+            else:
+                setattr(message, field.name, converted)
+
+
+def _convert(
+    fd: FieldDescriptor, value: ScalarValue, path: str, source: str | None
+) -> int | float | bool | str | bytes:
+    """The Python value of one token for field ``fd``, by C++ TextFormat's rules."""
+    kind = fd.type
+
+    def bad(why: str) -> PrototxtSchemaError:
+        return _fail(
+            value, source, f"field '{path}' ({type_name(fd)}) cannot hold {value.raw!r}: {why}"
+        )
+
+    if kind in _INT_RANGES:
+        number = value.int_or_none()
+        if number is None:
+            raise bad("expected an integer")
+        low, high = _INT_RANGES[kind]
+        if not low <= number <= high:
+            raise bad(f"out of range [{low}, {high}]")
+        return number
+    if kind in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
+        real = value.float_or_none()
+        if real is None:
+            raise bad("expected a decimal number, inf or nan")
+        return real
+    if kind == _FD.TYPE_BOOL:
+        if value.kind == "identifier" and value.raw in ("true", "True", "t"):
+            return True
+        if value.kind == "identifier" and value.raw in ("false", "False", "f"):
+            return False
+        if value.int_or_none() in (0, 1):
+            return value.int_or_none() == 1
+        raise bad("expected true or false")
+    if kind == _FD.TYPE_ENUM:
+        enum = fd.enum_type
+        if value.kind == "identifier":
+            entry = enum.values_by_name.get(value.raw)
+        else:
+            number = value.int_or_none()
+            entry = enum.values_by_number.get(number) if number is not None else None
+        if entry is None:
+            names = ", ".join(v.name for v in enum.values)
+            raise bad(f"not a value of enum {enum.name} ({names})")
+        return int(entry.number)
+    if kind in (_FD.TYPE_STRING, _FD.TYPE_BYTES):
+        if value.kind != "string":
+            raise bad("expected a quoted string")
+        data = value.as_bytes()
+        if kind == _FD.TYPE_BYTES:
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad("the string is not valid UTF-8") from None
+    raise bad("unsupported field type")
+
+
+def format_value(
+    field: FieldDescriptor, value: str | int | float | bool | bytes | Identifier
+) -> ScalarValue:
+    """The token a Python value gets in ``field``: the reverse of :func:`fill_message`.
+
+    Enum values are written as their names (given as a name, an
+    :class:`~bnfuse.io.prototxt.Identifier` or a number), strings and bytes
+    quoted, float fields in the shortest text that reads back to the same
+    float32, double fields to the same double.
+
+    Example:
+        >>> from google.protobuf import descriptor_pb2
+        >>> fields = descriptor_pb2.FieldDescriptorProto.DESCRIPTOR.fields_by_name
+        >>> pairs = [("label", 3), ("type", "TYPE_FLOAT"), ("name", "x"), ("number", 7)]
+        >>> [format_value(fields[n], v).raw for n, v in pairs]
+        ['LABEL_REPEATED', 'TYPE_FLOAT', '"x"', '7']
+    """
+    kind = field.type
+
+    def bad(why: str) -> PrototxtSchemaError:
+        return PrototxtSchemaError(
+            f"field '{field.name}' ({type_name(field)}) cannot hold {value!r}: {why}"
+        )
+
+    if kind in _MESSAGE_TYPES:
+        raise bad("it is a message; give its items as a list of (name, value) pairs")
+    if kind == _FD.TYPE_ENUM:
+        enum = field.enum_type
+        if isinstance(value, Identifier):
+            value = value.name
+        if isinstance(value, str):
+            entry = enum.values_by_name.get(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            entry = enum.values_by_number.get(value)
+        else:
+            entry = None
+        if entry is None:
+            raise bad(f"not a value of enum {enum.name}")
+        return ScalarValue.from_python(Identifier(entry.name))
+    if kind == _FD.TYPE_BOOL:
+        if not isinstance(value, bool):
+            raise bad("expected True or False")
+        return ScalarValue.from_python(value)
+    if kind in _INT_RANGES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("expected an int")
+        low, high = _INT_RANGES[kind]
+        if not low <= value <= high:
+            raise bad(f"out of range [{low}, {high}]")
+        return ScalarValue.from_python(value)
+    if kind in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("expected a float")
+        text = format_float(float(value), single=kind == _FD.TYPE_FLOAT)
+        return ScalarValue(text, "identifier" if text in ("inf", "nan") else "number")
+    if kind == _FD.TYPE_STRING:
+        if not isinstance(value, str) or isinstance(value, Identifier):
+            raise bad("expected a str")
+        return ScalarValue.from_python(value)
+    if kind == _FD.TYPE_BYTES:
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not isinstance(value, bytes):
+            raise bad("expected bytes")
+        return ScalarValue.from_python(value)
+    raise bad("unsupported field type")

@@ -1,0 +1,59 @@
+"""The numpy backend: bnfuse's reference executor, always available.
+
+It computes in float32 (like Caffe's CPU layers) or float64, and sees every blob,
+including each in-place blob's final value.
+
+Example:
+    >>> from bnfuse.verify.backends.numpy_backend import run
+    >>> blobs = run(net, {"data": image})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bnfuse.verify.backends import NetOrPaths, Progress, as_net
+
+NAME = "numpy"
+
+
+def run(
+    net_or_paths: NetOrPaths,
+    inputs: Mapping[str, npt.ArrayLike],
+    *,
+    dtype: npt.DTypeLike = np.float32,
+    progress: Progress | None = None,
+    allow_python_layers: bool = False,
+) -> dict[str, npt.NDArray[Any]]:
+    """Run the net with the numpy executor; return every blob's final value.
+
+    ``allow_python_layers`` is accepted for interface symmetry: the executor never
+    imports a Python layer's module, it raises
+    :class:`~bnfuse.errors.UnsupportedLayerError` on one.
+
+    Example:
+        >>> blobs = run(("deploy.prototxt", "w.caffemodel"), {"data": x})  # doctest: +SKIP
+        >>> blobs["prob"].shape                                          # doctest: +SKIP
+        (1, 1000)
+    """
+    from bnfuse.verify.executor import forward
+
+    del allow_python_layers  # nothing to allow: the executor cannot run them anyway
+    net = as_net(net_or_paths)
+    total = len(net.layers)
+    done = 0
+
+    def observer(layer: Any, tops: Mapping[str, Any]) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, layer.name)
+
+    return forward(net, inputs, dtype=dtype, observer=observer)
+
+
+__all__ = ["NAME", "run"]

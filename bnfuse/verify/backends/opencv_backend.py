@@ -1,0 +1,158 @@
+"""The OpenCV backend: ``cv2.dnn.readNetFromCaffe``, an independent second implementation.
+
+What it can compare, and what it cannot:
+
+- OpenCV addresses a layer's output by the **layer name**, not by the blob name,
+  and only the layer's first output. For each blob the Caffe net writes, this
+  backend asks for the output of the *last* layer that writes it, which is the
+  blob's final value in Caffe's sense (an in-place blob holds its final value).
+  Blobs whose final writer has several tops (``Slice``) are reported only for the
+  first top; blobs of layers OpenCV removes or renames while importing (the
+  ``Input`` layer, whose values are the inputs anyway) are not reported.
+- OpenCV fuses BatchNorm, Scale and activations into convolutions internally, but
+  never fuses away an output that was asked for; the values returned are those of
+  the layers named, so comparing them is sound.
+- Layer types OpenCV's importer does not know (``Python`` layers, most fork layers)
+  make the import fail; that is reported as a :class:`~bnfuse.errors.BnfuseError`.
+- OpenCV computes in float32 only.
+
+OpenCV 5 removed ``readNetFromCaffe``; the ``verify`` extra pins ``opencv-python-headless<5``
+and this backend refuses 5.x with a clear message.
+
+Example:
+    >>> from bnfuse.verify.backends.opencv_backend import run
+    >>> blobs = run(("deploy.prototxt", "w.caffemodel"), {"data": x})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bnfuse.errors import BackendUnavailableError, BnfuseError
+from bnfuse.verify.backends import NetOrPaths, Progress, as_net, net_files
+
+NAME = "opencv"
+
+_INSTALL = 'pip install "bnfuse[verify]" (OpenCV 4.x)'
+
+
+def import_cv2() -> Any:
+    """Import OpenCV, checking that it is a 4.x release with ``readNetFromCaffe``.
+
+    Raises :class:`~bnfuse.errors.BackendUnavailableError` with install advice
+    when OpenCV is missing, too new or built without the DNN module.
+
+    Example:
+        >>> cv2 = import_cv2()  # doctest: +SKIP
+        >>> cv2.__version__.startswith("4.")  # doctest: +SKIP
+        True
+    """
+    try:
+        import cv2
+    except ImportError:
+        raise BackendUnavailableError(
+            f"the opencv backend needs OpenCV: {_INSTALL}") from None
+    version = str(getattr(cv2, "__version__", "0"))
+    try:
+        major = int(version.split(".", maxsplit=1)[0])
+    except ValueError:
+        major = 0
+    if major >= 5:
+        raise BackendUnavailableError(
+            f"OpenCV {version} removed readNetFromCaffe; the opencv backend needs 4.x: "
+            f'pip install "opencv-python-headless<5"')
+    dnn = getattr(cv2, "dnn", None)
+    if dnn is None or not hasattr(dnn, "readNetFromCaffe"):
+        raise BackendUnavailableError(
+            f"OpenCV {version} has no dnn.readNetFromCaffe; {_INSTALL}")
+    return cv2
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # cv2.error messages carry the useful part last ("... error: (-215) ... in function ...").
+    return lines[-1] if lines else type(exc).__name__
+
+
+def run(
+    net_or_paths: NetOrPaths,
+    inputs: Mapping[str, npt.ArrayLike],
+    *,
+    dtype: npt.DTypeLike = np.float32,
+    progress: Progress | None = None,
+    allow_python_layers: bool = False,
+) -> dict[str, npt.NDArray[Any]]:
+    """Run the net with OpenCV's DNN module; return the final value of every observable blob.
+
+    ``allow_python_layers`` is accepted for interface symmetry; OpenCV cannot run
+    Python layers in any case.
+
+    Example:
+        >>> blobs = run(net, {"data": np.zeros((1, 3, 8, 8), np.float32)})  # doctest: +SKIP
+        >>> sorted(blobs)                                                     # doctest: +SKIP
+        ['conv1', 'prob']
+    """
+    from bnfuse.verify.shapes import infer_shapes
+
+    del allow_python_layers
+    if np.dtype(dtype) != np.dtype(np.float32):
+        raise BnfuseError(f"the opencv backend computes in float32 only, not {np.dtype(dtype)}")
+    cv2 = import_cv2()
+    net = as_net(net_or_paths)
+    given = {name: np.ascontiguousarray(value, dtype=np.float32)
+             for name, value in inputs.items()}
+    # The last writer of each blob holds its final value; ask OpenCV for that layer.
+    final_writer: dict[str, tuple[str, int]] = {}
+    for layer in net.layers:
+        if layer.type == "Input":
+            continue
+        for index, top in enumerate(layer.tops):
+            final_writer[top] = (layer.name, index)
+    if progress is not None:
+        progress(0, 2, "opencv: import")
+    with net_files(net_or_paths) as (prototxt, caffemodel):
+        try:
+            if caffemodel is None:
+                cvnet = cv2.dnn.readNetFromCaffe(str(prototxt))
+            else:
+                cvnet = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+        except cv2.error as exc:
+            raise BnfuseError(
+                f"{prototxt}: OpenCV cannot import the net: {_one_line(exc)}") from None
+    known = set(cvnet.getLayerNames())
+    wanted = [(blob, layer) for blob, (layer, index) in final_writer.items()
+              if index == 0 and layer in known and blob not in given]
+    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    for name, value in given.items():
+        cvnet.setInput(value, name)
+    if progress is not None:
+        progress(1, 2, "opencv: forward")
+    try:
+        outputs = cvnet.forward([layer for _, layer in wanted]) if wanted else []
+    except cv2.error as exc:
+        raise BnfuseError(f"{prototxt}: OpenCV forward pass failed: {_one_line(exc)}") from None
+    # OpenCV sometimes drops Caffe's trailing singleton axes (InnerProduct gives (N, C));
+    # give such values Caffe's shape so a shape difference means a real difference.
+    try:
+        expected = infer_shapes(net, {k: v.shape for k, v in given.items()},
+                                stop_at_unknown=True)
+    except BnfuseError:
+        expected = {}
+    result: dict[str, npt.NDArray[Any]] = dict(given)
+    for (blob, _), value in zip(wanted, outputs, strict=True):
+        array = np.array(value, dtype=np.float32)
+        shape = expected.get(blob)
+        if shape is not None and array.shape != shape and array.size == int(np.prod(shape)):
+            array = array.reshape(shape)
+        result[blob] = array
+    if progress is not None:
+        progress(2, 2, "opencv: done")
+    return result
+
+
+__all__ = ["NAME", "import_cv2", "run"]

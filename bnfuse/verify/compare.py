@@ -1,0 +1,647 @@
+"""``verify()``: run two nets on the same inputs and compare every blob they share.
+
+What is compared
+----------------
+Each net is run once by a backend (:mod:`bnfuse.verify.backends`); every backend
+returns each blob's *final* value, the value Caffe's ``net.blobs`` holds after the
+forward pass (an in-place blob is overwritten by each layer that writes it).
+Every blob name both runs produced is compared, except the inputs (fed identically).
+
+Folding keeps these final values meaningful: the folded producer publishes the
+name of the last folded layer's top, so
+
+- an in-place chain ``conv1 -> bn1 -> scale1 -> relu1`` (all writing ``conv1``)
+  ends, before and after folding, with ReLU's output in ``conv1``;
+- with renamed tops (``conv1``, ``conv1/bn``, ``conv1/scale``) the folded net
+  writes ``conv1/scale`` directly, and ``conv1``/``conv1/bn`` exist only in the
+  original: they are listed in :attr:`VerifyResult.only_in_a`, not compared.
+
+One case keeps a name but changes what it holds: a *forward* fold (BatchNorm +
+Scale folded into the next convolution) of an in-place BatchNorm on, say,
+``pool1``: originally ``pool1`` ends normalised, after folding it ends as the raw
+pooling output, and the normalisation lives inside the next convolution's
+weights. This is recognised from the writers of the name: when one net's last
+writer of a blob is an *earlier* writer of it in the other net, the other net's
+later writers are all gone, and that layer has no weights (so it cannot have
+absorbed them), the blob is listed in :attr:`VerifyResult.not_compared` with the
+reason. Everything downstream (the convolution's output) is still compared.
+
+Metric and default tolerances
+-----------------------------
+For each blob, with ``A`` the value in net ``a`` (the reference) and ``B`` in net ``b``:
+``max_abs = max|A - B|``, ``max_rel = max_abs / max|A|`` (0 when both are all
+zero, infinite when only ``A`` is). A blob passes when the shapes agree, the
+non-finite values agree, and ``max_abs <= atol + rtol_blob * max|A|``.
+
+Defaults are what reordering floating-point operations can explain and nothing
+more. Real Caffe in float32 measures a correct fold at a max relative difference
+of about 2e-4 (ResNet-50), 4e-4 (Inception-v3) and 4e-3 (ResNet-152); wrong folds
+are at 0.1 to 0.9 (``../shared/design/FOLDING.md``), and a wrong eps in a
+one-layer net (golden case ``bn_without_scale_eps``) at only 1.7e-3, against
+3e-7 for the correct fold. Rounding grows with depth, so the default float32
+tolerance is ``rtol_blob = 2e-4 * max(1, d / 5)``, where ``d`` is the number of
+weighted layers (convolutions, inner products) on the longest path from the
+inputs to the blob: 2e-4 for shallow blobs, 1e-3 at depth 25, about 2e-3 at the
+end of ResNet-50 and 6e-3 at the end of ResNet-152 (above the measured 4e-3, still
+15x below the smallest wrong fold of a deep net). float64 uses ``1e-9`` with the
+same scaling (float64 rounding is ~1e-16 per operation). ``atol`` (1e-7 in
+float32, 1e-15 in float64) only matters for blobs that are (almost) all zero. An explicit
+``rtol`` is applied as given, without depth scaling.
+
+Example:
+    >>> from bnfuse.verify.compare import verify
+    >>> result = verify(("orig.prototxt", "orig.caffemodel"),
+    ...                 ("fold.prototxt", "fold.caffemodel"))  # doctest: +SKIP
+    >>> result.passed, result.first_divergence                  # doctest: +SKIP
+    (True, None)
+    >>> print(result.summary())                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bnfuse.errors import BnfuseError
+from bnfuse.verify.backends import BACKENDS, NetOrPaths, Progress, as_net, get_backend
+
+if TYPE_CHECKING:
+    from bnfuse.net import Layer, Net
+
+Array = npt.NDArray[Any]
+#: Inputs for :func:`verify`: name -> array, or a ``.npz`` file (keys ``name`` or ``input:name``).
+Inputs = Mapping[str, npt.ArrayLike] | str | os.PathLike[str]
+
+#: Layer types that count towards a blob's depth (their arithmetic accumulates rounding).
+WEIGHTED_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct",
+                            "ConvolutionDepthwise", "DepthwiseConvolution"})
+#: Depth (weighted layers) up to which the default tolerance is not widened.
+DEPTH_UNIT = 5
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """The tolerances a comparison used.
+
+    ``rtol`` is relative to each blob's max ``|value|`` in the reference net; when
+    ``depth_scaled`` is true the tolerance of a blob ``d`` weighted layers deep is
+    ``rtol * max(1, d / 5)``.
+
+    Example:
+        >>> tol = default_tolerances(np.float32)
+        >>> tol.rtol, tol.for_depth(5), round(tol.for_depth(50), 6)
+        (0.0002, 0.0002, 0.002)
+    """
+
+    rtol: float
+    atol: float
+    depth_scaled: bool
+    dtype: str
+
+    def for_depth(self, depth: int) -> float:
+        """The relative tolerance for a blob ``depth`` weighted layers from the inputs."""
+        if not self.depth_scaled:
+            return self.rtol
+        return self.rtol * max(1.0, depth / DEPTH_UNIT)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {"rtol": self.rtol, "atol": self.atol, "depth_scaled": self.depth_scaled,
+                "depth_unit": DEPTH_UNIT, "dtype": self.dtype}
+
+
+def default_tolerances(
+    dtype: npt.DTypeLike = np.float32, rtol: float | None = None, atol: float | None = None
+) -> Tolerances:
+    """The tolerances :func:`verify` uses for ``dtype`` (explicit values win, unscaled).
+
+    Example:
+        >>> default_tolerances(np.float64).rtol
+        1e-09
+        >>> default_tolerances(np.float32, rtol=0.01).depth_scaled
+        False
+    """
+    resolved = np.dtype(dtype)
+    wide = resolved == np.dtype(np.float32)
+    return Tolerances(
+        rtol=float(rtol) if rtol is not None else (2e-4 if wide else 1e-9),
+        atol=float(atol) if atol is not None else (1e-7 if wide else 1e-15),
+        depth_scaled=rtol is None,
+        dtype=str(resolved),
+    )
+
+
+@dataclass
+class BlobComparison:
+    """One blob compared between the two nets.
+
+    ``max_rel`` is ``max_abs`` over the reference blob's max ``|value|``; ``rtol``
+    is the tolerance applied to this blob; ``reason`` says why it failed.
+
+    Example:
+        >>> c = BlobComparison("conv1", (1, 8, 4, 4), (1, 8, 4, 4), 1e-6, 2e-7, True, False)
+        >>> c.passed, c.to_dict()["name"]
+        (True, 'conv1')
+    """
+
+    name: str
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+    max_abs: float
+    max_rel: float
+    passed: bool
+    is_output: bool
+    rtol: float = 0.0
+    depth: int = 0
+    producer: str = ""
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (infinite differences become the string ``"inf"``)."""
+        return {"name": self.name, "shape_a": _list(self.shape_a), "shape_b": _list(self.shape_b),
+                "max_abs": _json_float(self.max_abs), "max_rel": _json_float(self.max_rel),
+                "passed": self.passed, "is_output": self.is_output, "rtol": self.rtol,
+                "depth": self.depth, "producer": self.producer, "reason": self.reason}
+
+
+@dataclass
+class TopKAgreement:
+    """How far the final class scores of the two nets agree.
+
+    For an output of shape ``(N, C)`` (trailing axes of size 1 ignored, ``C >= 2``):
+    ``top1`` is the fraction of the ``N`` items whose arg-max is the same in both
+    nets; ``overlap`` is the mean over items of ``|topk(A) ∩ topk(B)| / k`` with
+    ``k = min(top_k, C)``. Informational: it does not decide :attr:`VerifyResult.passed`.
+
+    Example:
+        >>> TopKAgreement("prob", 5, 2, 1.0, 0.9).to_dict()["top1"]
+        1.0
+    """
+
+    name: str
+    k: int
+    items: int
+    top1: float
+    overlap: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {"name": self.name, "k": self.k, "items": self.items, "top1": self.top1,
+                "overlap": self.overlap}
+
+
+@dataclass
+class VerifyResult:
+    """The outcome of :func:`verify` (or :func:`bnfuse.verify.local.verify_local`).
+
+    ``passed`` is true when every compared blob passed and no output of either net
+    is missing from the other. ``blobs`` are in the order their final value was
+    computed in net ``a``; ``first_divergence`` is the first failing one.
+
+    Example:
+        >>> r = VerifyResult(passed=True, blobs=[], first_divergence=None, topk=[],
+        ...                  backend="numpy", tolerances=default_tolerances())
+        >>> r.to_dict()["passed"]
+        True
+    """
+
+    passed: bool
+    blobs: list[BlobComparison]
+    first_divergence: str | None
+    topk: list[TopKAgreement]
+    backend: str
+    tolerances: Tolerances
+    only_in_a: list[str] = field(default_factory=list)
+    only_in_b: list[str] = field(default_factory=list)
+    #: Names present in both nets whose final values mean different things, with why.
+    not_compared: list[tuple[str, str]] = field(default_factory=list)
+    #: Outputs of one net that the other does not produce (each one fails the check).
+    missing_outputs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[BlobComparison]:
+        """The blobs that failed, in order."""
+        return [blob for blob in self.blobs if not blob.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (used by ``bnfuse verify --json``)."""
+        return {
+            "passed": self.passed,
+            "backend": self.backend,
+            "tolerances": self.tolerances.to_dict(),
+            "first_divergence": self.first_divergence,
+            "blobs": [blob.to_dict() for blob in self.blobs],
+            "topk": [item.to_dict() for item in self.topk],
+            "only_in_a": list(self.only_in_a),
+            "only_in_b": list(self.only_in_b),
+            "not_compared": [{"name": n, "reason": r} for n, r in self.not_compared],
+            "missing_outputs": list(self.missing_outputs),
+            "notes": list(self.notes),
+        }
+
+    def summary(self, max_lines: int = 10) -> str:
+        """A few readable lines: verdict, worst blob, failures, top-k, what was skipped.
+
+        Example:
+            >>> print(VerifyResult(True, [], None, [], "numpy", default_tolerances()).summary())
+            PASSED (numpy, float32): 0 blobs compared
+        """
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [f"{verdict} ({self.backend}, {self.tolerances.dtype}): "
+                 f"{len(self.blobs)} blobs compared"]
+        if self.blobs:
+            worst = max(self.blobs, key=lambda b: (not b.passed, _sortable(b.max_rel)))
+            lines[0] += (f", largest relative difference {worst.max_rel:.2e} in "
+                         f"'{worst.name}' (tolerance {worst.rtol:.1e})")
+        if self.first_divergence is not None:
+            lines.append(f"first divergence: '{self.first_divergence}'")
+        for blob in self.failures[:max_lines]:
+            lines.append(f"  {blob.name}: {blob.reason or 'differs'} (max_abs {blob.max_abs:.3e}, "
+                         f"max_rel {blob.max_rel:.3e}, tolerance {blob.rtol:.1e})")
+        if len(self.failures) > max_lines:
+            lines.append(f"  ... and {len(self.failures) - max_lines} more failing blobs")
+        for name in self.missing_outputs:
+            lines.append(f"missing output: '{name}'")
+        for item in self.topk:
+            lines.append(f"top-{item.k} of '{item.name}': top-1 agrees on {item.top1:.0%} of "
+                         f"{item.items} items, top-{item.k} overlap {item.overlap:.0%}")
+        if self.only_in_a or self.only_in_b:
+            lines.append(f"not compared: {len(self.only_in_a)} blobs only in a, "
+                         f"{len(self.only_in_b)} only in b")
+        for name, reason in self.not_compared[:max_lines]:
+            lines.append(f"not compared: '{name}': {reason}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def _list(shape: tuple[int, ...] | None) -> list[int] | None:
+    return None if shape is None else [int(d) for d in shape]
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else ("inf" if value > 0 else "nan")
+
+
+def _sortable(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_inputs(path: str | os.PathLike[str]) -> dict[str, Array]:
+    """Read inputs from a ``.npz`` file: keys ``input:<name>`` when present, else every key.
+
+    The golden fixtures' ``blobs.npz`` files work as they are.
+
+    Example:
+        >>> inputs = load_inputs("blobs.npz")  # doctest: +SKIP
+        >>> sorted(inputs)                     # doctest: +SKIP
+        ['data']
+    """
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            keys = list(data.files)
+            prefixed = [k for k in keys if k.startswith("input:")]
+            if prefixed:
+                return {k[len("input:"):]: np.array(data[k]) for k in prefixed}
+            return {k: np.array(data[k]) for k in keys}
+    except (OSError, ValueError) as exc:
+        raise BnfuseError(f"{path}: cannot read inputs as .npz: {exc}") from None
+
+
+def random_inputs(
+    net: Net, *, seed: int = 0, dtype: npt.DTypeLike = np.float32
+) -> dict[str, Array]:
+    """Seeded standard-normal data for every top of the net's ``Input`` layers, in order.
+
+    Example:
+        >>> {k: v.shape for k, v in random_inputs(net).items()}  # doctest: +SKIP
+        {'data': (1, 3, 224, 224)}
+    """
+    from bnfuse.verify.shapes import input_shapes_of
+
+    rng = np.random.default_rng(seed)
+    result: dict[str, Array] = {}
+    for layer in net.layers:
+        if layer.type == "Input":
+            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
+                result[top] = rng.standard_normal(shape).astype(dtype)
+    return result
+
+
+def _resolve_inputs(net: Net, inputs: Inputs | None, seed: int,
+                    dtype: npt.DTypeLike) -> dict[str, Array]:
+    if inputs is None:
+        return random_inputs(net, seed=seed, dtype=dtype)
+    if isinstance(inputs, (str, os.PathLike)):
+        loaded = load_inputs(inputs)
+    else:
+        loaded = {name: np.asarray(value) for name, value in inputs.items()}
+    return {name: np.asarray(value, dtype=dtype) for name, value in loaded.items()}
+
+
+def _names_of(layers: Sequence[Layer]) -> set[str]:
+    return {name for layer in layers for name in (*layer.bottoms, *layer.tops)}
+
+
+# --------------------------------------------------------------------------- graph facts
+
+
+def net_outputs(layers: Sequence[Layer]) -> list[str]:
+    """Blobs written and not read afterwards (Caffe's rule for a net's outputs), in order.
+
+    Example:
+        >>> net_outputs(net.layers)  # doctest: +SKIP
+        ['prob']
+    """
+    available: dict[str, None] = {}
+    for layer in layers:
+        for name in layer.bottoms:
+            available.pop(name, None)
+        for name in layer.tops:
+            available[name] = None
+    return list(available)
+
+
+def blob_depths(layers: Sequence[Layer]) -> dict[str, int]:
+    """Weighted layers on the longest path from the inputs to each blob's final value.
+
+    Example:
+        >>> blob_depths(net.layers)["fc1000"]  # doctest: +SKIP
+        54
+    """
+    depth: dict[str, int] = {}
+    for layer in layers:
+        base = max((depth.get(name, 0) for name in layer.bottoms), default=0)
+        value = base + (1 if layer.type in WEIGHTED_TYPES else 0)
+        for name in layer.tops:
+            depth[name] = value
+    return depth
+
+
+def _writers(layers: Sequence[Layer]) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for layer in layers:
+        for name in layer.tops:
+            result.setdefault(name, []).append(layer.name)
+    return result
+
+
+def _moved_reason(name: str, writers_x: list[str], writers_y: list[str],
+                  layers_y: Mapping[str, Layer], label_x: str) -> str | None:
+    """Why net y's final value of ``name`` is an earlier version than net x's, or None."""
+    last_y = writers_y[-1]
+    if last_y == writers_x[-1] or last_y not in writers_x[:-1]:
+        return None
+    later = writers_x[writers_x.index(last_y) + 1:]
+    if any(writer in writers_y for writer in later):
+        return None
+    layer = layers_y.get(last_y)
+    if layer is None or layer.blobs:
+        return None  # a layer with weights may have absorbed the later writers (a fold)
+    return (f"in {label_x} it is last written by {later[-1]!r}; in the other net by "
+            f"{last_y!r}, an earlier version (normalisation moved into a later layer)")
+
+
+def _top_k(name: str, a: Array, b: Array, k: int) -> TopKAgreement | None:
+    shape = list(a.shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    if len(shape) != 2 or shape[1] < 2 or a.shape != b.shape or k < 1:
+        return None
+    sa = np.asarray(a, dtype=np.float64).reshape(shape)
+    sb = np.asarray(b, dtype=np.float64).reshape(shape)
+    if not (np.isfinite(sa).all() and np.isfinite(sb).all()):
+        return None
+    kk = min(k, shape[1])
+    # Stable sort on negated scores: ties go to the lower class index in both nets.
+    order_a = np.argsort(-sa, axis=1, kind="stable")[:, :kk]
+    order_b = np.argsort(-sb, axis=1, kind="stable")[:, :kk]
+    top1 = float(np.mean(order_a[:, 0] == order_b[:, 0]))
+    overlap = float(np.mean([len(set(ra) & set(rb)) / kk
+                             for ra, rb in zip(order_a.tolist(), order_b.tolist(), strict=True)]))
+    return TopKAgreement(name=name, k=kk, items=shape[0], top1=top1, overlap=overlap)
+
+
+def compare_values(name: str, a: Array, b: Array, *, rtol: float, atol: float) -> BlobComparison:
+    """Compare one blob's two values with the metric described in the module docstring.
+
+    Example:
+        >>> c = compare_values("x", np.array([1.0, 2.0]), np.array([1.0, 2.001]),
+        ...                    rtol=1e-3, atol=0.0)
+        >>> round(c.max_rel, 6), c.passed
+        (0.0005, True)
+    """
+    shape_a, shape_b = tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape)
+    if shape_a != shape_b:
+        return BlobComparison(name, shape_a, shape_b, math.inf, math.inf, False, False,
+                              rtol=rtol, reason=f"shape {shape_a} vs {shape_b}")
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    finite_x, finite_y = np.isfinite(x), np.isfinite(y)
+    # Non-finite values must agree exactly (same inf, or NaN in both).
+    same_special = (x == y) | (np.isnan(x) & np.isnan(y))
+    bad_special = ~(finite_x & finite_y) & ~same_special
+    both = finite_x & finite_y
+    diff = np.abs(x[both] - y[both])
+    max_abs = float(diff.max()) if diff.size else 0.0
+    reference = float(np.abs(x[finite_x]).max()) if finite_x.any() else 0.0
+    reason = ""
+    if bad_special.any():
+        max_abs = math.inf
+        reason = f"{int(bad_special.sum())} non-finite values differ"
+    # Against an all-zero reference any difference at all is infinitely relative.
+    max_rel = max_abs / reference if reference > 0 else (0.0 if max_abs == 0 else math.inf)
+    passed = not reason and max_abs <= atol + rtol * reference
+    if not passed and not reason:
+        reason = "values differ beyond tolerance"
+    return BlobComparison(name, shape_a, shape_b, max_abs, max_rel, passed, False,
+                          rtol=rtol, reason=reason)
+
+
+def compare_runs(
+    layers_a: Sequence[Layer],
+    layers_b: Sequence[Layer],
+    values_a: Mapping[str, Array],
+    values_b: Mapping[str, Array],
+    *,
+    tolerances: Tolerances,
+    backend: str,
+    skip: Sequence[str] = (),
+    top_k: int = 5,
+) -> VerifyResult:
+    """Compare two runs' blobs (the core of :func:`verify`, reused by the local check).
+
+    ``layers_a``/``layers_b`` are the layers that produced ``values_a``/``values_b``;
+    ``skip`` names blobs not to compare (the inputs, fed identically).
+
+    Example:
+        >>> res = compare_runs(a.layers, b.layers, blobs_a, blobs_b,
+        ...                    tolerances=default_tolerances(), backend="numpy")  # doctest: +SKIP
+    """
+    # Inputs are fed identically, so comparing them proves nothing, unless a layer
+    # writes over one in place: then its final value is a result like any other.
+    rewritten = {name for layer in layers_a if layer.type != "Input" for name in layer.tops}
+    skipped = set(skip) - rewritten
+    writers_a, writers_b = _writers(layers_a), _writers(layers_b)
+    by_name_a = {layer.name: layer for layer in layers_a}
+    by_name_b = {layer.name: layer for layer in layers_b}
+    depths = blob_depths(layers_a)
+    # Order blobs by the position of the layer that wrote their final value in a.
+    final_index: dict[str, int] = {}
+    for index, layer in enumerate(layers_a):
+        for name in layer.tops:
+            final_index[name] = index
+    order = sorted((n for n in values_a if n in final_index),
+                   key=lambda n: (final_index[n], n))
+    outputs_a = [n for n in net_outputs(layers_a) if n not in skipped]
+    outputs_b = [n for n in net_outputs(layers_b) if n not in skipped]
+    comparisons: list[BlobComparison] = []
+    not_compared: list[tuple[str, str]] = []
+    topk: list[TopKAgreement] = []
+    for name in order:
+        if name in skipped or name not in values_b:
+            continue
+        reason = None
+        if name in writers_a and name in writers_b:
+            reason = (_moved_reason(name, writers_a[name], writers_b[name], by_name_b, "a")
+                      or _moved_reason(name, writers_b[name], writers_a[name], by_name_a, "b"))
+        if reason is not None:
+            not_compared.append((name, reason))
+            continue
+        depth = depths.get(name, 0)
+        comparison = compare_values(name, values_a[name], values_b[name],
+                                    rtol=tolerances.for_depth(depth), atol=tolerances.atol)
+        comparison.depth = depth
+        comparison.producer = final_writer(writers_a, name)
+        comparison.is_output = name in outputs_a
+        comparisons.append(comparison)
+        if comparison.is_output:
+            agreement = _top_k(name, values_a[name], values_b[name], top_k)
+            if agreement is not None:
+                topk.append(agreement)
+    compared = {c.name for c in comparisons} | {n for n, _ in not_compared}
+    only_a = [n for n in order if n not in skipped and n not in values_b]
+    only_b = sorted(n for n in values_b if n not in values_a and n not in skipped)
+    missing = [n for n in outputs_a if n not in compared and n not in values_b]
+    missing += [n for n in outputs_b if n not in compared and n not in values_a]
+    failures = [c for c in comparisons if not c.passed]
+    return VerifyResult(
+        passed=not failures and not missing,
+        blobs=comparisons,
+        first_divergence=failures[0].name if failures else None,
+        topk=topk,
+        backend=backend,
+        tolerances=tolerances,
+        only_in_a=only_a,
+        only_in_b=only_b,
+        not_compared=not_compared,
+        missing_outputs=missing,
+    )
+
+
+def final_writer(writers: Mapping[str, list[str]], name: str) -> str:
+    """The name of the layer that wrote a blob's final value ("" when unknown).
+
+    Example:
+        >>> final_writer({"conv1": ["conv1", "relu1"]}, "conv1")
+        'relu1'
+    """
+    chain = writers.get(name)
+    return chain[-1] if chain else ""
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(
+    a: NetOrPaths,
+    b: NetOrPaths,
+    *,
+    inputs: Inputs | None = None,
+    backend: str = "numpy",
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    top_k: int = 5,
+    dtype: npt.DTypeLike = np.float32,
+    allow_python_layers: bool = False,
+    progress: Progress | None = None,
+) -> VerifyResult:
+    """Run nets ``a`` (the reference) and ``b`` on the same inputs and compare every blob.
+
+    ``a`` and ``b`` are loaded Nets or ``(prototxt, caffemodel)`` path pairs.
+    ``inputs`` is a mapping name -> array or a ``.npz`` path; by default seeded
+    standard-normal data shaped by net ``a``'s Input layers. ``backend`` is
+    ``"numpy"``, ``"opencv"`` or ``"pycaffe"``. ``progress(done, total, what)``
+    is called as layers run. See the module docstring for the metric and the
+    default tolerances.
+
+    Example:
+        >>> result = verify(("orig.prototxt", "orig.caffemodel"),
+        ...                 ("fold.prototxt", "fold.caffemodel"))  # doctest: +SKIP
+        >>> result.passed                                           # doctest: +SKIP
+        True
+    """
+    if backend not in BACKENDS:
+        raise BnfuseError(f"unknown verification backend {backend!r}; "
+                          f"choose one of {', '.join(BACKENDS)}")
+    run = get_backend(backend)
+    tolerances = default_tolerances(dtype, rtol, atol)
+    net_a, net_b = as_net(a), as_net(b)
+    given = _resolve_inputs(net_a, inputs, seed, dtype)
+    size_a, size_b = max(1, len(net_a.layers)), max(1, len(net_b.layers))
+    total = size_a + size_b + 1
+
+    def scaled(offset: int, size: int, label: str) -> Progress | None:
+        if progress is None:
+            return None
+        report = progress
+
+        def inner(done: int, of: int, what: str) -> None:
+            report(offset + round(size * done / max(1, of)), total, f"{label}: {what}")
+
+        return inner
+
+    values: list[dict[str, Array]] = []
+    for net, offset, size, label in ((net_a, 0, size_a, "a"), (net_b, size_a, size_b, "b")):
+        names = _names_of(net.layers)
+        # A net is fed only the inputs it has (the executor rejects unknown names).
+        feed = {name: value for name, value in given.items() if name in names}
+        # An unedited Net read from files reaches file-based backends as those files.
+        values.append(run(net, feed, dtype=dtype, progress=scaled(offset, size, label),
+                          allow_python_layers=allow_python_layers))
+    result = compare_runs(net_a.layers, net_b.layers, values[0], values[1],
+                          tolerances=tolerances, backend=backend, skip=list(given), top_k=top_k)
+    if progress is not None:
+        progress(total, total, "compared")
+    return result
+
+
+__all__ = [
+    "DEPTH_UNIT",
+    "WEIGHTED_TYPES",
+    "BlobComparison",
+    "Inputs",
+    "Tolerances",
+    "TopKAgreement",
+    "VerifyResult",
+    "blob_depths",
+    "compare_runs",
+    "compare_values",
+    "default_tolerances",
+    "final_writer",
+    "load_inputs",
+    "net_outputs",
+    "random_inputs",
+    "verify",
+]

@@ -1,0 +1,197 @@
+"""The numpy reference executor: a net's TEST-phase forward pass with Caffe's semantics.
+
+:func:`forward` returns every blob's value after the pass (an in-place blob holds its
+final value, like Caffe's ``net.blobs``). :func:`forward_steps` yields after each layer,
+so a caller can see every version of an in-place blob and compare layer by layer.
+
+Layers the executor does not implement (Python layers, fork layers such as ``BN`` or
+``PriorBox``) raise :class:`~bnfuse.errors.UnsupportedLayerError`; a Python layer's
+module is never imported. Missing or ill-shaped weights raise
+:class:`~bnfuse.errors.ModelMismatchError`.
+
+Example:
+    >>> blobs = forward(net, {"data": image})            # doctest: +SKIP
+    >>> for layer, tops in forward_steps(net):           # doctest: +SKIP
+    ...     print(layer.name, {k: v.shape for k, v in tops.items()})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from bnfuse import proto
+from bnfuse.errors import BnfuseError, ModelMismatchError
+from bnfuse.verify.layers import LAYER_FORWARD
+from bnfuse.verify.shapes import input_shapes_of, layer_output_shapes
+
+Array = npt.NDArray[Any]
+
+
+class LayerLike(Protocol):
+    """What the executor reads from a layer (``bnfuse.net.Layer`` satisfies it).
+
+    Example:
+        >>> @dataclass
+        ... class L:
+        ...     name: str; type: str; bottoms: tuple[str, ...]; tops: tuple[str, ...]
+        ...     param: proto.LayerParameter; blobs: list[np.ndarray]  # doctest: +SKIP
+    """
+
+    @property
+    def name(self) -> str:
+        """The layer's name."""
+
+    @property
+    def type(self) -> str:
+        """The V2 type string, e.g. ``"Convolution"``."""
+
+    @property
+    def bottoms(self) -> tuple[str, ...]:
+        """Input blob names."""
+
+    @property
+    def tops(self) -> tuple[str, ...]:
+        """Output blob names (equal to a bottom when in place)."""
+
+    @property
+    def param(self) -> proto.LayerParameter:
+        """The typed layer parameters."""
+
+    @property
+    def blobs(self) -> Sequence[Array]:
+        """Weight blobs (may be read-only views)."""
+
+
+class NetLike(Protocol):
+    """Anything with the TEST-phase layers in order (``bnfuse.net.Net`` satisfies it).
+
+    Example:
+        >>> forward(SimpleNamespace(layers=[input_layer, relu_layer]))  # doctest: +SKIP
+    """
+
+    @property
+    def layers(self) -> Sequence[LayerLike]:
+        """The layers in execution order."""
+
+
+#: Called after each layer with the layer and the values of its tops.
+Observer = Callable[[LayerLike, Mapping[str, Array]], None]
+
+
+def _working_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
+    resolved = np.dtype(dtype)
+    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise BnfuseError(f"the reference executor computes in float32 or float64, not {resolved}")
+    return resolved
+
+
+def forward_steps(
+    net: NetLike,
+    inputs: Mapping[str, npt.ArrayLike] | None = None,
+    *,
+    dtype: npt.DTypeLike = np.float32,
+    seed: int = 0,
+) -> Iterator[tuple[LayerLike, dict[str, Array]]]:
+    """Run the net layer by layer, yielding ``(layer, {top: value})`` after each one.
+
+    ``Input`` layers are steps too (their tops are the inputs used). Inputs missing from
+    ``inputs`` are filled with standard-normal data from ``numpy.random.default_rng(seed)``,
+    drawn in the order the ``Input`` layers declare them. Values are never modified after
+    they are yielded, so earlier versions of an in-place blob stay valid; treat them as
+    read-only (identity layers such as Dropout return their bottom itself).
+
+    Example:
+        >>> for layer, tops in forward_steps(net, seed=1):   # doctest: +SKIP
+        ...     print(layer.name, sorted(tops))
+        data ['data']
+        conv1 ['conv1']
+    """
+    work = _working_dtype(dtype)
+    given = {name: np.asarray(value, dtype=work) for name, value in (inputs or {}).items()}
+    layers = list(net.layers)
+    _check_input_names(layers, given)
+    rng = np.random.default_rng(seed)
+    blobs: dict[str, Array] = {}
+    for layer in layers:
+        if layer.type == "Input":
+            tops = {}
+            for top, shape in zip(layer.tops, input_shapes_of(layer)):
+                value = given.get(top)
+                if value is None:
+                    value = rng.standard_normal(shape).astype(work)
+                tops[top] = value
+        else:
+            bottoms = [_bottom(layer, name, blobs, given) for name in layer.bottoms]
+            # The shape rules validate the configuration (and reject unknown types) first,
+            # so the arithmetic below only ever sees layers it can compute.
+            expected = layer_output_shapes(layer, [b.shape for b in bottoms])
+            # Caffe lets overflow and log(0) produce inf/nan silently; so does the reference.
+            with np.errstate(all="ignore"):
+                values = LAYER_FORWARD[layer.type](layer, bottoms, work)
+            tops = {}
+            for top, value, shape in zip(layer.tops, values, expected):
+                if value.shape != shape or value.dtype != work:
+                    raise BnfuseError(
+                        f"internal error in layer '{layer.name}' ({layer.type}): made "
+                        f"{value.dtype}{value.shape}, expected {work}{shape}"
+                    )
+                tops[top] = value
+        blobs.update(tops)
+        yield layer, tops
+
+
+def _check_input_names(layers: Sequence[LayerLike], given: Mapping[str, Array]) -> None:
+    """Reject input names the net never reads, so a typo cannot silently become noise."""
+    names = {name for layer in layers for name in (*layer.bottoms, *layer.tops)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ModelMismatchError(f"inputs {unknown} are not blobs of the net")
+
+
+def _bottom(
+    layer: LayerLike, name: str, blobs: Mapping[str, Array], given: Mapping[str, Array]
+) -> Array:
+    if name in blobs:
+        return blobs[name]
+    if name in given:
+        return given[name]
+    raise ModelMismatchError(
+        f"layer '{layer.name}' ({layer.type}) reads blob '{name}', which no earlier layer "
+        f"produces and which was not given as an input"
+    )
+
+
+def forward(
+    net: NetLike,
+    inputs: Mapping[str, npt.ArrayLike] | None = None,
+    *,
+    dtype: npt.DTypeLike = np.float32,
+    seed: int = 0,
+    observer: Observer | None = None,
+) -> dict[str, Array]:
+    """Every blob's value after the forward pass (in-place blobs hold their final value).
+
+    Missing inputs are seeded standard-normal data shaped by the ``Input`` layers;
+    computation runs in ``dtype`` (float32 like Caffe, or float64) with weights cast to
+    it. ``observer(layer, tops)`` is called after each layer.
+
+    Example:
+        >>> blobs = forward(net, {"data": np.zeros((1, 3, 8, 8), np.float32)})  # doctest: +SKIP
+        >>> blobs["prob"].shape                                                  # doctest: +SKIP
+        (1, 10)
+    """
+    blobs: dict[str, Array] = {}
+    for name, value in (inputs or {}).items():
+        blobs[name] = np.asarray(value, dtype=_working_dtype(dtype))
+    for layer, tops in forward_steps(net, inputs, dtype=dtype, seed=seed):
+        if observer is not None:
+            observer(layer, tops)
+        blobs.update(tops)
+    return blobs
+
+
+__all__ = ["LayerLike", "NetLike", "Observer", "forward", "forward_steps"]

@@ -1,0 +1,328 @@
+"""Local verification: check only the part of a net that a fold changed.
+
+The whole-net check (:func:`bnfuse.verify.compare.verify`) needs a backend that can
+run every layer. SSD nets (``PriorBox``, ``DetectionOutput``, ``Permute``),
+SE-Nets written with ``Axpy``, ShuffleNets (``ShuffleChannel``) and nets with
+``Python`` layers cannot be run by the numpy executor, yet their folds sit in
+plain Convolution -> BatchNorm -> Scale chains. :func:`verify_local` checks those
+chains directly:
+
+1. **What changed.** Layers are matched by name. A layer is changed when it
+   exists in only one net, or its type, bottoms, tops, typed params or weights
+   differ. (Or pass the names a fold reported as ``changed``.)
+2. **The region.** The changed layers of each net, plus every unchanged layer
+   that lies on a path between two changed layers (so an in-place ReLU between a
+   folded convolution and a forward-folded one is run too), minus layers the
+   executor cannot run: their outputs become region inputs instead.
+3. **The inputs.** Every blob a region layer reads that no earlier region layer
+   wrote is a region input, fed the *same* seeded standard-normal data in both
+   nets. Shapes come from shape inference on net ``a`` (extended across
+   ``Axpy``/``ShuffleChannel``, whose output shape is a bottom's shape), then net
+   ``b``; where an unknown layer upstream leaves a shape unknown, it is read off
+   the weights of the region layer that consumes it (a convolution's input
+   channels, an inner product's input size, a BatchNorm's channel count) with a
+   batch of 2 and a spatial size of 8 (or the kernel's extent if larger).
+   ``input_shapes`` overrides any of them.
+4. **The comparison.** Both regions run in the numpy executor; every blob both
+   regions write is compared exactly as :func:`~bnfuse.verify.compare.verify`
+   does (same metric, same depth-scaled default tolerances, depth counted within
+   the region), including the rule for blobs whose final value moved because a
+   forward fold took the normalisation into a later layer.
+
+Because every region input gets random data rather than the real upstream value,
+the check proves that the changed layers compute the same *function*, which is
+what a fold must preserve; it does not check unchanged layers (they are
+byte-identical).
+
+Example:
+    >>> from bnfuse.verify.local import verify_local
+    >>> result = verify_local(("ssd.prototxt", "ssd.caffemodel"),
+    ...                       ("ssd_folded.prototxt", "ssd_folded.caffemodel"))  # doctest: +SKIP
+    >>> result.passed, len(result.blobs)                                         # doctest: +SKIP
+    (True, 35)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.verify.backends import NetOrPaths, as_net
+from bnfuse.verify.compare import VerifyResult, compare_runs, default_tolerances
+
+if TYPE_CHECKING:
+    from bnfuse.net import Layer, Net
+
+Array = npt.NDArray[Any]
+Shape = tuple[int, ...]
+
+#: Fork layers whose (first) output has the shape of one of their bottoms: (bottom index).
+SHAPE_OF_BOTTOM = {"Axpy": 1, "ShuffleChannel": 0}
+#: Batch size and spatial size used when a region input's shape is read off weights.
+FALLBACK_BATCH = 2
+FALLBACK_SPATIAL = 8
+
+
+def known_shapes(
+    net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, Shape]:
+    """Every blob shape that can be inferred, walking past layers the verifier does not know.
+
+    Unlike :func:`bnfuse.verify.shapes.infer_shapes`, an unknown layer does not stop
+    the walk: its tops are simply unknown (except ``Axpy``/``ShuffleChannel``, whose
+    output shape is a bottom's), and so is everything computed from them.
+
+    Example:
+        >>> shapes = known_shapes(ssd_net)   # doctest: +SKIP
+        >>> shapes["conv13"], "mbox_priorbox" in shapes   # doctest: +SKIP
+        ((1, 1024, 10, 10), False)
+    """
+    from bnfuse.verify.shapes import input_shapes_of, layer_output_shapes
+
+    given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    shapes: dict[str, Shape] = {}
+    for layer in net.layers:
+        if layer.type == "Input":
+            try:
+                declared = input_shapes_of(layer)
+            except BnfuseError:
+                declared = [()] * len(layer.tops)
+            for top, shape in zip(layer.tops, declared, strict=False):
+                if top in given:
+                    shapes[top] = given[top]
+                elif shape:
+                    shapes[top] = shape
+            continue
+        for name in layer.bottoms:
+            if name not in shapes and name in given:
+                shapes[name] = given[name]
+        if not all(name in shapes for name in layer.bottoms):
+            for top in layer.tops:
+                shapes.pop(top, None)  # a stale earlier version must not survive
+            continue
+        bottoms = [shapes[name] for name in layer.bottoms]
+        outs: list[Shape] | None
+        try:
+            outs = layer_output_shapes(layer, bottoms)
+        except BnfuseError:
+            index = SHAPE_OF_BOTTOM.get(layer.type)
+            outs = ([bottoms[index]] if index is not None and index < len(bottoms)
+                    and len(layer.tops) == 1 else None)
+        for i, top in enumerate(layer.tops):
+            if outs is not None and i < len(outs):
+                shapes[top] = outs[i]
+            else:
+                shapes.pop(top, None)
+    return shapes
+
+
+def _layer_key(layer: Layer) -> tuple[Any, ...]:
+    params = layer.param.SerializeToString(deterministic=True)
+    return (layer.type, layer.bottoms, layer.tops, params)
+
+
+def _same_weights(x: Layer, y: Layer) -> bool:
+    if len(x.blobs) != len(y.blobs):
+        return False
+    return all(np.asarray(p).shape == np.asarray(q).shape and np.array_equal(p, q)
+               for p, q in zip(x.blobs, y.blobs, strict=True))
+
+
+def changed_layers(a: Net, b: Net) -> list[str]:
+    """Names of layers that differ between ``a`` and ``b`` (in ``a``'s order, then ``b``'s).
+
+    Example:
+        >>> changed_layers(original, folded)  # doctest: +SKIP
+        ['conv1', 'bn1', 'scale1']
+    """
+    first_a: dict[str, Layer] = {}
+    for layer in a.layers:
+        first_a.setdefault(layer.name, layer)
+    first_b: dict[str, Layer] = {}
+    for layer in b.layers:
+        first_b.setdefault(layer.name, layer)
+    result: list[str] = []
+    for name, layer in first_a.items():
+        other = first_b.get(name)
+        if other is None or _layer_key(layer) != _layer_key(other) or not _same_weights(layer,
+                                                                                          other):
+            result.append(name)
+    result.extend(name for name in first_b if name not in first_a)
+    return result
+
+
+def _between(layers: Sequence[Layer], region: set[int]) -> set[int]:
+    """Indices of layers downstream of one region layer and upstream of another."""
+    producer: dict[str, int] = {}
+    downstream: set[int] = set()
+    reads: list[list[int]] = []
+    for i, layer in enumerate(layers):
+        sources = [producer[name] for name in layer.bottoms if name in producer]
+        reads.append(sources)
+        if i not in region and any(s in region or s in downstream for s in sources):
+            downstream.add(i)
+        for name in layer.tops:
+            producer[name] = i
+    upstream: set[int] = set()
+    for i in range(len(layers) - 1, -1, -1):
+        if i in region or i in upstream:
+            upstream.update(s for s in reads[i] if s not in region)
+    return downstream & upstream
+
+
+@dataclass
+class _Region:
+    layers: list[Layer]
+    inputs: list[str]
+
+
+def _region(net: Net, names: set[str]) -> _Region:
+    from bnfuse.verify.shapes import SUPPORTED_TYPES
+
+    index = {i for i, layer in enumerate(net.layers) if layer.name in names}
+    index |= _between(net.layers, index)
+    chosen = [net.layers[i] for i in sorted(index)
+              if net.layers[i].type in SUPPORTED_TYPES and net.layers[i].type != "Input"]
+    written: set[str] = set()
+    inputs: list[str] = []
+    for layer in chosen:
+        for name in layer.bottoms:
+            if name not in written and name not in inputs:
+                inputs.append(name)
+        written.update(layer.tops)
+    return _Region(chosen, inputs)
+
+
+def _shape_from_weights(layer: Layer, position: int) -> Shape | None:
+    """A plausible shape for bottom ``position`` of ``layer``, read off its weights."""
+    from bnfuse.verify.shapes import CONV_TYPES, conv_geometry
+
+    if position != 0 or not layer.blobs:
+        return None
+    weight = np.asarray(layer.blobs[0])
+    if layer.type in CONV_TYPES or layer.type == "Deconvolution":
+        conv = layer.param.convolution_param
+        group = int(conv.group) or 1
+        channels = (int(weight.shape[0]) if layer.type == "Deconvolution"
+                    else int(weight.shape[1]) * group)
+        spatial_axes = max(1, weight.ndim - 2)
+        probe = (FALLBACK_BATCH, channels, *([FALLBACK_SPATIAL] * spatial_axes))
+        try:
+            geometry = conv_geometry(layer, probe)
+            extent = max((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilation,
+                                                        strict=True))
+        except BnfuseError:
+            extent = FALLBACK_SPATIAL
+        size = max(FALLBACK_SPATIAL, extent)
+        return (FALLBACK_BATCH, channels, *([size] * spatial_axes))
+    if layer.type == "InnerProduct":
+        transpose = bool(layer.param.inner_product_param.transpose)
+        return (FALLBACK_BATCH, int(weight.shape[0] if transpose else weight.shape[1]))
+    if layer.type in ("BatchNorm", "PReLU") or (layer.type in ("Scale", "Bias")
+                                                 and weight.ndim == 1):
+        return (FALLBACK_BATCH, int(weight.size), FALLBACK_SPATIAL, FALLBACK_SPATIAL)
+    return None
+
+
+def _input_shape(name: str, shapes: Sequence[Mapping[str, Shape]],
+                 regions: Sequence[_Region]) -> Shape:
+    for known in shapes:
+        if name in known:
+            return known[name]
+    for region in regions:
+        for layer in region.layers:
+            if name in layer.bottoms:
+                guess = _shape_from_weights(layer, layer.bottoms.index(name))
+                if guess is not None:
+                    return guess
+    readers = [layer.name for region in regions for layer in region.layers if name in layer.bottoms]
+    raise UnsupportedLayerError(
+        f"cannot tell the shape of blob {name!r} (read by layer {readers[0]!r}): "
+        f"pass input_shapes={{{name!r}: (N, C, H, W)}} to verify_local")
+
+
+def verify_local(
+    a: NetOrPaths,
+    b: NetOrPaths,
+    *,
+    changed: Iterable[str] | None = None,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    top_k: int = 5,
+) -> VerifyResult:
+    """Compare only the layers a fold changed, fed seeded random data at their boundary.
+
+    ``changed`` names the layers the fold touched (in either net); by default they
+    are found by comparing ``a`` and ``b``. Returns a
+    :class:`~bnfuse.verify.compare.VerifyResult` whose ``backend`` is ``"numpy (local)"``
+    and whose ``notes`` list the region's layers and inputs. Raises
+    :class:`~bnfuse.errors.UnsupportedLayerError` when a changed layer itself cannot be
+    run or a region input's shape cannot be found (pass ``input_shapes``).
+
+    Example:
+        >>> res = verify_local(se_resnet, se_resnet_folded)  # doctest: +SKIP
+        >>> res.passed, res.notes[0]                          # doctest: +SKIP
+        (True, 'local check: 159 layers of a, 53 of b, 53 region inputs')
+    """
+    from bnfuse.verify.executor import forward
+    from bnfuse.verify.shapes import SUPPORTED_TYPES
+
+    net_a, net_b = as_net(a), as_net(b)
+    names = set(changed) if changed is not None else set(changed_layers(net_a, net_b))
+    known = {layer.name for layer in net_a.layers} | {layer.name for layer in net_b.layers}
+    unknown = sorted(names - known)
+    if unknown:
+        raise BnfuseError(f"changed layers {unknown} are in neither net")
+    for net in (net_a, net_b):
+        for layer in net.layers:
+            if layer.name in names and layer.type not in SUPPORTED_TYPES:
+                raise UnsupportedLayerError(
+                    f"layer {layer.name!r} ({layer.type}) changed but the numpy executor cannot "
+                    "run it, so the change cannot be verified locally")
+    region_a, region_b = _region(net_a, names), _region(net_b, names)
+    tolerances = default_tolerances(dtype, rtol, atol)
+    if not region_a.layers and not region_b.layers:
+        return VerifyResult(passed=True, blobs=[], first_divergence=None, topk=[],
+                            backend="numpy (local)", tolerances=tolerances,
+                            notes=["local check: no layer changed"])
+    override = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    shapes = [override, known_shapes(net_a, input_shapes), known_shapes(net_b, input_shapes)]
+    rng = np.random.default_rng(seed)
+    feed: dict[str, Array] = {}
+    for name in [*region_a.inputs, *(n for n in region_b.inputs if n not in region_a.inputs)]:
+        shape = _input_shape(name, shapes, (region_a, region_b))
+        feed[name] = rng.standard_normal(shape).astype(dtype)
+    values = []
+    for region in (region_a, region_b):
+        mini = _LayerList(region.layers)
+        values.append(forward(mini, {n: feed[n] for n in region.inputs}, dtype=dtype))
+    result = compare_runs(region_a.layers, region_b.layers, values[0], values[1],
+                          tolerances=tolerances, backend="numpy (local)", skip=list(feed),
+                          top_k=top_k)
+    result.notes.append(
+        f"local check: {len(region_a.layers)} layers of a, {len(region_b.layers)} of b, "
+        f"{len(feed)} region inputs (seeded random data)")
+    skipped = sorted({layer.name for net in (net_a, net_b) for layer in net.layers
+                      if layer.name in names and layer.type == "Input"})
+    if skipped:
+        result.notes.append(f"changed Input layers not checked: {skipped}")
+    return result
+
+
+@dataclass
+class _LayerList:
+    """A net made of some layers of another (what the executor needs: ``.layers``)."""
+
+    layers: list[Layer]
+
+
+__all__ = ["FALLBACK_BATCH", "FALLBACK_SPATIAL", "SHAPE_OF_BOTTOM", "changed_layers",
+           "known_shapes", "verify_local"]

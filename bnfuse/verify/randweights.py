@@ -1,0 +1,294 @@
+"""Realistic random weights for any prototxt, so folds can be tested without trained models.
+
+Random weights are only useful for testing folds if the net behaves like a
+trained one: activations neither explode nor vanish with depth, and every
+BatchNorm sees statistics that match its input (a fold with wrong statistics is
+invisible when every BatchNorm is the identity). So:
+
+- Convolution, Deconvolution and InnerProduct weights are He-scaled normal
+  (standard deviation ``sqrt(2 / fan_in)``; for a deconvolution the fan-in of
+  an output is ``C_in/group * kernel / stride``); biases are small, N(0, 0.05).
+- Scale: ``gamma`` uniform in [0.75, 1.25], ``beta`` N(0, 0.1); Bias N(0, 0.1);
+  PReLU slopes uniform in [0.1, 0.3].
+- BatchNorm statistics are **measured**: the net is run layer by layer with the
+  numpy executor on a seeded standard-normal batch, and each BatchNorm gets the
+  per-channel mean and (population) variance of its actual input, stored as
+  Caffe does with a factor ``f`` (``[mean·f, var·f, [f]]``), ``f`` being
+  ``0.999 · U(0.5, 2)`` per layer unless ``factor`` is given. With the same batch,
+  every BatchNorm output then has per-channel mean 0 and variance
+  ``var / (var + eps)``; the batch is the one ``executor.forward(net, seed=seed)``
+  draws (with the same ``input_shapes``), so a test can replay it. A channel with fewer than 2 values per batch (a
+  BatchNorm after global pooling with batch 1) gets variance 1; a variance below
+  1% of the layer's median (dead channels) is raised to it, so another batch does
+  not blow such channels up by ``1/sqrt(eps)``.
+
+Layers the executor does not know (fork layers, Python layers) stop the
+measurement for everything computed from their outputs. With
+``unmeasurable="error"`` (the default) the first BatchNorm that cannot be measured
+raises :class:`~bnfuse.errors.UnsupportedLayerError` naming the layer that blocks
+it; with ``"unit"`` such BatchNorms get mean 0 and variance 1 (times the factor)
+and everything that can still be shaped gets weights (``Axpy`` and
+``ShuffleChannel`` outputs have a bottom's shape); a layer with weights whose
+shape cannot be known raises in ``"error"`` mode and is left without weights in
+``"unit"`` mode. Fork layers with weights of their own (SegNet ``BN``, ...) are
+never filled: their blob layout is the fork's.
+
+Example:
+    >>> from bnfuse.verify.randweights import random_weights
+    >>> net = random_weights("resnet50.prototxt", seed=1)  # doctest: +SKIP
+    >>> [b.shape for b in net.layer("bn_conv1").blobs]     # doctest: +SKIP
+    [(64,), (64,), (1,)]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from bnfuse.errors import BnfuseError, UnsupportedLayerError
+
+if TYPE_CHECKING:
+    from bnfuse.net import Layer, Net, Source
+
+Array = npt.NDArray[Any]
+Shape = tuple[int, ...]
+
+BIAS_STD = 0.05
+SCALE_GAMMA = (0.75, 1.25)
+SCALE_BETA_STD = 0.1
+PRELU_SLOPE = (0.1, 0.3)
+FACTOR_RANGE = (0.5, 2.0)
+#: A channel's variance is raised to at least this fraction of its layer's median.
+VAR_FLOOR = 0.01
+
+
+@dataclass
+class _Single:
+    """One layer seen as a net, so the executor can run it alone."""
+
+    layers: list[Layer]
+
+
+def _has_weights(layer: Layer) -> bool:
+    from bnfuse.verify.shapes import CONV_TYPES
+
+    kind = layer.type
+    if kind in CONV_TYPES or kind in ("Deconvolution", "InnerProduct", "BatchNorm", "PReLU"):
+        return True
+    return kind in ("Scale", "Bias") and (len(layer.bottoms) == 1
+                                          or bool(layer.param.scale_param.bias_term))
+
+
+def _he(rng: np.random.Generator, shape: Shape, fan_in: float) -> Array:
+    std = float(np.sqrt(2.0 / max(fan_in, 1.0)))
+    return (rng.standard_normal(shape) * std).astype(np.float32)
+
+
+def _weights_for(layer: Layer, shapes: list[Shape], rng: np.random.Generator) -> list[Array]:
+    """Random (non-BatchNorm) weights of the given shapes for ``layer``."""
+    from bnfuse.verify.shapes import CONV_TYPES, conv_geometry
+
+    kind = layer.type
+    if not shapes:
+        return []
+    if kind in CONV_TYPES or kind in {"Deconvolution", "InnerProduct"}:
+        weight = shapes[0]
+        if kind == "InnerProduct":
+            transpose = bool(layer.param.inner_product_param.transpose)
+            fan_in = float(weight[0] if transpose else weight[1])
+        elif kind == "Deconvolution":
+            group = int(layer.param.convolution_param.group) or 1
+            kernel = float(np.prod(weight[2:]))
+            stride = 1.0
+            try:
+                probe = (1, weight[0], *([8] * (len(weight) - 2)))
+                stride = float(np.prod(conv_geometry(layer, probe).stride))
+            except BnfuseError:
+                pass
+            fan_in = weight[0] / group * kernel / stride
+        else:
+            fan_in = float(np.prod(weight[1:]))
+        blobs = [_he(rng, weight, fan_in)]
+        blobs += [(rng.standard_normal(s) * BIAS_STD).astype(np.float32) for s in shapes[1:]]
+        return blobs
+    if kind == "Scale":
+        has_weights = len(layer.bottoms) == 1
+        blobs = []
+        for i, shape in enumerate(shapes):
+            if i == 0 and has_weights:
+                blobs.append(rng.uniform(*SCALE_GAMMA, size=shape).astype(np.float32))
+            else:
+                blobs.append((rng.standard_normal(shape) * SCALE_BETA_STD).astype(np.float32))
+        return blobs
+    if kind == "PReLU":
+        return [rng.uniform(*PRELU_SLOPE, size=shapes[0]).astype(np.float32)]
+    # Bias and anything else with weights: small values around 0.
+    return [(rng.standard_normal(s) * SCALE_BETA_STD).astype(np.float32) for s in shapes]
+
+
+def batchnorm_blobs(x: Array | None, channels: int, f: float) -> list[Array]:
+    """Caffe BatchNorm blobs ``[mean·f, var·f, [f]]`` measured on ``x`` (axis 1 = channels).
+
+    ``x=None`` gives mean 0 and variance 1.
+
+    Example:
+        >>> x = np.array([[[1.0, 3.0]], [[5.0, 7.0]]])  # (N=2, C=1, W=2)
+        >>> mean, var, factor = batchnorm_blobs(x, 1, 0.5)
+        >>> mean.tolist(), var.tolist(), factor.tolist()
+        ([2.0], [2.5], [0.5])
+    """
+    if x is None:
+        mean = np.zeros(channels)
+        var = np.ones(channels)
+    else:
+        values = np.asarray(x, dtype=np.float64)
+        if values.ndim < 2:
+            values = values.reshape(-1, 1)
+        per_channel = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+        mean = per_channel.mean(axis=1)
+        if per_channel.shape[1] < 2:
+            var = np.ones(channels)  # one value per channel: no variance to measure
+        else:
+            var = per_channel.var(axis=1)
+            median = float(np.median(var))
+            floor = VAR_FLOOR * median if median > 0 else 1.0
+            var = np.maximum(var, floor)
+    return [(mean * f).astype(np.float32), (var * f).astype(np.float32),
+            np.array([f], dtype=np.float32)]
+
+
+def random_weights(
+    prototxt_or_net: Source | Net,
+    *,
+    seed: int = 0,
+    factor: float | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    unmeasurable: Literal["error", "unit"] = "error",
+) -> Net:
+    """Give every layer of a net realistic random weights (see the module docstring).
+
+    ``prototxt_or_net`` is a prototxt (path, bytes, file) or a loaded Net, which is
+    changed in place and returned. ``input_shapes`` overrides the Input layers'
+    shapes for the measurement batch (e.g. a batch of 4). ``factor`` fixes the
+    BatchNorm factor; by default it is random per layer.
+
+    Example:
+        >>> net = random_weights(b'''
+        ... layer { name: "d" type: "Input" top: "d"
+        ...         input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+        ... layer { name: "c" type: "Convolution" bottom: "d" top: "c"
+        ...         convolution_param { num_output: 4 kernel_size: 3 } }
+        ... layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }''', seed=0)
+        >>> [tuple(b.shape) for b in net.layer("c").blobs]
+        [(4, 3, 3, 3), (4,)]
+    """
+    from bnfuse.net import Net, load
+    from bnfuse.verify.executor import forward
+    from bnfuse.verify.local import known_shapes
+    from bnfuse.verify.shapes import SUPPORTED_TYPES, input_shapes_of, param_shapes
+
+    net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
+    # The measurement batch is drawn exactly as the executor (and verify) draw seeded
+    # inputs, so `forward(net, seed=seed)` replays it; the weights use their own stream.
+    data_rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    shapes = known_shapes(net, given)
+    # The last layer reading each blob, so values can be dropped once no one needs them.
+    last_read: dict[str, int] = {}
+    for index, layer in enumerate(net.layers):
+        for name in layer.bottoms:
+            last_read[name] = index
+    values: dict[str, Array] = {}
+    blocker: dict[str, str] = {}  # blob -> the unsupported layer its value depends on
+
+    def blocked_by(layer: Layer) -> str:
+        for name in layer.bottoms:
+            if name in blocker:
+                return blocker[name]
+        return f"{layer.name!r} ({layer.type})"
+
+    for index, layer in enumerate(net.layers):
+        if layer.type == "Input":
+            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
+                values[top] = data_rng.standard_normal(given.get(top, shape)).astype(np.float32)
+                blocker.pop(top, None)
+            continue
+        bottom_shapes = [shapes.get(name) for name in layer.bottoms]
+        runnable = layer.type in SUPPORTED_TYPES and all(n in values for n in layer.bottoms)
+        if layer.type in SUPPORTED_TYPES and all(s is not None for s in bottom_shapes):
+            wanted = param_shapes(layer, [s for s in bottom_shapes if s is not None])
+        elif layer.type in SUPPORTED_TYPES:
+            wanted = None  # weights exist maybe, but their shape is unknown
+        else:
+            wanted = []  # a layer the verifier does not know: its weights are left alone
+        if wanted is None:
+            if unmeasurable == "error" and _has_weights(layer):
+                raise UnsupportedLayerError(
+                    f"layer {layer.name!r} ({layer.type}): its input shape depends on layer "
+                    f"{blocked_by(layer)}, which the numpy executor does not support; "
+                    "pass unmeasurable='unit' to fill what can be shaped")
+        elif layer.type == "BatchNorm":
+            f = float(factor) if factor is not None else 0.999 * float(rng.uniform(*FACTOR_RANGE))
+            channels = int(wanted[0][0])
+            if runnable:
+                net.set_blobs(layer, batchnorm_blobs(values[layer.bottoms[0]], channels, f))
+            elif unmeasurable == "unit":
+                net.set_blobs(layer, batchnorm_blobs(None, channels, f))
+            else:
+                raise UnsupportedLayerError(
+                    f"cannot measure the statistics of BatchNorm {layer.name!r}: its input "
+                    f"depends on layer {blocked_by(layer)}, which the numpy executor does not "
+                    "support; pass unmeasurable='unit' for mean 0, variance 1")
+        elif wanted:
+            net.set_blobs(layer, _weights_for(layer, wanted, rng))
+        if runnable:
+            feed = {name: values[name] for name in layer.bottoms}
+            out = forward(_Single([layer]), feed, dtype=np.float32)
+            for top in layer.tops:
+                values[top] = out[top]
+                blocker.pop(top, None)
+        else:
+            reason = blocked_by(layer)
+            for top in layer.tops:
+                values.pop(top, None)
+                blocker[top] = reason
+        for name in set(layer.bottoms) | set(layer.tops):
+            if last_read.get(name, -1) <= index and name in values:
+                # Keep net outputs' values only as long as needed: nothing reads them.
+                del values[name]
+    return net
+
+
+def write_random_model(
+    prototxt: str | os.PathLike[str],
+    out_prototxt: str | os.PathLike[str],
+    out_caffemodel: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    factor: float | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    unmeasurable: Literal["error", "unit"] = "error",
+) -> Net:
+    """Fill ``prototxt`` with :func:`random_weights` and write the net and its caffemodel.
+
+    Example:
+        >>> write_random_model("resnet50.prototxt", "out/r50.prototxt",
+        ...                    "out/r50.caffemodel", seed=3)  # doctest: +SKIP
+        <Net 'ResNet-50': 229 layers from resnet50.prototxt>
+    """
+    from bnfuse.net import save
+
+    net = random_weights(Path(prototxt), seed=seed, factor=factor, input_shapes=input_shapes,
+                         unmeasurable=unmeasurable)
+    save(net, out_prototxt, out_caffemodel)
+    return net
+
+
+__all__ = ["batchnorm_blobs", "random_weights", "write_random_model"]
