@@ -31,7 +31,13 @@ from typing import IO, Any, Union
 import numpy as np
 from google.protobuf import text_format
 
-from bnfuse.errors import BnfuseError, ModelMismatchError, OutputError, PrototxtSchemaError
+from bnfuse.errors import (
+    BnfuseError,
+    ModelMismatchError,
+    OutputError,
+    PrototxtSchemaError,
+    PrototxtSyntaxError,
+)
 from bnfuse.io import caffemodel as cm
 from bnfuse.io.atomic import atomic_write
 from bnfuse.io.prototxt import (
@@ -466,7 +472,19 @@ def _attach_weights(layers: list[Layer], weights: cm.CaffemodelFile, source: str
             _check_shapes(layer, source)
 
 
+def _looks_binary(data: bytes) -> bool:
+    # A caffemodel starts with a protobuf tag (field 1 name, 2 layers or 100 layer) and is full
+    # of NUL bytes; text prototxts never contain NUL.
+    return b"\x00" in data[:4096]
+
+
 def _parse_prototxt(data: bytes, source: str) -> tuple[Document, NetParameter, list[str], str | None]:
+    if not data.strip():
+        raise PrototxtSyntaxError(source, 1, 1, "the prototxt is empty; expected a net definition "
+                                  "with 'layer { ... }' entries")
+    if _looks_binary(data):
+        raise PrototxtSyntaxError(source, 1, 1, "this looks like a binary caffemodel, not a "
+                                  "prototxt; pass the .prototxt first and the .caffemodel second")
     text = decode_text(data, source)
     document = Document.parse(text, source=source)
     net_param = NetParameter()
@@ -555,9 +573,14 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
 def _apply_header_edits(header: LayerParameter, layer: Layer) -> LayerParameter:
     for kind, path, value in layer._header_edits:
         if kind == "repeated":
-            getattr(header, path[0])[int(path[1])] = value
+            # The caffemodel's copy of bottom/top may be shorter than the prototxt's (or
+            # absent); Caffe ignores it, so there is nothing to rename there.
+            if int(path[1]) < len(getattr(header, path[0])):
+                getattr(header, path[0])[int(path[1])] = value
         elif kind == "clear":
-            header.ClearField(path[0])
+            # A fork field (bn_param, ...) is not in the schema: nothing typed to clear.
+            if path[0] in header.DESCRIPTOR.fields_by_name:
+                header.ClearField(path[0])
         elif kind == "truncate":
             del header.param[int(value):]
         elif kind == "add_param":

@@ -266,6 +266,28 @@ def test_unpacked_float_data() -> None:
     assert got.ravel().tolist() == list(reference.data)
 
 
+def test_padded_tags_are_read_one_by_one() -> None:
+    # Tags written as two-byte varints (legal, never canonical) break the
+    # one-byte-tag fast path: each element is then taken on its own.
+    floats = (
+        b"\xad\x00"
+        + struct.pack("<f", 1.0)
+        + encode_tag(5, 5)
+        + struct.pack("<f", 2.0)
+        + _shape_field(2)
+    )
+    doubles = b"\xc1\x00" + struct.pack("<d", 3.0) + _shape_field(1)
+    data = _layer_bytes(LayerParameter(name="p"), [floats, doubles])
+    record = read_caffemodel(data).layers[0]
+    assert [(b.encoding, b.array().tolist()) for b in record.blobs] == [
+        ("data", [1.0, 2.0]),
+        ("double_data", [3.0]),
+    ]
+    parsed = NetParameter.FromString(data).layer[0]
+    assert list(parsed.blobs[0].data) == [1.0, 2.0]
+    assert list(parsed.blobs[1].double_data) == [3.0]
+
+
 def test_mixed_packed_and_unpacked_chunks_concatenate() -> None:
     packed = struct.pack("<2f", 1.0, 2.0)
     blob = (
@@ -410,6 +432,18 @@ def test_fork_field_collision_falls_back() -> None:
         record.header_bytes()
         == header.SerializeToString() + encode_len_header(106, len(fork_payload)) + fork_payload
     )
+
+
+def test_header_is_a_fresh_message_each_time() -> None:
+    data = NewLayer(LayerParameter(name="a", type="ReLU", bottom=["x"]), []).to_bytes()
+    record = read_caffemodel(data).layers[0]
+    first = record.header()
+    assert isinstance(first, LayerParameter)
+    first.name = "edited"
+    del first.bottom[:]
+    again = record.header()
+    assert isinstance(again, LayerParameter)
+    assert (again.name, list(again.bottom)) == ("a", ["x"])
 
 
 def test_unknown_fork_fields_are_kept_in_header() -> None:

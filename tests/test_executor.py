@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from conftest import golden_cases, real_models, shared_path
 from google.protobuf import text_format
 
 from bnfuse import proto
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
 from bnfuse.verify.executor import forward, forward_steps
 from bnfuse.verify.shapes import infer_shapes, layer_output_shapes, param_shapes
-from conftest import golden_cases, real_models, shared_path
 
 Array = npt.NDArray[Any]
 
@@ -84,6 +84,7 @@ def ref_conv(
     x: Array,
     w: Array,
     b: Array | None,
+    *,
     stride: Sequence[int],
     pad: Sequence[int],
     dil: Sequence[int],
@@ -92,13 +93,13 @@ def ref_conv(
     """Direct N-D convolution: every output = sum over its group's channels and taps."""
     x = x.astype(np.float64)
     w = w.astype(np.float64)
-    n, c = x.shape[:2]
+    n = x.shape[0]
     cout, cin_g = w.shape[:2]
     kernel = w.shape[2:]
     size = x.shape[2:]
     out_size = [
         (s + 2 * p - (d * (k - 1) + 1)) // st + 1
-        for s, p, d, k, st in zip(size, pad, dil, kernel, stride)
+        for s, p, d, k, st in zip(size, pad, dil, kernel, stride, strict=True)
     ]
     y = np.zeros((n, cout, *out_size))
     cout_g = cout // group
@@ -108,17 +109,22 @@ def ref_conv(
             for pos in itertools.product(*(range(s) for s in out_size)):
                 total = 0.0 if b is None else float(b[o])
                 for tap in itertools.product(*(range(k) for k in kernel)):
-                    src = [q * st - p + t * d for q, st, p, t, d in zip(pos, stride, pad, tap, dil)]
-                    if all(0 <= s < lim for s, lim in zip(src, size)):
+                    src = [
+                        q * st - p + t * d
+                        for q, st, p, t, d in zip(pos, stride, pad, tap, dil, strict=True)
+                    ]
+                    if all(0 <= s < lim for s, lim in zip(src, size, strict=True)):
                         total += float(
-                            np.dot(x[(i, slice(first, first + cin_g), *src)], w[(o, slice(None), *tap)])
+                            np.dot(
+                                x[(i, slice(first, first + cin_g), *src)], w[(o, slice(None), *tap)]
+                            )
                         )
                 y[(i, o, *pos)] = total
     return y
 
 
 def ref_deconv(
-    x: Array, w: Array, b: Array | None, stride: int, pad: int, dil: int, group: int
+    x: Array, w: Array, b: Array | None, *, stride: int, pad: int, dil: int, group: int
 ) -> Array:
     """Direct 2-D deconvolution: every input pixel scatters weight * value into the output."""
     x = x.astype(np.float64)
@@ -133,14 +139,22 @@ def ref_deconv(
     ):
         orow, ocol = r * stride - pad + a * dil, c * stride - pad + bb * dil
         if 0 <= orow < oh and 0 <= ocol < ow:
-            y[i, (ci // cin_g) * cout_g + co, orow, ocol] += x[i, ci, r, c] * float(w[ci, co, a, bb])
+            y[i, (ci // cin_g) * cout_g + co, orow, ocol] += x[i, ci, r, c] * float(
+                w[ci, co, a, bb]
+            )
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     return y
 
 
 def ref_pool(
-    x: Array, method: str, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int], ceil: bool = True
+    x: Array,
+    method: str,
+    *,
+    k: tuple[int, int],
+    s: tuple[int, int],
+    p: tuple[int, int],
+    ceil: bool = True,
 ) -> Array:
     """Caffe's pooling rules written out as loops (see pooling_layer.cpp)."""
     n, c, h, w = x.shape
@@ -172,7 +186,9 @@ def ref_pool(
 
 
 def test_input_layer_fills_seeded_standard_normal_data() -> None:
-    inp = layer('name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 3 } }')
+    inp = layer(
+        'name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 3 } }'
+    )
     first = forward(Net([inp]), seed=7)
     again = forward(Net([inp]), seed=7)
     other = forward(Net([inp]), seed=8)
@@ -198,26 +214,77 @@ def test_given_input_replaces_random_data_and_unknown_names_are_rejected() -> No
 CONV_CASES = [
     # (param text, input shape, weight shape, stride, pad, dilation, group)
     ("num_output: 4 kernel_size: 3", (2, 3, 6, 5), (4, 3, 3, 3), (1, 1), (0, 0), (1, 1), 1),
-    ("num_output: 4 kernel_size: 3 pad: 1 stride: 2", (1, 3, 7, 6), (4, 3, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (
+        "num_output: 4 kernel_size: 3 pad: 1 stride: 2",
+        (1, 3, 7, 6),
+        (4, 3, 3, 3),
+        (2, 2),
+        (1, 1),
+        (1, 1),
+        1,
+    ),
     (
         "num_output: 6 kernel_size: 3 pad: 2 dilation: 2 stride: 2 group: 3",
-        (1, 6, 9, 9), (6, 2, 3, 3), (2, 2), (2, 2), (2, 2), 3,
+        (1, 6, 9, 9),
+        (6, 2, 3, 3),
+        (2, 2),
+        (2, 2),
+        (2, 2),
+        3,
     ),
     (
         "num_output: 2 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 stride_h: 1 stride_w: 2",
-        (1, 2, 5, 6), (2, 2, 3, 1), (1, 2), (1, 0), (1, 1), 1,
+        (1, 2, 5, 6),
+        (2, 2, 3, 1),
+        (1, 2),
+        (1, 0),
+        (1, 1),
+        1,
     ),
-    ("num_output: 3 kernel_size: 2 kernel_size: 3 pad: 0 pad: 1", (1, 2, 5, 5), (3, 2, 2, 3), (1, 1), (0, 1), (1, 1), 1),
+    (
+        "num_output: 3 kernel_size: 2 kernel_size: 3 pad: 0 pad: 1",
+        (1, 2, 5, 5),
+        (3, 2, 2, 3),
+        (1, 1),
+        (0, 1),
+        (1, 1),
+        1,
+    ),
     ("num_output: 5 kernel_size: 1", (2, 4, 3, 3), (5, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1),
-    ("num_output: 4 kernel_size: 1 stride: 2 group: 2", (1, 4, 5, 5), (4, 2, 1, 1), (2, 2), (0, 0), (1, 1), 2),
-    ("num_output: 4 kernel_size: 3 pad: 1 group: 4", (1, 4, 5, 5), (4, 1, 3, 3), (1, 1), (1, 1), (1, 1), 4),
-    ("num_output: 8 kernel_size: 3 pad: 1 group: 4", (2, 4, 5, 5), (8, 1, 3, 3), (1, 1), (1, 1), (1, 1), 4),
+    (
+        "num_output: 4 kernel_size: 1 stride: 2 group: 2",
+        (1, 4, 5, 5),
+        (4, 2, 1, 1),
+        (2, 2),
+        (0, 0),
+        (1, 1),
+        2,
+    ),
+    (
+        "num_output: 4 kernel_size: 3 pad: 1 group: 4",
+        (1, 4, 5, 5),
+        (4, 1, 3, 3),
+        (1, 1),
+        (1, 1),
+        (1, 1),
+        4,
+    ),
+    (
+        "num_output: 8 kernel_size: 3 pad: 1 group: 4",
+        (2, 4, 5, 5),
+        (8, 1, 3, 3),
+        (1, 1),
+        (1, 1),
+        (1, 1),
+        4,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "xshape", "wshape", "stride", "pad", "dil", "group"), CONV_CASES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_convolution_matches_direct_loops(
+    *,
     text: str,
     xshape: tuple[int, ...],
     wshape: tuple[int, ...],
@@ -235,7 +302,9 @@ def test_convolution_matches_direct_loops(
         f"convolution_param {{ {text} bias_term: {str(bias).lower()} }}",
         *blobs,
     )
-    assert_close(run([conv], x=x)["y"], ref_conv(x, w, b, stride, pad, dil, group))
+    assert_close(
+        run([conv], x=x)["y"], ref_conv(x, w, b, stride=stride, pad=pad, dil=dil, group=group)
+    )
 
 
 def test_convolution_3d_and_1d() -> None:
@@ -243,16 +312,22 @@ def test_convolution_3d_and_1d() -> None:
     conv3 = layer(
         'name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param '
         "{ num_output: 3 kernel_size: 2 kernel_size: 3 kernel_size: 2 pad: 1 stride: 2 }",
-        w3, b3,
+        w3,
+        b3,
     )
-    assert_close(run([conv3], x=x3)["y"], ref_conv(x3, w3, b3, (2, 2, 2), (1, 1, 1), (1, 1, 1), 1))
+    assert_close(
+        run([conv3], x=x3)["y"],
+        ref_conv(x3, w3, b3, stride=(2, 2, 2), pad=(1, 1, 1), dil=(1, 1, 1), group=1),
+    )
     x1, w1 = randn(2, 3, 9), randn(4, 3, 3)
     conv1 = layer(
         'name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param '
         "{ num_output: 4 kernel_size: 3 dilation: 2 bias_term: false }",
         w1,
     )
-    assert_close(run([conv1], x=x1)["y"], ref_conv(x1, w1, None, (1,), (0,), (2,), 1))
+    assert_close(
+        run([conv1], x=x1)["y"], ref_conv(x1, w1, None, stride=(1,), pad=(0,), dil=(2,), group=1)
+    )
 
 
 def test_convolution_axis_puts_leading_axes_in_the_batch() -> None:
@@ -263,7 +338,9 @@ def test_convolution_axis_puts_leading_axes_in_the_batch() -> None:
         "{ num_output: 5 kernel_size: 3 axis: 2 bias_term: false }",
         w,
     )
-    expected = ref_conv(x.reshape(6, 4, 6), w, None, (1,), (0,), (1,), 1).reshape(2, 3, 5, 4)
+    expected = ref_conv(
+        x.reshape(6, 4, 6), w, None, stride=(1,), pad=(0,), dil=(1,), group=1
+    ).reshape(2, 3, 5, 4)
     assert_close(run([conv], x=x)["y"], expected)
 
 
@@ -273,21 +350,41 @@ def test_depthwise_aliases_are_one_group_per_channel(kind: str) -> None:
     dw = layer(
         f'name: "dw" type: "{kind}" bottom: "x" top: "y" '
         "convolution_param { num_output: 3 kernel_size: 3 pad: 1 stride: 2 }",
-        w, b,
+        w,
+        b,
     )
-    assert_close(run([dw], x=x)["y"], ref_conv(x, w, b, (2, 2), (1, 1), (1, 1), 3))
+    assert_close(
+        run([dw], x=x)["y"], ref_conv(x, w, b, stride=(2, 2), pad=(1, 1), dil=(1, 1), group=3)
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "xshape", "wshape", "stride", "pad", "dil", "group"),
     [
         ("num_output: 3 kernel_size: 3", (1, 2, 3, 4), (2, 3, 3, 3), 1, 0, 1, 1),
-        ("num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 2", (2, 4, 3, 3), (4, 3, 4, 4), 2, 1, 1, 2),
-        ("num_output: 2 kernel_size: 3 stride: 3 dilation: 2 pad: 2", (1, 3, 3, 2), (3, 2, 3, 3), 3, 2, 2, 1),
+        (
+            "num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 2",
+            (2, 4, 3, 3),
+            (4, 3, 4, 4),
+            2,
+            1,
+            1,
+            2,
+        ),
+        (
+            "num_output: 2 kernel_size: 3 stride: 3 dilation: 2 pad: 2",
+            (1, 3, 3, 2),
+            (3, 2, 3, 3),
+            3,
+            2,
+            2,
+            1,
+        ),
         ("num_output: 4 kernel_size: 2 stride: 2 group: 4", (1, 4, 2, 3), (4, 1, 2, 2), 2, 0, 1, 4),
     ],
 )
 def test_deconvolution_matches_direct_scatter(
+    *,
     text: str,
     xshape: tuple[int, ...],
     wshape: tuple[int, ...],
@@ -299,15 +396,23 @@ def test_deconvolution_matches_direct_scatter(
     x, w, b = randn(*xshape), randn(*wshape), randn(wshape[1] * group)
     deconv = layer(
         f'name: "d" type: "Deconvolution" bottom: "x" top: "y" convolution_param {{ {text} }}',
-        w, b,
+        w,
+        b,
     )
-    assert_close(run([deconv], x=x)["y"], ref_deconv(x, w, b, stride, pad, dil, group))
+    assert_close(
+        run([deconv], x=x)["y"], ref_deconv(x, w, b, stride=stride, pad=pad, dil=dil, group=group)
+    )
 
 
 def test_inner_product_axis_and_transpose() -> None:
     x = randn(2, 3, 2, 2)
     w, b = randn(5, 12), randn(5)
-    fc = layer('name: "fc" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 5 }', w, b)
+    fc = layer(
+        'name: "fc" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output:'
+        " 5 }",
+        w,
+        b,
+    )
     expected = x.reshape(2, 12).astype(np.float64) @ w.T.astype(np.float64) + b
     assert_close(run([fc], x=x)["y"], expected)
     wt = randn(4, 5)
@@ -328,7 +433,9 @@ def test_batch_norm_global_stats_use_the_factor() -> None:
     mean, var, factor = np.array([1.0, -2.0, 0.5]), np.array([4.0, 0.25, 1.0]), 2.0
     bn = layer(
         'name: "bn" type: "BatchNorm" bottom: "x" top: "x" batch_norm_param { eps: 0.001 }',
-        mean * factor, var * factor, [factor],
+        mean * factor,
+        var * factor,
+        [factor],
     )
     expected = (x - mean.reshape(1, 3, 1, 1)) / np.sqrt(var.reshape(1, 3, 1, 1) + 0.001)
     assert_close(run([bn], x=x)["x"], expected)
@@ -343,8 +450,11 @@ def test_batch_norm_zero_factor_means_zero_statistics() -> None:
 def test_batch_norm_explicit_false_uses_batch_statistics() -> None:
     x = randn(3, 2, 4, 5) * 3 + 1
     bn = layer(
-        'name: "bn" type: "BatchNorm" bottom: "x" top: "y" batch_norm_param { use_global_stats: false }',
-        [100.0, 100.0], [100.0, 100.0], [1.0],
+        'name: "bn" type: "BatchNorm" bottom: "x" top: "y" batch_norm_param { use_global_stats:'
+        " false }",
+        [100.0, 100.0],
+        [100.0, 100.0],
+        [1.0],
     )
     x64 = x.astype(np.float64)
     mean = x64.mean(axis=(0, 2, 3), keepdims=True)
@@ -358,25 +468,34 @@ def test_scale_and_bias_axis_num_axes_and_two_bottoms() -> None:
     sc = layer('name: "s" type: "Scale" bottom: "x" top: "y" scale_param { bias_term: true }', s, b)
     assert_close(run([sc], x=x)["y"], x * s.reshape(1, 3, 1, 1) + b.reshape(1, 3, 1, 1))
     s2 = randn(4, 5)
-    sc2 = layer('name: "s" type: "Scale" bottom: "x" top: "y" scale_param { axis: -2 num_axes: -1 }', s2)
+    sc2 = layer(
+        'name: "s" type: "Scale" bottom: "x" top: "y" scale_param { axis: -2 num_axes: -1 }', s2
+    )
     assert_close(run([sc2], x=x)["y"], x * s2)
-    sc0 = layer('name: "s" type: "Scale" bottom: "x" top: "y" scale_param { num_axes: 0 }', np.float32(2.5))
+    sc0 = layer(
+        'name: "s" type: "Scale" bottom: "x" top: "y" scale_param { num_axes: 0 }', np.float32(2.5)
+    )
     assert_close(run([sc0], x=x)["y"], x * 2.5)
     other, bias = randn(2, 3), randn(2, 3)
     sc3 = layer(
-        'name: "s" type: "Scale" bottom: "x" bottom: "z" top: "y" scale_param { axis: 0 bias_term: true }',
+        'name: "s" type: "Scale" bottom: "x" bottom: "z" top: "y" scale_param { axis: 0'
+        " bias_term: true }",
         bias,
     )
     expected = x * other.reshape(2, 3, 1, 1) + bias.reshape(2, 3, 1, 1)
     assert_close(run([sc3], x=x, z=other)["y"], expected)
-    bl = layer('name: "b" type: "Bias" bottom: "x" top: "y" bias_param { axis: 1 num_axes: 2 }', s2[:3, :4])
+    bl = layer(
+        'name: "b" type: "Bias" bottom: "x" top: "y" bias_param { axis: 1 num_axes: 2 }', s2[:3, :4]
+    )
     assert_close(run([bl], x=x)["y"], x + s2[:3, :4].reshape(1, 3, 4, 1))
     bl2 = layer('name: "b" type: "Bias" bottom: "x" bottom: "z" top: "y"', [])
     bl2.blobs = []
     assert_close(run([bl2], x=x, z=b)["y"], x + b.reshape(1, 3, 1, 1))
 
 
-def lrn_reference(x: Array, size: int, alpha: float, beta: float, k: float, across: bool) -> Array:
+def lrn_reference(
+    x: Array, *, size: int, alpha: float, beta: float, k: float, across: bool
+) -> Array:
     x = x.astype(np.float64)
     n, c, h, w = x.shape
     half = (size - 1) // 2
@@ -402,7 +521,9 @@ def test_lrn_matches_direct_loops(across: bool) -> None:
         'name: "n" type: "LRN" bottom: "x" top: "y" lrn_param '
         f"{{ local_size: 5 alpha: 0.3 beta: 0.75 k: 2 norm_region: {region} }}"
     )
-    assert_close(run([lrn], x=x)["y"], lrn_reference(x, 5, 0.3, 0.75, 2.0, across))
+    assert_close(
+        run([lrn], x=x)["y"], lrn_reference(x, size=5, alpha=0.3, beta=0.75, k=2.0, across=across)
+    )
 
 
 # --------------------------------------------------------------------------- activations
@@ -420,7 +541,7 @@ ACTIVATIONS = [
     ('type: "TanH"', np.tanh),
     ('type: "AbsVal"', np.abs),
     ('type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }', lambda v: (1 + 0.5 * v) ** 2),
-    ('type: "Power" power_param { power: 0 scale: 3 }', lambda v: np.ones_like(v)),
+    ('type: "Power" power_param { power: 0 scale: 3 }', np.ones_like),
     ('type: "Exp"', np.exp),
     ('type: "Exp" exp_param { base: 2 scale: 0.5 shift: 1 }', lambda v: 2.0 ** (1 + 0.5 * v)),
     ('type: "Log" log_param { base: 10 scale: 2 shift: 9 }', lambda v: np.log10(9 + 2 * v)),
@@ -431,7 +552,11 @@ ACTIVATIONS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "formula"), ACTIVATIONS, ids=[a[0].split('"')[1] + str(i) for i, a in enumerate(ACTIVATIONS)])
+@pytest.mark.parametrize(
+    ("text", "formula"),
+    ACTIVATIONS,
+    ids=[a[0].split('"')[1] + str(i) for i, a in enumerate(ACTIVATIONS)],
+)
 def test_elementwise_layers_match_their_formula(text: str, formula: Any) -> None:
     x = randn(2, 3, 4)
     act = layer(f'name: "a" bottom: "x" top: "y" {text}')
@@ -467,22 +592,32 @@ def test_prelu_per_channel_and_shared() -> None:
         ("kernel_size: 3 stride: 2 pad: 1", (3, 3), (2, 2), (1, 1)),
         ("kernel_size: 2 stride: 2 pad: 1", (2, 2), (2, 2), (1, 1)),
         ("kernel_size: 3 stride: 3 pad: 2", (3, 3), (3, 3), (2, 2)),
-        ("kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0", (3, 2), (2, 1), (1, 0)),
+        (
+            "kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0",
+            (3, 2),
+            (2, 1),
+            (1, 0),
+        ),
     ],
 )
 def test_pooling_matches_caffe_loops(
     method: str, text: str, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int]
 ) -> None:
     x = randn(2, 3, 7, 6)
-    pool = layer(f'name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param {{ pool: {method} {text} }}')
-    assert_close(run([pool], x=x)["y"], ref_pool(x, method, k, s, p))
+    pool = layer(
+        f'name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param {{ pool: {method} {text} }}'
+    )
+    assert_close(run([pool], x=x)["y"], ref_pool(x, method, k=k, s=s, p=p))
 
 
 def test_pooling_ceil_rounding_and_last_window_rule() -> None:
     # 4 + 2*1 - 2 = 4, /2 = 2 -> 3 windows; a 4th never exists. 5 + 2 - 2 = 5, ceil(2.5) + 1 = 4,
     # but window 4 would start at 6 - 1 = 5 = H: only padding, so Caffe drops it -> 3.
     x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
-    pool = layer('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 }')
+    pool = layer(
+        'name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size:'
+        " 2 stride: 2 pad: 1 }"
+    )
     y = run([pool], x=x)["y"]
     assert y.shape == (1, 1, 3, 3)
     # Corner: only x[0,0] is inside, the window (2x2) is all within the padded extent -> /4.
@@ -492,7 +627,10 @@ def test_pooling_ceil_rounding_and_last_window_rule() -> None:
     # Without padding ceil keeps a partial last window: (6 - 3) / 2 = 1.5 -> 3 outputs,
     # and AVE divides the clipped window by its clipped size.
     x6 = np.arange(36, dtype=np.float32).reshape(1, 1, 6, 6)
-    ave = layer('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size: 3 stride: 2 }')
+    ave = layer(
+        'name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size:'
+        " 3 stride: 2 }"
+    )
     y6 = run([ave], x=x6)["y"]
     assert y6.shape == (1, 1, 3, 3)
     assert y6[0, 0, 2, 2] == pytest.approx((28 + 29 + 34 + 35) / 4)
@@ -500,10 +638,15 @@ def test_pooling_ceil_rounding_and_last_window_rule() -> None:
 
 def test_pooling_ave_divides_by_the_padded_window() -> None:
     x = np.ones((1, 1, 3, 3), dtype=np.float32)
-    pool = layer('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 }')
+    pool = layer(
+        'name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size:'
+        " 3 stride: 1 pad: 1 }"
+    )
     y = run([pool], x=x)["y"][0, 0]
     # Corner: 4 valid pixels over a 9-pixel window that lies entirely in [-1, 4).
-    np.testing.assert_allclose(y, [[4 / 9, 6 / 9, 4 / 9], [6 / 9, 1.0, 6 / 9], [4 / 9, 6 / 9, 4 / 9]], rtol=1e-6)
+    np.testing.assert_allclose(
+        y, [[4 / 9, 6 / 9, 4 / 9], [6 / 9, 1.0, 6 / 9], [4 / 9, 6 / 9, 4 / 9]], rtol=1e-6
+    )
 
 
 def test_pooling_floor_round_mode_and_global_pooling() -> None:
@@ -512,9 +655,14 @@ def test_pooling_floor_round_mode_and_global_pooling() -> None:
         'name: "p" type: "Pooling" bottom: "x" top: "y" '
         "pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR }"
     )
-    assert_close(run([floor], x=x)["y"], ref_pool(x, "MAX", (3, 3), (2, 2), (0, 0), ceil=False))
+    assert_close(
+        run([floor], x=x)["y"], ref_pool(x, "MAX", k=(3, 3), s=(2, 2), p=(0, 0), ceil=False)
+    )
     for method, reduce in (("MAX", np.max), ("AVE", np.mean)):
-        glob = layer(f'name: "g" type: "Pooling" bottom: "x" top: "y" pooling_param {{ pool: {method} global_pooling: true }}')
+        glob = layer(
+            f'name: "g" type: "Pooling" bottom: "x" top: "y" pooling_param {{ pool: {method}'
+            f" global_pooling: true }}"
+        )
         y = run([glob], x=x)["y"]
         assert y.shape == (1, 2, 1, 1)
         assert_close(y, reduce(x.astype(np.float64), axis=(2, 3), keepdims=True))
@@ -522,8 +670,11 @@ def test_pooling_floor_round_mode_and_global_pooling() -> None:
 
 def test_pooling_large_kernel_uses_window_reduction() -> None:
     x = randn(1, 2, 12, 12)
-    pool = layer('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size: 9 stride: 3 pad: 1 }')
-    assert_close(run([pool], x=x)["y"], ref_pool(x, "AVE", (9, 9), (3, 3), (1, 1)))
+    pool = layer(
+        'name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size:'
+        " 9 stride: 3 pad: 1 }"
+    )
+    assert_close(run([pool], x=x)["y"], ref_pool(x, "AVE", k=(9, 9), s=(3, 3), p=(1, 1)))
 
 
 # --------------------------------------------------------------------------- structure
@@ -531,11 +682,20 @@ def test_pooling_large_kernel_uses_window_reduction() -> None:
 
 def test_eltwise_sum_with_coeff_prod_and_max() -> None:
     a, b, c = randn(2, 3), randn(2, 3), randn(2, 3)
-    s = layer('name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" eltwise_param { coeff: 1 coeff: -0.5 coeff: 2 }')
+    s = layer(
+        'name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" eltwise_param {'
+        " coeff: 1 coeff: -0.5 coeff: 2 }"
+    )
     assert_close(run([s], a=a, b=b, c=c)["y"], a - 0.5 * b + 2 * c)
-    p = layer('name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" eltwise_param { operation: PROD }')
+    p = layer(
+        'name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" eltwise_param {'
+        " operation: PROD }"
+    )
     assert_close(run([p], a=a, b=b, c=c)["y"], a * b * c)
-    m = layer('name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" eltwise_param { operation: MAX }')
+    m = layer(
+        'name: "e" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "y" eltwise_param {'
+        " operation: MAX }"
+    )
     assert_close(run([m], a=a, b=b, c=c)["y"], np.maximum(np.maximum(a, b), c))
 
 
@@ -543,14 +703,21 @@ def test_concat_slice_split() -> None:
     a, b = randn(2, 3, 4), randn(2, 5, 4)
     cat = layer('name: "c" type: "Concat" bottom: "a" bottom: "b" top: "y"')
     assert_close(run([cat], a=a, b=b)["y"], np.concatenate([a, b], axis=1))
-    cat_dim = layer('name: "c" type: "Concat" bottom: "a" bottom: "a" top: "y" concat_param { concat_dim: 2 }')
+    cat_dim = layer(
+        'name: "c" type: "Concat" bottom: "a" bottom: "a" top: "y" concat_param { concat_dim: 2 }'
+    )
     assert_close(run([cat_dim], a=a)["y"], np.concatenate([a, a], axis=2))
-    sl = layer('name: "s" type: "Slice" bottom: "b" top: "p" top: "q" top: "r" slice_param { axis: 1 slice_point: 1 slice_point: 3 }')
+    sl = layer(
+        'name: "s" type: "Slice" bottom: "b" top: "p" top: "q" top: "r" slice_param { axis: 1'
+        " slice_point: 1 slice_point: 3 }"
+    )
     out = run([sl], b=b)
     assert_close(out["p"], b[:, :1])
     assert_close(out["q"], b[:, 1:3])
     assert_close(out["r"], b[:, 3:])
-    even = layer('name: "s" type: "Slice" bottom: "a" top: "p" top: "q" slice_param { slice_dim: 2 }')
+    even = layer(
+        'name: "s" type: "Slice" bottom: "a" top: "p" top: "q" slice_param { slice_dim: 2 }'
+    )
     out = run([even], a=a)
     assert_close(out["p"], a[:, :, :2])
     assert_close(out["q"], a[:, :, 2:])
@@ -564,33 +731,55 @@ def test_flatten_reshape_crop_softmax() -> None:
     x = randn(2, 3, 4, 5)
     fl = layer('name: "f" type: "Flatten" bottom: "x" top: "y"')
     assert run([fl], x=x)["y"].shape == (2, 60)
-    fl2 = layer('name: "f" type: "Flatten" bottom: "x" top: "y" flatten_param { axis: 1 end_axis: 2 }')
+    fl2 = layer(
+        'name: "f" type: "Flatten" bottom: "x" top: "y" flatten_param { axis: 1 end_axis: 2 }'
+    )
     assert_close(run([fl2], x=x)["y"], x.reshape(2, 12, 5))
-    rs = layer('name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 0 dim: -1 dim: 10 } }')
+    rs = layer(
+        'name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 0 dim: -1'
+        " dim: 10 } }"
+    )
     assert_close(run([rs], x=x)["y"], x.reshape(2, 6, 10))
-    rs2 = layer('name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 2 dim: 2 } axis: 2 num_axes: 1 }')
+    rs2 = layer(
+        'name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 2 dim: 2 }'
+        " axis: 2 num_axes: 1 }"
+    )
     assert_close(run([rs2], x=x)["y"], x.reshape(2, 3, 2, 2, 5))
-    rs3 = layer('name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 1 } axis: -1 num_axes: 0 }')
+    rs3 = layer(
+        'name: "r" type: "Reshape" bottom: "x" top: "y" reshape_param { shape { dim: 1 } axis:'
+        " -1 num_axes: 0 }"
+    )
     assert run([rs3], x=x)["y"].shape == (2, 3, 4, 5, 1)
     ref = randn(1, 2, 2, 3)
-    crop = layer('name: "c" type: "Crop" bottom: "x" bottom: "r" top: "y" crop_param { axis: 2 offset: 1 offset: 2 }')
+    crop = layer(
+        'name: "c" type: "Crop" bottom: "x" bottom: "r" top: "y" crop_param { axis: 2 offset: 1'
+        " offset: 2 }"
+    )
     assert_close(run([crop], x=x, r=ref)["y"], x[:, :, 1:3, 2:5])
-    crop1 = layer('name: "c" type: "Crop" bottom: "x" bottom: "r" top: "y" crop_param { axis: 1 offset: 1 }')
+    crop1 = layer(
+        'name: "c" type: "Crop" bottom: "x" bottom: "r" top: "y" crop_param { axis: 1 offset: 1 }'
+    )
     assert_close(run([crop1], x=x, r=ref)["y"], x[:, 1:3, 1:3, 1:4])
     for axis in (1, -1):
-        sm = layer(f'name: "s" type: "Softmax" bottom: "x" top: "y" softmax_param {{ axis: {axis} }}')
+        sm = layer(
+            f'name: "s" type: "Softmax" bottom: "x" top: "y" softmax_param {{ axis: {axis} }}'
+        )
         e = np.exp(x.astype(np.float64))
         assert_close(run([sm], x=x)["y"], e / e.sum(axis=axis, keepdims=True))
 
 
-# --------------------------------------------------------------------------- in place, dtype, errors
+# ---------------------------------------------------------------- in place, dtype, errors
 
 
 def test_forward_steps_show_every_version_of_an_in_place_blob() -> None:
     x = randn(1, 2, 3, 3)
     w = randn(2, 2, 1, 1)
     layers = [
-        layer('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 1 bias_term: false }', w),
+        layer(
+            'name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output:'
+            " 2 kernel_size: 1 bias_term: false }",
+            w,
+        ),
         layer('name: "s" type: "Scale" bottom: "y" top: "y"', [2.0, 3.0]),
         layer('name: "r" type: "ReLU" bottom: "y" top: "y"'),
     ]
@@ -610,14 +799,22 @@ def test_float64_mode_computes_in_double() -> None:
     x = randn(1, 3, 5, 5).astype(np.float64) + 1e-9
     w, b = randn(2, 3, 3, 3), randn(2)
     layers = [
-        layer('name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 3 pad: 1 }', w, b),
-        layer('name: "bn" type: "BatchNorm" bottom: "y" top: "y"', [0.125, 0.25], [1.5, 0.5], [1.0]),
+        layer(
+            'name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output:'
+            " 2 kernel_size: 3 pad: 1 }",
+            w,
+            b,
+        ),
+        layer(
+            'name: "bn" type: "BatchNorm" bottom: "y" top: "y"', [0.125, 0.25], [1.5, 0.5], [1.0]
+        ),
     ]
     y64 = run(layers, dtype=np.float64, x=x)["y"]
     assert y64.dtype == np.float64
-    expected = (ref_conv(x, w, b, (1, 1), (1, 1), (1, 1), 1) - np.array([0.125, 0.25]).reshape(1, 2, 1, 1)) / np.sqrt(
-        np.array([1.5, 0.5]).reshape(1, 2, 1, 1) + float(np.float32(1e-5))
-    )
+    expected = (
+        ref_conv(x, w, b, stride=(1, 1), pad=(1, 1), dil=(1, 1), group=1)
+        - np.array([0.125, 0.25]).reshape(1, 2, 1, 1)
+    ) / np.sqrt(np.array([1.5, 0.5]).reshape(1, 2, 1, 1) + float(np.float32(1e-5)))
     assert_close(y64, expected, rel=1e-13)
     y32 = run(layers, x=x)["y"]
     assert y32.dtype == np.float32
@@ -628,7 +825,8 @@ def test_float64_mode_computes_in_double() -> None:
     "text",
     [
         'name: "prior" type: "PriorBox" bottom: "x" top: "y"',
-        'name: "py" type: "Python" bottom: "x" top: "y" python_param { module: "no_such_module_xyz" layer: "L" }',
+        'name: "py" type: "Python" bottom: "x" top: "y" python_param { module:'
+        ' "no_such_module_xyz" layer: "L" }',
         'name: "bn9" type: "BN" bottom: "x" top: "y"',
         'name: "ax" type: "Axpy" bottom: "x" bottom: "x" bottom: "x" top: "y"',
     ],
@@ -641,8 +839,11 @@ def test_unknown_types_raise_naming_layer_and_type(text: str) -> None:
 
 def test_weight_mismatch_names_the_layer() -> None:
     x = randn(1, 3, 4, 4)
-    conv_text = 'name: "conv7" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 3 }'
-    with pytest.raises(ModelMismatchError, match="'conv7'.*0 weight blobs"):
+    conv_text = (
+        'name: "conv7" type: "Convolution" bottom: "x" top: "y" convolution_param {'
+        " num_output: 2 kernel_size: 3 }"
+    )
+    with pytest.raises(ModelMismatchError, match=r"'conv7'.*0 weight blobs"):
         run([layer(conv_text)], x=x)
     with pytest.raises(ModelMismatchError, match=r"'conv7'.*blob 0 has shape \(2, 3, 2, 2\)"):
         run([layer(conv_text, randn(2, 3, 2, 2), randn(2))], x=x)
@@ -667,7 +868,9 @@ def load_net(folder: Path) -> Net:
     weights = proto.NetParameter.FromString((folder / "model.caffemodel").read_bytes())
     blobs: dict[str, list[Array]] = {}
     for lp in weights.layer:
-        blobs.setdefault(lp.name, [np.asarray(b.data, np.float32).reshape(tuple(b.shape.dim)) for b in lp.blobs])
+        blobs.setdefault(
+            lp.name, [np.asarray(b.data, np.float32).reshape(tuple(b.shape.dim)) for b in lp.blobs]
+        )
     layers: list[Layer] = []
     if net.input:
         # Top-level input/input_dim fields: the Input layer Caffe's upgrade would create.
@@ -679,7 +882,9 @@ def load_net(folder: Path) -> Net:
     for lp in net.layer:
         if any(rule.phase == proto.TRAIN for rule in lp.include):
             continue
-        layers.append(Layer(lp.name, lp.type, tuple(lp.bottom), tuple(lp.top), lp, blobs.get(lp.name, [])))
+        layers.append(
+            Layer(lp.name, lp.type, tuple(lp.bottom), tuple(lp.top), lp, blobs.get(lp.name, []))
+        )
     return Net(layers)
 
 
@@ -733,7 +938,7 @@ def test_resnet50_with_random_weights_agrees_with_opencv(tmp_path: Path) -> None
                 blob = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
             lay.blobs.append(blob.astype(np.float32))
         layers.append(lay)
-        shapes.update(zip(lay.tops, layer_output_shapes(lay, bottoms)))
+        shapes.update(zip(lay.tops, layer_output_shapes(lay, bottoms), strict=True))
         saved_layer = saved.layer.add(name=lp.name, type=lp.type)
         for blob in lay.blobs:
             bp = saved_layer.blobs.add()
@@ -743,7 +948,9 @@ def test_resnet50_with_random_weights_agrees_with_opencv(tmp_path: Path) -> None
     (tmp_path / "model.prototxt").write_text(text)
     x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     ours = forward(Net(layers), {"data": x})
-    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "model.prototxt"), str(tmp_path / "model.caffemodel"))
+    cv_net = cv2.dnn.readNetFromCaffe(
+        str(tmp_path / "model.prototxt"), str(tmp_path / "model.caffemodel")
+    )
     cv_net.setInput(x)
     theirs = cv_net.forward("fc1000")
     assert_close(ours["fc1000"], theirs, rel=1e-4)

@@ -304,10 +304,14 @@ class _Planner:
                 if affine is not None and inputs % affine.channels:
                     return [], (f"reader {reader.name!r} has {inputs} inputs, not a multiple of "
                                 f"{affine.channels} channels")
-            # The reader will read the chain's input instead: that name must still hold it.
-            if self.graph.version_at(source_version.name, index) != source_version:
-                return [], (f"blob {source_version.name!r} is overwritten before {reader.name!r} "
-                            "reads it")
+            # The reader will read the chain's input instead: nothing but the chain itself
+            # (which goes away) may write that name between the chain and the reader.
+            for later in self.graph.versions_of(source_version.name):
+                writer = later.producer
+                if later.version > source_version.version and writer is not None and \
+                        writer < index and writer not in chain:
+                    return [], (f"blob {source_version.name!r} is overwritten by "
+                                f"{self.layers[writer].name!r} before {reader.name!r} reads it")
         return readers, ""
 
     # --- main loop -------------------------------------------------------------

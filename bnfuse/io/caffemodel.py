@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Literal, TypeAlias, Union
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal, TypeAlias, Union
 
 import numpy as np
 
@@ -404,9 +404,10 @@ class LayerRecord:
         return sum(_part_size(p) for p in self._parts if p.start < first_blob)
 
     def header(self) -> LayerParameter | V1LayerParameter:
-        """The record's non-blob fields decoded with bnfuse's schema (cached).
+        """The record's non-blob fields decoded with bnfuse's schema: a new message per call.
 
-        A ``LayerParameter`` for version 2, a ``V1LayerParameter`` for version 1.
+        A ``LayerParameter`` for version 2, a ``V1LayerParameter`` for version 1;
+        the caller may edit it freely.
         Fields the schema does not know are kept as unknown fields.  When a fork
         reused a field number with another type so that the header does not
         parse, only name/type/bottom/top/param/include/exclude/phase are decoded
@@ -420,14 +421,17 @@ class LayerRecord:
             >>> rec.header().phase == TRAIN
             True
         """
-        if self._header is not None:
-            return self._header
         from google.protobuf.message import DecodeError
 
         from bnfuse.proto import LayerParameter, V1LayerParameter
 
         cls: type[LayerParameter] | type[V1LayerParameter]
         cls = LayerParameter if self.version == 2 else V1LayerParameter
+        if self._header is not None:
+            # A copy: callers edit headers (fold rewrites), the cache must stay pristine.
+            fresh = cls()
+            fresh.CopyFrom(self._header)  # type: ignore[arg-type]
+            return fresh
         view = self._file._require_open()
         header: LayerParameter | V1LayerParameter
         try:
@@ -443,7 +447,9 @@ class LayerRecord:
                 if isinstance(header, LayerParameter):
                     header.type = self.type
         self._header = header
-        return header
+        fresh = cls()
+        fresh.CopyFrom(header)  # type: ignore[arg-type]
+        return fresh
 
     def arrays(self) -> list[np.ndarray]:
         """Every blob's :meth:`BlobRecord.array`, in order.
@@ -751,10 +757,14 @@ def _scan_blob(
                 )
             data.append(_Segment(vs, (ve - vs) // 4, 4))
         elif number == _B_DATA and wire == WIRETYPE_FIXED32:
+            # A run of canonical one-byte tags is located in one numpy pass; a
+            # padded (multi-byte) tag starts no run and is taken on its own.
             count = _unpacked_run(view, pos, end, _TAG_FLOAT_UNPACKED, 5)
-            data.append(_Segment(pos + 1, count, 5))
-            pos += 5 * count
-            continue
+            if count:
+                data.append(_Segment(pos + 1, count, 5))
+                pos += 5 * count
+                continue
+            data.append(_Segment(vs, 1, 4))
         elif number == _B_DOUBLE_DATA and wire == WIRETYPE_LENGTH_DELIMITED:
             if (ve - vs) % 8:
                 raise _ScanError(
@@ -765,9 +775,11 @@ def _scan_blob(
             doubles.append(_Segment(vs, (ve - vs) // 8, 8))
         elif number == _B_DOUBLE_DATA and wire == WIRETYPE_FIXED64:
             count = _unpacked_run(view, pos, end, _TAG_DOUBLE_UNPACKED, 9)
-            doubles.append(_Segment(pos + 1, count, 9))
-            pos += 9 * count
-            continue
+            if count:
+                doubles.append(_Segment(pos + 1, count, 9))
+                pos += 9 * count
+                continue
+            doubles.append(_Segment(vs, 1, 8))
         elif number == _B_SHAPE and wire == WIRETYPE_LENGTH_DELIMITED:
             # Repeated occurrences of a message field merge: their dims concatenate.
             _scan_shape(view, vs, ve, dims)
@@ -928,7 +940,7 @@ def _index(file: CaffemodelFile) -> None:
 
 
 def _open_source(
-    src: StrPath | bytes | bytearray | memoryview | BinaryIO, name: str | None
+    src: StrPath | bytes | bytearray | memoryview | IO[bytes], name: str | None
 ) -> CaffemodelFile:
     """Map or read ``src``; raise CaffemodelError for anything that cannot be opened."""
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -964,7 +976,7 @@ def _open_source(
     )
 
 
-def _read_stream(stream: BinaryIO, source: str) -> bytes:
+def _read_stream(stream: IO[bytes], source: str) -> bytes:
     try:
         data = stream.read()
     except (OSError, ValueError) as exc:
@@ -1011,7 +1023,7 @@ def _from_fd(fd: int, source: str, path: str | None) -> CaffemodelFile:
 
 
 def read_caffemodel(
-    src: StrPath | bytes | bytearray | memoryview | BinaryIO, *, name: str | None = None
+    src: StrPath | bytes | bytearray | memoryview | IO[bytes], *, name: str | None = None
 ) -> CaffemodelFile:
     """Index a caffemodel without decoding its weights.
 

@@ -119,7 +119,7 @@ def forward_steps(
     for layer in layers:
         if layer.type == "Input":
             tops = {}
-            for top, shape in zip(layer.tops, input_shapes_of(layer)):
+            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
                 value = given.get(top)
                 if value is None:
                     value = rng.standard_normal(shape).astype(work)
@@ -133,7 +133,7 @@ def forward_steps(
             with np.errstate(all="ignore"):
                 values = LAYER_FORWARD[layer.type](layer, bottoms, work)
             tops = {}
-            for top, value, shape in zip(layer.tops, values, expected):
+            for top, value, shape in zip(layer.tops, values, expected, strict=True):
                 if value.shape != shape or value.dtype != work:
                     raise BnfuseError(
                         f"internal error in layer '{layer.name}' ({layer.type}): made "

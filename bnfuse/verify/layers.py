@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from bnfuse.verify.executor import LayerLike
 
 Array = npt.NDArray[Any]
+#: A basic-indexing tuple (slices, ints, Ellipsis) built up axis by axis.
+Index = tuple[Any, ...]
 LayerForward = Callable[["LayerLike", list[Array], np.dtype[Any]], list[Array]]
 
 #: Caffe seeds max pooling with -FLT_MAX (also in double precision), not -inf.
@@ -83,7 +85,7 @@ def layer_weights(
             f"Caffe expects {len(expected)} with shapes {expected}"
         )
     result = []
-    for i, (blob, shape) in enumerate(zip(blobs, expected)):
+    for i, (blob, shape) in enumerate(zip(blobs, expected, strict=True)):
         arr = np.asarray(blob)
         if arr.shape != shape and not _legacy_equal(arr.shape, shape):
             raise ModelMismatchError(
@@ -140,20 +142,22 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, g: ConvGeometry) -
     xb = x.reshape(batch, g.channels, *spatial)
     if all(k == 1 for k in g.kernel) and not any(g.pad):
         # A 1x1 convolution is a plain matrix product over channels: no im2col at all.
-        picked = xb[(slice(None), slice(None), *(slice(None, None, s) for s in g.stride))]
-        cols = picked.reshape(batch, groups, cin_g, positions)
+        every: tuple[slice, ...] = (slice(None), slice(None))
+        picked = xb[every + tuple(slice(None, None, s) for s in g.stride)]
+        cols: Array = picked.reshape(batch, groups, cin_g, positions)
         w = weight.reshape(groups, cout_g, cin_g)
         y = np.matmul(w, cols).reshape(batch, cout, *out_sp)
     else:
         xp = _padded(xb, g.pad, 2)
-        extent = tuple(d * (k - 1) + 1 for k, d in zip(g.kernel, g.dilation))
+        extent = tuple(d * (k - 1) + 1 for k, d in zip(g.kernel, g.dilation, strict=True))
         win = sliding_window_view(xp, extent, axis=tuple(range(2, 2 + n_sp)))
         # (B, C, *out, *k): every output position's (dilated) receptive field, as a view.
-        win = win[
-            (slice(None), slice(None))
-            + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_sp, g.stride))
-            + tuple(slice(None, None, d) for d in g.dilation)
-        ]
+        positions_index = (
+            slice(0, (o - 1) * s + 1, s) for o, s in zip(out_sp, g.stride, strict=True)
+        )
+        taps_index = (slice(None, None, d) for d in g.dilation)
+        window_index: Index = (slice(None), slice(None), *positions_index, *taps_index)
+        win = win[window_index]
         if cin_g == 1:
             y = _depthwise(win, weight, g, batch, out_sp)
         else:
@@ -167,7 +171,8 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, g: ConvGeometry) -
             y = np.matmul(w, cols).reshape(cout, batch, *out_sp)
             y = np.moveaxis(y, 0, 1) if batch > 1 else y.reshape(1, cout, *out_sp)
     if bias is not None:
-        y = y + bias.reshape((1, cout) + (1,) * n_sp)
+        # y is a fresh result here, so the bias goes in without another full-size temporary.
+        y += bias.reshape((1, cout) + (1,) * n_sp)
     return np.ascontiguousarray(y).reshape(*lead, cout, *out_sp)
 
 
@@ -179,9 +184,13 @@ def _depthwise(
     w = weight.reshape(g.group, mult, *g.kernel)
     y = np.zeros((batch, g.group, mult, *out_sp), dtype=win.dtype)
     n_sp = len(out_sp)
+    every = (slice(None), slice(None))
     for offset in itertools.product(*(range(k) for k in g.kernel)):
-        tap = win[(Ellipsis, *offset)][:, :, None]
-        y += w[(slice(None), slice(None), *offset)].reshape((1, g.group, mult) + (1,) * n_sp) * tap
+        tap_index: Index = (Ellipsis, *offset)
+        weight_index: Index = (*every, *offset)
+        tap = win[tap_index][:, :, None]
+        tap_weight = w[weight_index].reshape((1, g.group, mult) + (1,) * n_sp)
+        y += tap_weight * tap
     return y.reshape(batch, g.num_output, *out_sp)
 
 
@@ -209,22 +218,26 @@ def deconv_forward(x: Array, weight: Array, bias: Array | None, g: ConvGeometry)
     xg = xg.reshape(groups, cin_g, batch * positions)
     w = weight.reshape(groups, cin_g, cout_g * count(g.kernel)).transpose(0, 2, 1)
     cols = np.matmul(w, xg).reshape(groups, cout_g, *g.kernel, batch, *spatial)
-    full = tuple(s * (i - 1) + d * (k - 1) + 1 for i, s, d, k in zip(spatial, g.stride, g.dilation, g.kernel))
+    full = tuple(
+        s * (i - 1) + d * (k - 1) + 1
+        for i, s, d, k in zip(spatial, g.stride, g.dilation, g.kernel, strict=True)
+    )
     acc = np.zeros((groups, cout_g, batch, *full), dtype=x.dtype)
+    every = (slice(None), slice(None))
     for offset in itertools.product(*(range(k) for k in g.kernel)):
         target = tuple(
             slice(o * d, o * d + s * (i - 1) + 1, s)
-            for o, d, s, i in zip(offset, g.dilation, g.stride, spatial)
+            for o, d, s, i in zip(offset, g.dilation, g.stride, spatial, strict=True)
         )
-        acc[(slice(None), slice(None), slice(None), *target)] += cols[
-            (slice(None), slice(None), *offset)
-        ]
-    crop = tuple(slice(p, p + o) for p, o in zip(g.pad, out_sp))
-    y = acc.reshape(g.num_output, batch, *full)[(slice(None), slice(None), *crop)]
-    y = np.moveaxis(y, 0, 1)
+        target_index: Index = (*every, slice(None), *target)
+        source_index: Index = (*every, *offset)
+        acc[target_index] += cols[source_index]
+    crop: Index = (*every, *(slice(p, p + o) for p, o in zip(g.pad, out_sp, strict=True)))
+    y = acc.reshape(g.num_output, batch, *full)[crop]
+    y = np.ascontiguousarray(np.moveaxis(y, 0, 1))
     if bias is not None:
-        y = y + bias.reshape((1, g.num_output) + (1,) * n_sp)
-    return np.ascontiguousarray(y).reshape(*lead, g.num_output, *out_sp)
+        y += bias.reshape((1, g.num_output) + (1,) * n_sp)
+    return y.reshape(*lead, g.num_output, *out_sp)
 
 
 def _convolution(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
@@ -243,7 +256,7 @@ def _inner_product(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any])
     rows = x.reshape(count(x.shape, 0, axis), -1)
     y = rows @ weights[0] if ip.transpose else rows @ weights[0].T
     if len(weights) > 1:
-        y = y + weights[1]
+        y += weights[1]
     return [y.reshape(*x.shape[:axis], int(ip.num_output))]
 
 
@@ -271,7 +284,9 @@ def _batch_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) ->
         # Batch statistics over N and the spatial axes, as Caffe's TRAIN-style path does.
         mean = xr.mean(axis=(0, 2), dtype=dtype)
         var = np.square(xr - mean[None, :, None]).mean(axis=(0, 2), dtype=dtype)
-    y = (xr - mean[None, :, None]) / np.sqrt(var + eps)[None, :, None]
+    # Same two roundings as Caffe (subtract, then divide), done in place on one new array.
+    y = xr - mean[None, :, None]
+    y /= np.sqrt(var + eps)[None, :, None]
     return [y.reshape(x.shape)]
 
 
@@ -290,7 +305,7 @@ def _scale(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list
     xr, s = _broadcast(x, factor, axis)
     y = xr * s
     if layer.param.scale_param.bias_term:
-        y = y + weights[-1].reshape(s.shape)
+        y += weights[-1].reshape(s.shape)
     return [y.reshape(x.shape)]
 
 
@@ -351,8 +366,10 @@ def pool_forward(x: Array, g: PoolGeometry) -> Array:
     if (kh, kw) == (height, width) and (oh, ow) == (1, 1) and (ph, pw) == (0, 0):
         # Global pooling: one reduction instead of H*W shifted slices.
         if is_max:
-            return x.max(axis=(2, 3), keepdims=True)
-        return x.sum(axis=(2, 3), keepdims=True) / x.dtype.type(height * width)
+            peak: Array = x.max(axis=(2, 3), keepdims=True)
+            return peak
+        total: Array = x.sum(axis=(2, 3), keepdims=True) / x.dtype.type(height * width)
+        return total
     # Extent covered by all windows, starting at -pad; may end before or after the image.
     ext_h, ext_w = (oh - 1) * sh + kh, (ow - 1) * sw + kw
     fill = _CAFFE_MAX_INIT if is_max else 0.0
@@ -383,7 +400,8 @@ def pool_forward(x: Array, g: PoolGeometry) -> Array:
     size_h = np.minimum(hstart + kh, height + ph) - hstart
     size_w = np.minimum(wstart + kw, width + pw) - wstart
     divisor = (size_h[:, None] * size_w[None, :]).astype(x.dtype)
-    return out / divisor
+    mean: Array = out / divisor
+    return mean
 
 
 def _pooling(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
@@ -507,7 +525,7 @@ def _eltwise(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> li
         return [y]
     if op == 1:  # SUM
         coeffs = [float(c) for c in ep.coeff] or [1.0] * len(bottoms)
-        terms = [b if c == 1 else b * dtype.type(c) for b, c in zip(bottoms, coeffs)]
+        terms = [b if c == 1 else b * dtype.type(c) for b, c in zip(bottoms, coeffs, strict=True)]
         y = terms[0] + terms[1] if len(terms) > 1 else terms[0].copy()
         for t in terms[2:]:
             y = y + t

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,9 @@ class ConvGeometry:
             (14, 14)
         """
         out = []
-        for size, k, s, p, d in zip(spatial, self.kernel, self.stride, self.pad, self.dilation):
+        for size, k, s, p, d in zip(
+            spatial, self.kernel, self.stride, self.pad, self.dilation, strict=True
+        ):
             extent = d * (k - 1) + 1
             if deconv:
                 out.append(s * (size - 1) + extent - 2 * p)
@@ -123,6 +126,7 @@ def _per_axis(
     what: str,
     values: Sequence[int],
     h_w: tuple[int, int] | None,
+    *,
     n_spatial: int,
     default: int | None,
 ) -> tuple[int, ...]:
@@ -172,10 +176,19 @@ def conv_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> ConvGeometry
     n_spatial = ndim - axis - 1
     if n_spatial < 1:
         raise _unsupported(layer, f"a {ndim}-D bottom has no spatial axis after axis {axis}")
-    kernel = _per_axis(layer, "kernel", cp.kernel_size, _h_w(cp, "kernel", layer), n_spatial, None)
-    stride = _per_axis(layer, "stride", cp.stride, _h_w(cp, "stride", layer), n_spatial, 1)
-    pad = _per_axis(layer, "pad", cp.pad, _h_w(cp, "pad", layer), n_spatial, 0)
-    dilation = _per_axis(layer, "dilation", cp.dilation, None, n_spatial, 1)
+    kernel = _per_axis(
+        layer,
+        "kernel",
+        cp.kernel_size,
+        _h_w(cp, "kernel", layer),
+        n_spatial=n_spatial,
+        default=None,
+    )
+    stride = _per_axis(
+        layer, "stride", cp.stride, _h_w(cp, "stride", layer), n_spatial=n_spatial, default=1
+    )
+    pad = _per_axis(layer, "pad", cp.pad, _h_w(cp, "pad", layer), n_spatial=n_spatial, default=0)
+    dilation = _per_axis(layer, "dilation", cp.dilation, None, n_spatial=n_spatial, default=1)
     if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0 or min(pad) < 0:
         raise _unsupported(layer, "kernel, stride and dilation must be > 0 and pad >= 0")
     channels = int(bottom_shape[axis])
@@ -432,7 +445,7 @@ def slice_layout(layer: LayerLike, shape: Sequence[int]) -> tuple[int, list[int]
         if len(points) != n - 1:
             raise _unsupported(layer, f"{len(points)} slice points for {n} tops (need {n - 1})")
         edges = [0, *points, extent]
-        sizes = [b - a for a, b in zip(edges, edges[1:])]
+        sizes = [b - a for a, b in itertools.pairwise(edges)]
         if min(sizes) <= 0:
             raise _unsupported(layer, f"slice points {points} do not cut extent {extent}")
         return axis, sizes
@@ -648,7 +661,7 @@ def infer_shapes(
         try:
             if layer.type == "Input":
                 declared = input_shapes_of(layer)
-                for top, shape in zip(layer.tops, declared):
+                for top, shape in zip(layer.tops, declared, strict=True):
                     shapes[top] = given.get(top, shape)
                 continue
             bottoms = []
@@ -666,7 +679,7 @@ def infer_shapes(
             if stop_at_unknown:
                 return shapes
             raise
-        shapes.update(zip(layer.tops, outs))
+        shapes.update(zip(layer.tops, outs, strict=True))
     return shapes
 
 

@@ -9,11 +9,15 @@ What it can compare, and what it cannot:
   Blobs whose final writer has several tops (``Slice``) are reported only for the
   first top; blobs of layers OpenCV removes or renames while importing (the
   ``Input`` layer, whose values are the inputs anyway) are not reported.
-- OpenCV fuses BatchNorm, Scale and activations into convolutions internally, but
-  never fuses away an output that was asked for; the values returned are those of
-  the layers named, so comparing them is sound.
+- OpenCV normally fuses BatchNorm, Scale and activations into convolutions. This
+  backend turns that off (``enableFusion(False)``): OpenCV 4.x's own fusion of
+  BatchNorm + Scale into a *grouped* Deconvolution is wrong (golden case
+  ``deconv_grouped``: max abs error 2.5 against real Caffe with fusion, 5e-7
+  without), and a reference must compute each layer as Caffe does.
 - Layer types OpenCV's importer does not know (``Python`` layers, most fork layers)
   make the import fail; that is reported as a :class:`~bnfuse.errors.BnfuseError`.
+- OpenCV ignores ``inner_product_param.transpose`` (it reads the weights as
+  ``(N, K)`` regardless); nets using it are refused rather than miscomputed.
 - OpenCV computes in float32 only.
 
 OpenCV 5 removed ``readNetFromCaffe``; the ``verify`` extra pins ``opencv-python-headless<5``
@@ -103,6 +107,11 @@ def run(
         raise BnfuseError(f"the opencv backend computes in float32 only, not {np.dtype(dtype)}")
     cv2 = import_cv2()
     net = as_net(net_or_paths)
+    for layer in net.layers:
+        if layer.type == "InnerProduct" and layer.param.inner_product_param.transpose:
+            raise BnfuseError(
+                f"{net.prototxt_source}: layer {layer.name!r} uses InnerProduct transpose: true, "
+                "which OpenCV ignores; verify this net with the numpy backend")
     given = {name: np.ascontiguousarray(value, dtype=np.float32)
              for name, value in inputs.items()}
     # The last writer of each blob holds its final value; ask OpenCV for that layer.
@@ -126,6 +135,8 @@ def run(
     known = set(cvnet.getLayerNames())
     wanted = [(blob, layer) for blob, (layer, index) in final_writer.items()
               if index == 0 and layer in known and blob not in given]
+    # OpenCV's layer fusion miscomputes some nets (see the module docstring): off.
+    cvnet.enableFusion(False)
     cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     for name, value in given.items():

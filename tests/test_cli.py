@@ -1,0 +1,185 @@
+"""The ``bnfuse`` command line, run in-process through ``main(argv)`` and once as a process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import corpus_prototxts, shared_path
+
+import bnfuse
+from bnfuse.cli import main
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> tuple[Path, Path]:
+    """The bundled example copied into a temporary folder."""
+    prototxt = tmp_path / "net.prototxt"
+    caffemodel = tmp_path / "net.caffemodel"
+    shutil.copyfile(bnfuse.example_path("prototxt"), prototxt)
+    shutil.copyfile(bnfuse.example_path("caffemodel"), caffemodel)
+    return prototxt, caffemodel
+
+
+def _hashes(*paths: Path) -> list[str]:
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+def test_fold_writes_default_outputs_and_prints_the_table(
+        example: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt, caffemodel = example
+    before = _hashes(prototxt, caffemodel)
+    assert main(["fold", str(prototxt), str(caffemodel)]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm          2       0" in out
+    assert "folded  conv1/bn + conv1/scale into conv1" in out
+    assert "folded  conv2/bn + conv2/scale into conv2" in out
+    folded_text = prototxt.with_name("net_inference.prototxt")
+    folded_model = caffemodel.with_name("net_inference.caffemodel")
+    assert f"wrote {folded_text}" in out and f"wrote {folded_model}" in out
+    net = bnfuse.load(folded_text, folded_model)
+    assert [layer.type for layer in net.layers].count("BatchNorm") == 0
+    assert _hashes(prototxt, caffemodel) == before
+
+
+def test_fold_verify_and_json_report(example: tuple[Path, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt, caffemodel = example
+    report = tmp_path / "report.json"
+    code = main(["fold", str(prototxt), str(caffemodel), "-o", str(tmp_path / "o.prototxt"),
+                 "-w", str(tmp_path / "o.caffemodel"), "--verify", "--json", str(report)])
+    assert code == 0
+    assert "PASSED" in capsys.readouterr().out
+    payload = json.loads(report.read_text())
+    assert payload["verify"]["passed"] is True
+    assert payload["report"]["layers_after"]["Convolution"] == 2
+    assert [a["kind"] for a in payload["report"]["actions"]] == ["folded_into_producer"] * 2
+    assert payload["written"] == {"prototxt": str(tmp_path / "o.prototxt"),
+                                  "caffemodel": str(tmp_path / "o.caffemodel")}
+
+
+def test_fold_dry_run_writes_nothing(example: tuple[Path, Path],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt, caffemodel = example
+    assert main(["fold", str(prototxt), str(caffemodel), "--dry-run", "--json"]) == 0
+    out = capsys.readouterr().out
+    payload = json.loads(out[out.index("{"):])
+    assert payload["written"] is None
+    assert sorted(p.name for p in prototxt.parent.iterdir()) == ["net.caffemodel", "net.prototxt"]
+
+
+def test_quiet_prints_nothing(example: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                              tmp_path: Path) -> None:
+    prototxt, caffemodel = example
+    assert main(["fold", str(prototxt), str(caffemodel), "-q", "-o", str(tmp_path / "q.prototxt"),
+                 "-w", str(tmp_path / "q.caffemodel")]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_errors_are_one_line_with_exit_code_1(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.prototxt"
+    assert main(["fold", str(missing), str(tmp_path / "x.caffemodel")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {missing}: no such file\n"
+
+
+def test_output_over_an_input_is_refused(example: tuple[Path, Path],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt, caffemodel = example
+    before = _hashes(prototxt, caffemodel)
+    assert main(["fold", str(prototxt), str(caffemodel), "-w", str(caffemodel)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert _hashes(prototxt, caffemodel) == before
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fold"]) == 2
+    assert "usage:" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"bnfuse {bnfuse.__version__}\n"
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fold", "inspect", "verify", "random-weights"):
+        assert command in out
+
+
+def test_verify_command_passes_and_fails(example: tuple[Path, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt, caffemodel = example
+    folded = bnfuse.fold(prototxt, caffemodel)
+    folded.save(tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
+    args = [str(prototxt), str(caffemodel), str(tmp_path / "f.prototxt"),
+            str(tmp_path / "f.caffemodel")]
+    assert main(["verify", *args]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    # Break the folded model: scale conv2's weights.
+    broken = bnfuse.load(tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
+    conv2 = broken.layer("conv2")
+    broken.set_blobs(conv2, [conv2.blobs[0] * np.float32(1.5), conv2.blobs[1]])
+    bnfuse.save(broken, tmp_path / "b.prototxt", tmp_path / "b.caffemodel")
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, data=np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32))
+    code = main(["verify", str(prototxt), str(caffemodel), str(tmp_path / "b.prototxt"),
+                 str(tmp_path / "b.caffemodel"), "--inputs", str(inputs), "--json",
+                 str(tmp_path / "v.json")])
+    assert code == 1
+    assert "first at blob 'conv2/scale'" in capsys.readouterr().err
+    assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
+
+
+def test_inspect_without_weights_lists_every_batchnorm(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(bnfuse.example_path("prototxt"))]) == 0
+    out = capsys.readouterr().out
+    assert "structure only" in out
+    assert "folded  conv1/bn + conv1/scale into conv1" in out
+
+
+@pytest.mark.parametrize("name", corpus_prototxts())
+def test_inspect_corpus_lists_every_batchnorm_with_its_fate(
+        name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt = shared_path("corpus", "prototxt", name)
+    assert main(["inspect", str(prototxt), "--json"]) == 0
+    out = capsys.readouterr().out
+    payload = json.loads(out[out.index("\n{") + 1:])
+    net = bnfuse.load(prototxt)
+    norms = {layer.name for layer in net.layers if layer.type in ("BatchNorm", "BN")}
+    fates = {name for action in payload["actions"] for name in action["layers"]}
+    assert norms <= fates
+    for action in payload["actions"]:
+        if action["kind"] in ("skipped", "kept"):
+            assert action["reason"]
+
+
+def test_random_weights_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt = tmp_path / "net.prototxt"
+    shutil.copyfile(bnfuse.example_path("prototxt"), prototxt)
+    assert main(["random-weights", str(prototxt), "--seed", "3"]) == 0
+    net = bnfuse.load(prototxt, tmp_path / "net.caffemodel")
+    assert net.layer("conv1/bn").blobs[2].shape == (1,)
+    assert float(net.layer("conv1/bn").blobs[2][0]) != 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.caffemodel", "net.prototxt"]
+
+
+def test_python_dash_m_runs_the_same_command(example: tuple[Path, Path], tmp_path: Path) -> None:
+    prototxt, caffemodel = example
+    done = subprocess.run(
+        [sys.executable, "-m", "bnfuse", "fold", str(prototxt), str(caffemodel), "--dry-run"],
+        capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "folded  conv1/bn + conv1/scale into conv1" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "bnfuse", "fold"], capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2
