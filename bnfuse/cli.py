@@ -44,7 +44,8 @@ class _Out:
         def draw(done: int, total: int, what: str) -> None:
             width = 30
             filled = width * done // max(total, 1)
-            stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what[:40]:40}")
+            bar = "#" * filled + "." * (width - filled)
+            stream.write(f"\r[{bar}] {done}/{total} {what[:40]:40}")
             if done >= total:
                 stream.write("\r" + " " * (width + 60) + "\r")
             stream.flush()
@@ -64,7 +65,7 @@ def _write_json(payload: Any, target: str) -> None:
         handle.write(text.encode("utf-8"))
 
 
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import numpy as np
 from google.protobuf import text_format
@@ -61,8 +61,8 @@ from bnfuse.proto import (
 )
 
 #: What :func:`load` and :func:`save` accept for a file: a path, the bytes, or a file object.
-Source = Union[str, os.PathLike[str], bytes, bytearray, memoryview, IO[bytes]]
-Destination = Union[str, os.PathLike[str]]
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+Destination = str | os.PathLike[str]
 
 # Layer types whose blob count Caffe fixes from the params; used to reject a
 # caffemodel that does not fit (Caffe aborts on it) with a readable message.
@@ -337,12 +337,12 @@ def _read_source(src: Source, what: str) -> _Input:
         except OSError as exc:
             raise BnfuseError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if hasattr(src, "read"):
-        data = src.read()
+        data: Any = src.read()  # text-mode handles give str: accept them too
         if isinstance(data, str):
             data = data.encode("utf-8")
         name = getattr(src, "name", None)
-        path = Path(name) if isinstance(name, str) and os.path.exists(name) else None
-        return _Input(bytes(data), str(name) if name else f"<{what} stream>", path)
+        stream_path = Path(name) if isinstance(name, str) and os.path.exists(name) else None
+        return _Input(bytes(data), str(name) if name else f"<{what} stream>", stream_path)
     raise BnfuseError(f"cannot read a {what} from a {type(src).__name__}; "
                       "pass a path, bytes or a binary file object")
 
@@ -478,7 +478,9 @@ def _looks_binary(data: bytes) -> bool:
     return b"\x00" in data[:4096]
 
 
-def _parse_prototxt(data: bytes, source: str) -> tuple[Document, NetParameter, list[str], str | None]:
+def _parse_prototxt(
+    data: bytes, source: str
+) -> tuple[Document, NetParameter, list[str], str | None]:
     if not data.strip():
         raise PrototxtSyntaxError(source, 1, 1, "the prototxt is empty; expected a net definition "
                                   "with 'layer { ... }' entries")
@@ -535,14 +537,13 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
                                                                 text_input.source)
     state = NetState()
     state.CopyFrom(net_param.state)
-    state.phase = TEST  # the phase is bnfuse's choice (inference), never the file's
+    state.phase = TEST  # type: ignore[assignment]  # inference: never the file's phase
     layers: list[Layer] = []
     input_layer = _input_layer(net_param, text_input.source)
     if input_layer is not None:
         layers.append(Layer(name=input_layer.name, type=input_layer.type, bottoms=(),
                             tops=tuple(input_layer.top), param=input_layer))
-    for item in document.root.all("layer"):
-        node = item.value
+    for node in document.root.messages("layer"):
         param = LayerParameter()
         unknown = fill_message(node, param, source=text_input.source)
         if not layer_included(param, state, text_input.source):

@@ -80,7 +80,8 @@ def _worker(args: argparse.Namespace) -> int:
             item = generate(seeds, args.seed, index)
             print(f"S {index}", flush=True)
             outcome = run_input(item, work, time_limit=args.time_limit,
-                                trace_memory=not args.no_memory, cli=index % 10 == 0)
+                                trace_memory=not args.no_memory and index % args.memory_every == 0,
+                                cli=index % 10 == 0)
             if outcome.is_finding:
                 _save_finding(Path(args.out), args.seed, item, outcome.kind, outcome.detail)
             print("R " + json.dumps({"i": index, "kind": outcome.kind, "detail": outcome.detail,
@@ -96,6 +97,7 @@ def _spawn(args: argparse.Namespace, start: int, minutes: float) -> subprocess.P
                "--time-limit", str(args.time_limit), "--out", args.out]
     command += ["--large"] if args.large else []
     command += ["--no-memory"] if args.no_memory else []
+    command += ["--memory-every", str(args.memory_every)]
     return subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.PIPE, text=True, bufsize=1)
 
 
@@ -199,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", action="store_true",
                         help="also mutate the multi-megabyte real caffemodels of ../shared")
     parser.add_argument("--no-memory", action="store_true", help="skip tracemalloc (faster)")
+    parser.add_argument("--memory-every", type=int, default=4,
+                        help="trace allocations (tracemalloc, ~3x slower) on every Nth input")
     parser.add_argument("--replay", metavar="SEED:INDEX", help="run one input and explain it")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)

@@ -207,6 +207,23 @@ def test_given_input_replaces_random_data_and_unknown_names_are_rejected() -> No
     np.testing.assert_array_equal(out["data"], data)
     with pytest.raises(ModelMismatchError, match="datta"):
         forward(Net([inp]), {"datta": data})
+    relu = layer('name: "r" type: "ReLU" bottom: "data" top: "act"')
+    with pytest.raises(ModelMismatchError, match="act"):
+        forward(Net([inp, relu]), {"act": data})
+
+
+def test_convolution_with_several_bottoms_shares_the_weights() -> None:
+    a, b = randn(1, 2, 4, 4), randn(1, 2, 4, 4)
+    w = randn(3, 2, 3, 3)
+    conv = layer(
+        'name: "c" type: "Convolution" bottom: "a" bottom: "b" top: "p" top: "q" '
+        "convolution_param { num_output: 3 kernel_size: 3 pad: 1 bias_term: false }",
+        w,
+    )
+    out = run([conv], a=a, b=b)
+    geometry = {"stride": (1, 1), "pad": (1, 1), "dil": (1, 1), "group": 1}
+    assert_close(out["p"], ref_conv(a, w, None, **geometry))
+    assert_close(out["q"], ref_conv(b, w, None, **geometry))
 
 
 # --------------------------------------------------------------------------- convolution

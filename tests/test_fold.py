@@ -95,7 +95,8 @@ def test_real_mobilenets_fold_completely_and_match_caffe(model: str, tmp_path: P
 
 def test_untouched_layers_keep_their_bytes_in_both_files(tmp_path: Path) -> None:
     text = """name: "n"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 6 dim: 6 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 2 dim: 6 dim: 6 } } }
 layer {
   name: "conv"   # keep this comment
   type: "Convolution" bottom: "data" top: "conv"
@@ -183,8 +184,10 @@ def test_unfoldable_layers_are_kept_with_reasons() -> None:
     assert "variance + eps <= 0 in channel 1" in reasons[("bn_bad",)][1]
     # The BatchNorm folds into conv2; the Scale on axis 2 stays, with its reason.
     assert reasons[("bn",)][0] == "folded_into_producer"
-    assert reasons[("sc_axis",)] == ("skipped", "Scale 'sc_axis' works on axis 2 with num_axes "
-                                     "1; only per-channel (axis 1, num_axes 1) maps fold")
+    assert reasons[("sc_axis",)] == (
+        "skipped",
+        "Scale 'sc_axis' works on axis 2 with num_axes 1; only per-channel (axis 1, num_axes 1) "
+        "maps fold")
     kept = [layer.name for layer in result.net.layers]
     assert kept == ["data", "g", "conv", "sc2", "conv2", "sc_axis", "conv3", "bn_bad"]
     # A Scale with two bottoms is never a weight; nothing mentions it as folded.

@@ -70,15 +70,20 @@ def test_ssd_fold_verified_locally() -> None:
         verify(original, original)
     folded = fold_all(random_weights(prototxt, seed=0, input_shapes=shapes))
     assert sum(layer.type == "BatchNorm" for layer in folded.layers) == 0
-    result = verify_local(original, folded, input_shapes=shapes)
+    # The extra layers end in 1x1 maps: batch-1 statistics there are measured on a
+    # handful of values, and such ill-conditioned BatchNorms amplify float32 rounding to
+    # ~3e-3 (FOLDING.md: "a tiny var + eps amplifies rounding"). Hence rtol 1e-2 here;
+    # the wrong fold below is still 100x beyond it.
+    result = verify_local(original, folded, input_shapes=shapes, rtol=1e-2)
     assert result.passed, result.summary()
     assert len(result.blobs) >= 35  # every folded chain's output was compared
     wrong = verify_local(original,
                          fold_all(random_weights(prototxt, seed=0, input_shapes=shapes),
                                   use_factor=False),
-                         input_shapes=shapes)
+                         input_shapes=shapes, rtol=1e-2)
     assert not wrong.passed
     assert wrong.first_divergence == result.blobs[0].name
+    assert max(b.max_rel for b in wrong.failures) > 1.0
 
 
 @pytest.mark.slow
@@ -92,7 +97,7 @@ def test_se_net_fold_verified_locally() -> None:
     assert result.passed, result.summary()
     # Every folded chain's output is compared (and the unchanged layers between them).
     compared = {b.name for b in result.blobs}
-    assert {layer.tops[0] for layer in folded.layers if layer.type == "Convolution"} <= compared
+    assert {layer.tops[0] for layer in original.layers if layer.type == "Scale"} <= compared
     wrong = fold_all(random_weights(prototxt, seed=1, unmeasurable="unit"), eps=0.5)
     bad = verify_local(original, wrong)
     assert not bad.passed and bad.first_divergence == result.blobs[0].name

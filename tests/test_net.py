@@ -25,7 +25,8 @@ from bnfuse.io.upgrade import UpgradeError
 from bnfuse.proto import NetParameter
 
 CONV_NET = """name: "t"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 5 dim: 5 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 2 dim: 5 dim: 5 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 3 kernel_size: 3 } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
@@ -118,8 +119,8 @@ def test_excluded_layers_pass_through_untouched(tmp_path: Path) -> None:
     result = bnfuse.fold(prototxt, caffemodel)
     out_text, out_model = tmp_path / "o.prototxt", tmp_path / "o.caffemodel"
     result.save(out_text, out_model)
-    assert 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv" include { phase: TRAIN } }' \
-        in out_text.read_text()
+    kept = 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv" include { phase: TRAIN } }'
+    assert kept in out_text.read_text()
 
 
 # --- weights matched by name -------------------------------------------------------------
@@ -237,7 +238,8 @@ def test_v1_golden_upgrades_and_saves_unchanged_bytes(case: str, tmp_path: Path)
     assert "layers {" not in text and 'type: "InnerProduct"' in text
     with read_caffemodel(tmp_path / "e.caffemodel") as written:
         assert written.version == 2
-        assert [record.name for record in written.layers] == ["conv1", "relu1", "fc_renamed", "prob"]
+        names = [record.name for record in written.layers]
+        assert names == ["conv1", "relu1", "fc_renamed", "prob"]
     again = bnfuse.load(tmp_path / "e.prototxt", tmp_path / "e.caffemodel")
     np.testing.assert_array_equal(again.layer("fc_renamed").blobs[0],
                                   net.layer("fc_renamed").blobs[0])

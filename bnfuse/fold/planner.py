@@ -20,8 +20,11 @@ Example:
     ... layer { name: "bn" type: "BatchNorm" bottom: "x" top: "x"
     ...         batch_norm_param { use_global_stats: false } }
     ... ''')
-    >>> [(action.kind, action.reason) for action in plan(net, structural=True)]
-    [('skipped', 'use_global_stats is false: BatchNorm normalises with the batch statistics (force_global_stats=True folds it with the stored statistics)')]
+    >>> [action.kind for action in plan(net, structural=True)]
+    ['skipped']
+    >>> print(plan(net, structural=True)[0].reason)  # doctest: +NORMALIZE_WHITESPACE
+    use_global_stats is false: BatchNorm normalises with the batch statistics
+    (force_global_stats=True folds it with the stored statistics)
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from bnfuse.errors import BnfuseError
 from bnfuse.fold import arith, variants
 from bnfuse.graph import Graph, build_graph
+from bnfuse.io.prototxt import ScalarValue
 from bnfuse.net import Layer, Net
 
 #: Producers whose output channels a per-channel affine map can be folded into.
@@ -90,7 +94,7 @@ class FoldOptions:
     force_global_stats: bool = False
 
 
-class _Skip(Exception):
+class _SkipError(Exception):
     """A chain cannot be rewritten at all; the message is the report's reason."""
 
 
@@ -103,7 +107,8 @@ def _param_fields(layer: Layer, group: str) -> dict[str, object]:
         return {}
     fields: dict[str, object] = {}
     for item in block.fields:
-        fields[item.name] = item.value if item.is_message else item.value.text()
+        value = item.value
+        fields[item.name] = value.text() if isinstance(value, ScalarValue) else value
     return fields
 
 
@@ -126,21 +131,21 @@ def _norm_choice(layer: Layer, options: FoldOptions, structural: bool) -> varian
 
 
 def _norm_affine(layer: Layer, options: FoldOptions, structural: bool) -> arith.Affine | None:
-    """Per-channel (scale, shift) of a BatchNorm flavour, or raise _Skip with the reason."""
+    """Per-channel (scale, shift) of a BatchNorm flavour, or raise _SkipError with the reason."""
     if not layer.blobs and not structural:
-        raise _Skip(f"{layer.type} {layer.name!r} has no weights in the caffemodel")
+        raise _SkipError(f"{layer.type} {layer.name!r} has no weights in the caffemodel")
     try:
         choice = _norm_choice(layer, options, structural)
         if not choice.foldable:
             reason = choice.reason or f"{layer.type} layout is unknown"
             if "use_global_stats" in reason:
                 reason += " (force_global_stats=True folds it with the stored statistics)"
-            raise _Skip(reason)
+            raise _SkipError(reason)
         if structural:
             return None
         return variants.variant_affine(choice, [np.asarray(blob) for blob in layer.blobs])
     except BnfuseError as exc:
-        raise _Skip(str(exc)) from None
+        raise _SkipError(str(exc)) from None
 
 
 def _scale_affine(layer: Layer) -> arith.Affine:
@@ -286,7 +291,7 @@ class _Planner:
                 return [], shared
             if reader.type == "Convolution":
                 conv = reader.param.convolution_param
-                pads = list(conv.pad) + [conv.pad_h, conv.pad_w]
+                pads = [*conv.pad, conv.pad_h, conv.pad_w]
                 if any(pads):
                     return [], (f"reader {reader.name!r} pads its input with zeros; after a "
                                 "forward fold the padding would no longer be the normalised "
@@ -345,7 +350,7 @@ class _Planner:
             affine: arith.Affine | None = None
             if first.type in NORM_TYPES:
                 if len(first.bottoms) != 1 or len(first.tops) != 1:
-                    raise _Skip(f"{first.type} {first.name!r} needs one bottom and one top")
+                    raise _SkipError(f"{first.type} {first.name!r} needs one bottom and one top")
                 affine = _norm_affine(first, self.options, self.structural)
             elif not self.structural:
                 affine = _scale_affine(first)
@@ -354,8 +359,8 @@ class _Planner:
                     affine = arith.compose(affine, _scale_affine(self.layers[i]))
                 problem = arith.affine_problem(affine)
                 if problem:
-                    raise _Skip(problem)
-        except _Skip as skip:
+                    raise _SkipError(problem)
+        except _SkipError as skip:
             self.used.update(chain)
             return Action(SKIPPED, names, reason=str(skip))
         self.used.update(chain)

@@ -233,7 +233,7 @@ def upgrade_v0_layer(old: V1LayerParameter) -> V1LayerParameter:
     if v0.HasField("type"):
         if kind not in _V0_TYPES:
             raise UpgradeError(f"V0 layer {v0.name!r} has unknown type {kind!r}")
-        new.type = V1LayerParameter.LayerType.Value(_V0_TYPES[kind])
+        new.type = V1LayerParameter.LayerType.Value(_V0_TYPES[kind])  # type: ignore[assignment]
     new.blobs.extend(v0.blobs)
     new.blobs_lr.extend(v0.blobs_lr)
     new.weight_decay.extend(v0.weight_decay)
@@ -247,7 +247,8 @@ def upgrade_v0_layer(old: V1LayerParameter) -> V1LayerParameter:
         elif v0_name == "pool":
             # V0 and V1 pooling enums share names, not necessarily numbers.
             enum_name = v0.DESCRIPTOR.fields_by_name["pool"].enum_type.values_by_number[value].name
-            new.pooling_param.pool = caffe_pb2.PoolingParameter.PoolMethod.Value(enum_name)
+            new.pooling_param.pool = caffe_pb2.PoolingParameter.PoolMethod.Value(  # type: ignore[assignment]
+                enum_name)
         else:
             _copy_value(getattr(new, param_name), field_name, value)
     for v0_name, transform_name in _V0_TRANSFORM.items():
@@ -332,7 +333,7 @@ def upgrade_v1_layer(old: V1LayerParameter) -> LayerParameter:
         spec(i).name = name
     for i, mode in enumerate(old.blob_share_mode):
         mode_name = V1LayerParameter.DimCheckMode.Name(mode)
-        spec(i).share_mode = ParamSpec.DimCheckMode.Value(mode_name)
+        spec(i).share_mode = ParamSpec.DimCheckMode.Value(mode_name)  # type: ignore[assignment]
     for i, lr in enumerate(old.blobs_lr):
         spec(i).lr_mult = lr
     for i, decay in enumerate(old.weight_decay):

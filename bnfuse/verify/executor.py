@@ -145,11 +145,24 @@ def forward_steps(
 
 
 def _check_input_names(layers: Sequence[LayerLike], given: Mapping[str, Array]) -> None:
-    """Reject input names the net never reads, so a typo cannot silently become noise."""
-    names = {name for layer in layers for name in (*layer.bottoms, *layer.tops)}
-    unknown = sorted(set(given) - names)
+    """Reject names that are not inputs of the net, so a typo cannot silently become noise.
+
+    Inputs are the tops of ``Input`` layers and blobs read before any layer produces them;
+    a value given for a computed blob would be ignored, so it is refused too.
+    """
+    inputs: set[str] = set()
+    produced: set[str] = set()
+    for layer in layers:
+        if layer.type == "Input":
+            inputs.update(layer.tops)
+        else:
+            inputs.update(b for b in layer.bottoms if b not in produced)
+        produced.update(layer.tops)
+    unknown = sorted(set(given) - inputs)
     if unknown:
-        raise ModelMismatchError(f"inputs {unknown} are not blobs of the net")
+        raise ModelMismatchError(
+            f"{unknown} are not inputs of the net; its inputs are {sorted(inputs)}"
+        )
 
 
 def _bottom(
