@@ -193,10 +193,12 @@ class Net:
 
     def index(self, layer: Layer) -> int:
         """Position of ``layer`` in :attr:`layers` (by identity)."""
-        for i, candidate in enumerate(self.layers):
-            if candidate is layer:
-                return i
-        raise BnfuseError(f"layer {layer.name!r} is not part of this net")
+        # Layer is eq=False, so list.index matches by identity, in C: a fold removes
+        # layers one by one and a Python scan here was a visible O(n^2) on deep nets.
+        try:
+            return self.layers.index(layer)
+        except ValueError:
+            raise BnfuseError(f"layer {layer.name!r} is not part of this net") from None
 
     # --- edits -------------------------------------------------------------
 
@@ -304,6 +306,12 @@ class Net:
         self._edited = True
         layer.blobs = [np.asarray(blob) for blob in blobs]
         layer._weights_changed = True
+        record = layer._record
+        if record is not None:
+            # The old values were just read to compute the new ones: hand their
+            # mapped pages back, so peak memory is the changed bytes once, not twice.
+            for old in record.blobs:
+                record.file.release(old.start, old.end)
 
     def rename_layer(self, layer: Layer, name: str) -> None:
         """Give a layer a new name (its weights move with it on save)."""

@@ -137,7 +137,7 @@ def _garbage_tree(rng: random.Random, depth: int = 0) -> list[Node]:
     return nodes
 
 
-def _mutate_tree(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+def _mutate_tree(rng: random.Random, data: bytes, heavy: bool = True) -> tuple[bytes, str]:
     """One structure-aware edit; lengths stay consistent so deeper code is reached."""
     from bnfuse.io.wire import encode_varint
 
@@ -149,7 +149,7 @@ def _mutate_tree(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     node = siblings[i]
     op = rng.randrange(9)
     if op == 0:
-        count = rng.choice([2, 3, 10, 1000, 5000])
+        count = rng.choice([2, 3, 10, 1000, 5000 if heavy else 1000])
         siblings[i + 1 : i + 1] = [node] * (count - 1)
         return _serialize(tree), f"tree: repeat field {node.number} x{count}"
     if op == 1:
@@ -247,11 +247,17 @@ def _mutate_raw(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     return _random_bytes(rng, rng.randint(1, 64)), "raw: random bytes"
 
 
-def mutate_caffemodel(rng: random.Random, data: bytes) -> tuple[bytes, str]:
-    """A mutated caffemodel and a one-line description of the mutation(s)."""
+def mutate_caffemodel(rng: random.Random, data: bytes, heavy: bool = True) -> tuple[bytes, str]:
+    """A mutated caffemodel and a one-line description of the mutation(s).
+
+    ``heavy=False`` caps repeat counts so the bounded test keeps its pace.
+    """
     steps = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
-        data, what = (_mutate_tree if rng.random() < 0.5 else _mutate_raw)(rng, data)
+        if rng.random() < 0.5:
+            data, what = _mutate_tree(rng, data, heavy)
+        else:
+            data, what = _mutate_raw(rng, data)
         steps.append(what)
     return data, "; ".join(steps)
 
@@ -287,16 +293,20 @@ def _token_spans(text: bytes) -> list[tuple[int, int]]:
     return [m.span() for m in re.finditer(rb'"(?:[^"\\\n]|\\.)*"|[\w.+-]+|[{}:<>\[\],;#]', text)]
 
 
-def mutate_prototxt(rng: random.Random, text: bytes) -> tuple[bytes, str]:
-    """A mutated prototxt and a one-line description of the mutation(s)."""
+def mutate_prototxt(rng: random.Random, text: bytes, heavy: bool = True) -> tuple[bytes, str]:
+    """A mutated prototxt and a one-line description of the mutation(s).
+
+    ``heavy=False`` caps nesting depth and repeat counts (the parser's limit is 100,
+    so 1,000 levels still cross it).
+    """
     steps = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
-        text, what = _mutate_text_once(rng, text)
+        text, what = _mutate_text_once(rng, text, heavy)
         steps.append(what)
     return text, "; ".join(steps)
 
 
-def _mutate_text_once(rng: random.Random, text: bytes) -> tuple[bytes, str]:
+def _mutate_text_once(rng: random.Random, text: bytes, heavy: bool) -> tuple[bytes, str]:
     import re
 
     op = rng.randrange(12)
@@ -308,7 +318,7 @@ def _mutate_text_once(rng: random.Random, text: bytes) -> tuple[bytes, str]:
             return text[:pos] + text[pos + 1 :], f"text: delete brace at {pos}"
         return text + b"}", "text: add brace"
     if op == 1:
-        depth = rng.choice([50, 99, 100, 101, 1000, 100000])
+        depth = rng.choice([50, 99, 100, 101, 1000, 100000 if heavy else 1000])
         field = rng.choice([b"a", b"convolution_param", b"layer", b"shape", b"param"])
         pos = rng.choice([m.end() for m in re.finditer(rb"\{", text)] or [len(text)])
         body = (field + b" { ") * depth + (b"} " * depth if rng.random() < 0.8 else b"")
@@ -331,7 +341,7 @@ def _mutate_text_once(rng: random.Random, text: bytes) -> tuple[bytes, str]:
     scalars = [m.span() for m in re.finditer(rb"\b\w+\s*:\s*(?:\"[^\"\n]*\"|[\w.+-]+)", text)]
     if op == 6 and scalars:
         a, b = rng.choice(scalars)
-        count = rng.choice([2, 2, 3, 1000])
+        count = rng.choice([2, 2, 3, 1000 if heavy else 100])
         return text[:b] + (b" " + text[a:b]) * (count - 1) + text[b:], (
             f"text: duplicate {text[a:b][:30]!r} x{count}")
     values = [m.span(1) for m in re.finditer(rb"\b\w+\s*:\s*(\"[^\"\n]*\"|[\w.+-]+)", text)]
@@ -376,16 +386,16 @@ class FuzzInput:
     caffemodel: bytes | None
 
 
-def generate(seeds: list[Seed], run_seed: int, index: int) -> FuzzInput:
+def generate(seeds: list[Seed], run_seed: int, index: int, *, heavy: bool = True) -> FuzzInput:
     """Input ``index`` of run ``run_seed``: deterministic, so a finding can be rebuilt."""
     rng = random.Random(f"{run_seed}:{index}")
     seed = rng.choice(seeds)
     prototxt, caffemodel = seed.prototxt, seed.caffemodel
     target = rng.random()
     if caffemodel is not None and target < 0.5:
-        caffemodel, what = mutate_caffemodel(rng, caffemodel)
+        caffemodel, what = mutate_caffemodel(rng, caffemodel, heavy)
     elif target < 0.9 or caffemodel is None:
-        prototxt, what = mutate_prototxt(rng, prototxt)
+        prototxt, what = mutate_prototxt(rng, prototxt, heavy)
         if caffemodel is not None and rng.random() < 0.3:
             caffemodel = None  # structure-only paths (inspect/fold without weights)
     else:
@@ -393,7 +403,7 @@ def generate(seeds: list[Seed], run_seed: int, index: int) -> FuzzInput:
         other = rng.choice([s for s in seeds if s.caffemodel is not None] or [seed])
         caffemodel, what = other.caffemodel, f"weights of {other.name}"
         if rng.random() < 0.5 and caffemodel is not None:
-            caffemodel, more = mutate_caffemodel(rng, caffemodel)
+            caffemodel, more = mutate_caffemodel(rng, caffemodel, heavy)
             what += "; " + more
     return FuzzInput(index, seed.name, what, prototxt, caffemodel)
 
@@ -450,7 +460,9 @@ def _steps(prototxt: Path, caffemodel: Path | None, out: Path,
                     None if caffemodel is None else out / "saved.caffemodel")
 
     def fold_save() -> None:
-        result = bnfuse.fold(prototxt, caffemodel)
+        # fold(paths) is load + fold_net: folding the already loaded (and saved) net
+        # covers the same code with one parse instead of two.
+        result = bnfuse.fold_net(loaded[0])
         result.save(out / "folded.prototxt",
                     None if caffemodel is None else out / "folded.caffemodel")
 
@@ -539,3 +551,27 @@ def run_input(item: FuzzInput, workdir: Path, *, time_limit: float = 10.0,
 def reproduce_seconds_budget() -> float:
     """Per-input time limit; generous on a loaded CI machine, overridable by environment."""
     return float(os.environ.get("BNFUSE_FUZZ_TIME_LIMIT", "10"))
+
+
+def run_batch(seeds: list[Seed], run_seed: int, start: int, stride: int, count: int, *,
+              heavy: bool, workdir: Path, time_limit: float = 10.0) -> dict[str, object]:
+    """Run inputs ``start, start+stride, ...`` (``count`` of them); summarise the outcomes.
+
+    Used by the bounded test (one batch per core) through ``python -m fuzz.run --batch``.
+    """
+    kinds: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    findings: list[dict[str, object]] = []
+    began = time.perf_counter()
+    for index in range(start, start + stride * count, stride):
+        item = generate(seeds, run_seed, index, heavy=heavy)
+        outcome = run_input(item, workdir, time_limit=time_limit, cli=index % 50 == 0)
+        kinds[outcome.kind] = kinds.get(outcome.kind, 0) + 1
+        for name in filter(None, outcome.detail.split(",")) if outcome.kind == "error" else ():
+            errors[name] = errors.get(name, 0) + 1
+        if outcome.is_finding:
+            findings.append({"index": index, "seed": item.seed_name,
+                             "mutation": item.description, "kind": outcome.kind,
+                             "detail": outcome.detail})
+    return {"inputs": count, "seconds": time.perf_counter() - began, "outcomes": kinds,
+            "errors": errors, "findings": findings}

@@ -38,15 +38,15 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from fuzz.corpus_seeds import all_seeds  # noqa: E402
-from fuzz.engine import FuzzInput, generate, run_input  # noqa: E402
+from fuzz.corpus_seeds import Seed, all_seeds, builtin_seeds, shared_seeds  # noqa: E402
+from fuzz.engine import FuzzInput, generate, run_batch, run_input  # noqa: E402
 
 #: Address-space ceiling of a worker: far above any legitimate use by these
 #: small inputs, far below what would hurt the machine.
 _WORKER_ADDRESS_SPACE = 6 << 30
 
 
-def _seeds(include_large: bool) -> list:
+def _seeds(include_large: bool) -> list[Seed]:
     return all_seeds(include_large=include_large)
 
 
@@ -177,7 +177,10 @@ def _parent(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     """Rebuild one input from ``seed:index`` and run it in this process, verbosely."""
     run_seed, index = (int(x) for x in args.replay.split(":"))
-    item = generate(_seeds(args.large), run_seed, index)
+    if args.light:  # an input of the bounded test
+        item = generate(_batch_seeds(args), run_seed, index, heavy=False)
+    else:
+        item = generate(_seeds(args.large), run_seed, index)
     print(f"seed {item.seed_name}; mutation {item.description}")
     with tempfile.TemporaryDirectory() as folder:
         outcome = run_input(item, Path(folder), time_limit=args.time_limit, trace_memory=True,
@@ -185,6 +188,31 @@ def _replay(args: argparse.Namespace) -> int:
     print(f"{outcome.kind} in {outcome.seconds:.3f} s, peak {outcome.peak_bytes} bytes")
     print(outcome.detail)
     return 1 if outcome.is_finding else 0
+
+
+def _batch_seeds(args: argparse.Namespace) -> list[Seed]:
+    """The bounded run's seeds: built-in ones plus ../shared's small ones."""
+    seeds = builtin_seeds()
+    if args.shared_dir:
+        seeds += shared_seeds(root=Path(args.shared_dir))
+    return [s for s in seeds
+            if len(s.prototxt) <= args.max_seed_bytes
+            and len(s.caffemodel or b"") <= args.max_seed_bytes]
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """One slice of the bounded test: run it, print a JSON summary on stdout."""
+    if args.no_fsync:
+        # Durability is not what the fuzz oracle checks, and fsync dominates small saves.
+        os.fsync = lambda fd: None
+    seeds = _batch_seeds(args)
+    start, stride, count = (int(x) for x in args.batch.split(":"))
+    with tempfile.TemporaryDirectory(prefix="bnfuse-fuzz-") as folder:
+        summary = run_batch(seeds, args.seed, start, stride, count, heavy=False,
+                            workdir=Path(folder), time_limit=args.time_limit)
+    summary["seeds"] = len(seeds)
+    print(json.dumps(summary))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-every", type=int, default=4,
                         help="trace allocations (tracemalloc, ~3x slower) on every Nth input")
     parser.add_argument("--replay", metavar="SEED:INDEX", help="run one input and explain it")
+    parser.add_argument("--batch", metavar="START:STRIDE:COUNT",
+                        help="run one slice of inputs (light mutations) and print JSON")
+    parser.add_argument("--light", action="store_true",
+                        help="with --replay: an input of the bounded test (its seeds, light "
+                             "mutations; give --shared-dir as the test did)")
+    parser.add_argument("--shared-dir", help="with --batch: the ../shared folder, if any")
+    parser.add_argument("--max-seed-bytes", type=int, default=64 << 10,
+                        help="with --batch: skip seeds with a larger file")
+    parser.add_argument("--no-fsync", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--stride", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.replay:
         return _replay(args)
+    if args.batch:
+        return _batch(args)
     if args.worker:
         return _worker(args)
     return _parent(args)

@@ -183,3 +183,26 @@ def test_python_dash_m_runs_the_same_command(example: tuple[Path, Path], tmp_pat
     bad = subprocess.run([sys.executable, "-m", "bnfuse", "fold"], capture_output=True,
                          text=True, check=False)
     assert bad.returncode == 2
+
+
+def test_fold_verify_falls_back_to_a_local_check_for_unknown_layers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelkit import bn_blobs, conv_blobs, scale_blobs, write_model
+
+    text = """layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "conv" top: "shuffle"
+        shuffle_channel_param { group: 2 } }
+"""
+    rng = np.random.default_rng(0)
+    prototxt, caffemodel = write_model(tmp_path, text, {
+        "conv": conv_blobs(rng, 4, 4), "bn": bn_blobs(rng, 4), "sc": scale_blobs(rng, 4)})
+    code = main(["fold", str(prototxt), str(caffemodel), "--verify"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ShuffleChannel" in out and "comparing the changed layers locally instead" in out
+    assert "PASSED" in out

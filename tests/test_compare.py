@@ -219,7 +219,8 @@ def test_inner_product_fold() -> None:
 
 _POOL_BN_CONV = b"""
 name: "fwd"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 8 dim: 8 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 4 dim: 8 dim: 8 } } }
 layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
         pooling_param { pool: MAX kernel_size: 2 stride: 1 } }
 layer { name: "bn" type: "BatchNorm" bottom: "pool" top: "pool" }

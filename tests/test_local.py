@@ -107,7 +107,8 @@ def test_se_net_fold_verified_locally() -> None:
 def test_region_input_shape_from_weights() -> None:
     """A region input whose shape inference cannot reach is shaped from the conv's weights."""
     text = b"""
-    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
     layer { name: "odd" type: "MysteryLayer" bottom: "data" top: "m" }
     layer { name: "conv" type: "Convolution" bottom: "m" top: "c"
             convolution_param { num_output: 4 kernel_size: 3 } }

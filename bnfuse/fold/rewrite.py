@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnfuse.errors import BnfuseError
+from bnfuse.errors import BnfuseError, ModelMismatchError, UnsupportedLayerError
 from bnfuse.fold import arith
 from bnfuse.fold.planner import (
     CONV_TYPES,
@@ -124,7 +124,13 @@ def apply(net: Net, actions: list[Action]) -> None:
     for action in actions:
         handler = _APPLY.get(action.kind)
         if handler is not None:
-            handler(net, action)
+            try:
+                handler(net, action)
+            except (ModelMismatchError, UnsupportedLayerError) as exc:
+                # The arithmetic knows arrays only; the user needs the file and the layers.
+                source = net.weights.source if net.weights is not None else net.prototxt_source
+                raise type(exc)(f"{source}: cannot fold {' + '.join(action.chain)} into "
+                                f"{', '.join(action.target)}: {exc}") from None
 
 
 __all__ = ["apply"]

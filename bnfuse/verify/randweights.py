@@ -16,11 +16,12 @@ invisible when every BatchNorm is the identity). So:
   Caffe does with a factor ``f`` (``[mean·f, var·f, [f]]``), ``f`` being
   ``0.999 · U(0.5, 2)`` per layer unless ``factor`` is given. With the same batch,
   every BatchNorm output then has per-channel mean 0 and variance
-  ``var / (var + eps)``; the batch is the one ``executor.forward(net, seed=seed)``
-  draws (with the same ``input_shapes``), so a test can replay it. A channel with fewer than 2 values per batch (a
-  BatchNorm after global pooling with batch 1) gets variance 1; a variance below
-  1% of the layer's median (dead channels) is raised to it, so another batch does
-  not blow such channels up by ``1/sqrt(eps)``.
+  ``var / (var + eps)``. The batch is drawn as ``executor.forward(net, seed=seed)``
+  draws its inputs (``default_rng(seed).standard_normal`` per Input top, in order,
+  at ``input_shapes`` when given), so a test can replay it. A channel with fewer
+  than 2 values per batch (a BatchNorm after global pooling with batch 1) gets
+  variance 1; a variance below 1% of the layer's median (dead channels) is
+  raised to it, so another batch does not blow such channels up by ``1/sqrt(eps)``.
 
 Layers the executor does not know (fork layers, Python layers) stop the
 measurement for everything computed from their outputs. With

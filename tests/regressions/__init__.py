@@ -1,0 +1,1 @@
+"""Inputs the fuzzer found to crash bnfuse, one module per finding (see ``README.md``)."""
