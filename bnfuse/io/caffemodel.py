@@ -41,6 +41,8 @@ import numpy as np
 
 from bnfuse.errors import CaffemodelError, OutputError
 from bnfuse.io.atomic import atomic_write, copy_range
+from bnfuse.io.upgrade import V0_TYPES
+from bnfuse.io.upgrade import V1_TYPE_NAMES as V1_TYPE_NAMES_BY_ENUM
 from bnfuse.io.wire import (
     WIRETYPE_FIXED32,
     WIRETYPE_FIXED64,
@@ -56,9 +58,10 @@ from bnfuse.io.wire import (
     read_varint,
     to_signed64,
 )
+from bnfuse.proto import V1LayerParameter
 
 if TYPE_CHECKING:
-    from bnfuse.proto import LayerParameter, NetParameter, V1LayerParameter
+    from bnfuse.proto import LayerParameter, NetParameter
 
 StrPath: TypeAlias = Union[str, "os.PathLike[str]"]
 
@@ -96,77 +99,15 @@ RAW_DATA_TYPES: dict[int, np.dtype[np.floating]] = {
 }
 _RAW_TYPE_OF: dict[str, int] = {"f8": 0, "f4": 1, "f2": 2}
 
-#: Caffe's UpgradeV1LayerType (src/caffe/util/upgrade_proto.cpp): V1 enum
-#: number -> V2 type string.  Numbers are those of V1LayerParameter.LayerType.
+#: Caffe's UpgradeV1LayerType keyed by V1 enum number (the names live in bnfuse.io.upgrade).
 V1_TYPE_NAMES: dict[int, str] = {
-    0: "",  # NONE
-    1: "Accuracy",
-    2: "BNLL",
-    3: "Concat",
-    4: "Convolution",
-    5: "Data",
-    6: "Dropout",
-    7: "EuclideanLoss",
-    8: "Flatten",
-    9: "HDF5Data",
-    10: "HDF5Output",
-    11: "Im2col",
-    12: "ImageData",
-    13: "InfogainLoss",
-    14: "InnerProduct",
-    15: "LRN",
-    16: "MultinomialLogisticLoss",
-    17: "Pooling",
-    18: "ReLU",
-    19: "Sigmoid",
-    20: "Softmax",
-    21: "SoftmaxWithLoss",
-    22: "Split",
-    23: "TanH",
-    24: "WindowData",
-    25: "Eltwise",
-    26: "Power",
-    27: "SigmoidCrossEntropyLoss",
-    28: "HingeLoss",
-    29: "MemoryData",
-    30: "ArgMax",
-    31: "Threshold",
-    32: "DummyData",
-    33: "Slice",
-    34: "MVN",
-    35: "AbsVal",
-    36: "Silence",
-    37: "ContrastiveLoss",
-    38: "Exp",
-    39: "Deconvolution",
+    V1LayerParameter.LayerType.Value(enum_name): type_name
+    for enum_name, type_name in V1_TYPE_NAMES_BY_ENUM.items()
 }
 
 #: Caffe's UpgradeV0LayerType composed with UpgradeV1LayerType: V0 type string -> V2 type.
 V0_TYPE_NAMES: dict[str, str] = {
-    "accuracy": "Accuracy",
-    "bnll": "BNLL",
-    "concat": "Concat",
-    "conv": "Convolution",
-    "data": "Data",
-    "dropout": "Dropout",
-    "euclidean_loss": "EuclideanLoss",
-    "flatten": "Flatten",
-    "hdf5_data": "HDF5Data",
-    "hdf5_output": "HDF5Output",
-    "im2col": "Im2col",
-    "images": "ImageData",
-    "infogain_loss": "InfogainLoss",
-    "innerproduct": "InnerProduct",
-    "lrn": "LRN",
-    "multinomial_logistic_loss": "MultinomialLogisticLoss",
-    "pool": "Pooling",
-    "relu": "ReLU",
-    "sigmoid": "Sigmoid",
-    "softmax": "Softmax",
-    "softmax_loss": "SoftmaxWithLoss",
-    "split": "Split",
-    "tanh": "TanH",
-    "window_data": "WindowData",
+    v0_type: V1_TYPE_NAMES_BY_ENUM[enum_name] for v0_type, enum_name in V0_TYPES.items()
 }
 
 #: Fields kept when a layer header does not parse with bnfuse's schema (a fork

@@ -83,8 +83,8 @@ V1_TYPE_NAMES: dict[str, str] = {
     "THRESHOLD": "Threshold",
 }
 
-# V0 type strings -> V1 enum names (Caffe's UpgradeV0LayerType).
-_V0_TYPES: dict[str, str] = {
+#: V0 type strings -> V1 enum names (Caffe's UpgradeV0LayerType).
+V0_TYPES: dict[str, str] = {
     "accuracy": "ACCURACY",
     "bnll": "BNLL",
     "concat": "CONCAT",
@@ -231,9 +231,9 @@ def upgrade_v0_layer(old: V1LayerParameter) -> V1LayerParameter:
     if v0.HasField("name"):
         new.name = v0.name
     if v0.HasField("type"):
-        if kind not in _V0_TYPES:
+        if kind not in V0_TYPES:
             raise UpgradeError(f"V0 layer {v0.name!r} has unknown type {kind!r}")
-        new.type = V1LayerParameter.LayerType.Value(_V0_TYPES[kind])  # type: ignore[assignment]
+        new.type = V1LayerParameter.LayerType.Value(V0_TYPES[kind])  # type: ignore[assignment]
     new.blobs.extend(v0.blobs)
     new.blobs_lr.extend(v0.blobs_lr)
     new.weight_decay.extend(v0.weight_decay)
@@ -448,6 +448,7 @@ def upgrade_net(net: NetParameter) -> list[str]:
 
 
 __all__ = [
+    "V0_TYPES",
     "V1_TYPE_NAMES",
     "UpgradeError",
     "needs_format_upgrade",
