@@ -34,10 +34,10 @@ import numpy as np
 # in a bare venv that has only protobuf and numpy installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from google.protobuf import text_format  # noqa: E402
+from google.protobuf import text_format
 
-from bnfuse.fold import arith  # noqa: E402
-from bnfuse.proto import NetParameter  # noqa: E402
+from bnfuse.fold import arith
+from bnfuse.proto import NetParameter
 
 _PRODUCERS = ("Convolution", "InnerProduct")
 

@@ -270,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     fold.add_argument("--verify", action="store_true",
                       help="run both models and fail if the folded one's outputs differ")
     fold.add_argument("--dry-run", action="store_true", help="report what would be done only")
-    fold.add_argument("--json", metavar="REPORT.json", nargs="?", const="-",
-                      help="write the report as JSON (to stdout when no file is given)")
+    fold.add_argument("--json", metavar="REPORT.json",
+                      help="write the report as JSON to this file ('-': stdout, instead of the "
+                           "table)")
     fold.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_fold_options(fold)
     _add_verify_options(fold)
@@ -284,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("prototxt", help="the model definition")
     inspect.add_argument("caffemodel", nargs="?", default=None,
                          help="the weights (optional: without them only structure is checked)")
-    inspect.add_argument("--json", metavar="FILE", nargs="?", const="-",
-                         help="write the result as JSON (to stdout when no file is given)")
+    inspect.add_argument("--json", metavar="FILE",
+                         help="write the result as JSON to this file ('-': stdout, instead of "
+                              "the table)")
     inspect.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_fold_options(inspect)
     inspect.set_defaults(handler=_cmd_inspect)
@@ -297,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("a_caffemodel", metavar="A.caffemodel")
     verify.add_argument("b_prototxt", metavar="B.prototxt")
     verify.add_argument("b_caffemodel", metavar="B.caffemodel")
-    verify.add_argument("--json", metavar="FILE", nargs="?", const="-",
-                        help="write the comparison as JSON (to stdout when no file is given)")
+    verify.add_argument("--json", metavar="FILE",
+                        help="write the comparison as JSON to this file ('-': stdout, instead "
+                             "of the table)")
     verify.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_verify_options(verify)
     verify.set_defaults(handler=_cmd_verify)
@@ -333,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    out = _Out(getattr(args, "quiet", False))
+    # JSON on stdout replaces the human-readable table there.
+    out = _Out(getattr(args, "quiet", False) or getattr(args, "json", None) == "-")
     try:
         return int(args.handler(args, out))
     except BnfuseError as exc:

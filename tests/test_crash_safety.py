@@ -121,6 +121,7 @@ def test_sigkill_during_save_never_leaves_a_partial_file(tmp_path: Path) -> None
     print(f"\n{saves_seen} complete saves, {len(list(out.iterdir())) - 2} temp files left "
           f"by 40 kills")
     assert saves_seen > 0, "the child never completed a save: kills all landed at start-up"
+    assert kills_mid_write > 0, "no kill landed during a write: the test proved nothing"
     # The stale temp files are bnfuse's alone, and the next save still works beside them.
     bnfuse.fold(src_p, src_c).save(out / "m.prototxt", out / "m.caffemodel")
     assert (out / "m.caffemodel").read_bytes() == good["m.caffemodel"]
