@@ -107,6 +107,28 @@ class Layer:
         """True when the layer writes its output over its input blob."""
         return bool(self.tops) and self.tops == self.bottoms[: len(self.tops)]
 
+    def fields_of(self, group: str) -> dict[str, object]:
+        """Fields written in the layer's ``group`` block, fork fields included.
+
+        Scalars map to their text, sub-messages to their node. Used to tell the
+        BatchNorm flavours of Caffe forks apart by the fields they write.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(b'layer { name: "b" type: "BN" '
+            ...                   b'bn_param { bn_mode: INFERENCE var_eps: 1e-9 } }')
+            >>> net.layers[0].fields_of("bn_param")
+            {'bn_mode': 'INFERENCE', 'var_eps': '1e-9'}
+        """
+        block = self.node.message(group) if self.node is not None else None
+        if block is None:
+            return {}
+        fields: dict[str, object] = {}
+        for item in block.fields:
+            value = item.value
+            fields[item.name] = value.text() if isinstance(value, ScalarValue) else value
+        return fields
+
     def text_field(self, *path: str) -> str | None:
         """Return the raw text of a (possibly fork-specific) scalar field, or None.
 

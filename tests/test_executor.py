@@ -971,3 +971,34 @@ def test_resnet50_with_random_weights_agrees_with_opencv(tmp_path: Path) -> None
     cv_net.setInput(x)
     theirs = cv_net.forward("fc1000")
     assert_close(ours["fc1000"], theirs, rel=1e-4)
+
+
+def test_max_pooling_mask_top_matches_caffes_argmax_scan() -> None:
+    """Caffe's mask: flat index h*W+w of the first maximum scanned row by row in the window."""
+    import bnfuse
+
+    rng = np.random.default_rng(7)
+    # Values drawn from a few levels so ties occur and the first-maximum rule is exercised.
+    x = rng.integers(0, 3, size=(2, 3, 7, 6)).astype(np.float32)
+    net = bnfuse.load(b"""
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 6 } } }
+    layer { name: "pool" type: "Pooling" bottom: "x" top: "p" top: "mask"
+            pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }""")
+    out = forward(net, {"x": x})
+    oh, ow = out["p"].shape[2:]
+    want_value = np.zeros((2, 3, oh, ow), np.float32)
+    want_mask = np.zeros((2, 3, oh, ow), np.float32)
+    for n in range(2):
+        for c in range(3):
+            for i in range(oh):
+                for j in range(ow):
+                    h0, w0 = max(i * 2 - 1, 0), max(j * 2 - 1, 0)
+                    h1, w1 = min(i * 2 - 1 + 3, 7), min(j * 2 - 1 + 3, 6)
+                    best, where = -np.inf, -1
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            if x[n, c, h, w] > best:
+                                best, where = x[n, c, h, w], h * 6 + w
+                    want_value[n, c, i, j], want_mask[n, c, i, j] = best, where
+    np.testing.assert_array_equal(out["p"], want_value)
+    np.testing.assert_array_equal(out["mask"], want_mask)

@@ -391,3 +391,34 @@ def test_property_conv_batchnorm_scale_folds_exactly(
     scale = max(float(np.abs(want[last]).max()), 1e-12)
     # Weights are stored in float32 after a float64 fold: one float32 rounding per weight.
     assert float(np.abs(got[last] - want[last]).max()) / scale < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["enet_deploy.prototxt"] if "enet_deploy.prototxt"
+                         in corpus_prototxts() else [])
+def test_segnet_style_bn_folds_and_verifies_locally(name: str, tmp_path: Path) -> None:
+    """ENet: SegNet "BN" (INFERENCE), Python dropout layers, pooling masks, Upsample."""
+    from bnfuse.net import save_weights
+    from bnfuse.verify.local import verify_local
+    from bnfuse.verify.randweights import random_weights
+
+    prototxt = shared_path("corpus", "prototxt", name)
+    net = random_weights(prototxt, seed=0, unmeasurable="unit",
+                         input_shapes={"data": (1, 3, 128, 128)})
+    save_weights(net, tmp_path / "w.caffemodel")
+    result = bnfuse.fold(prototxt, tmp_path / "w.caffemodel")
+    folded = [a for a in result.report.actions if a.kind == "folded_into_producer"]
+    # Every BN the generator could reach (73 of 86: the rest sit behind SegNet's
+    # Upsample, which bnfuse cannot shape) is folded or merged; the others say why.
+    assert len(folded) == 72
+    for action in result.report.skipped:
+        assert action.reason == f"BN {action.chain[0]!r} has no weights in the caffemodel"
+    result.save(tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
+    before, after = prototxt.read_text(), (tmp_path / "f.prototxt").read_text()
+    for fork_field in ("python_param", "upsample_param"):
+        assert after.count(fork_field) == before.count(fork_field)
+    assert after.count("bn_param") == before.count("bn_param") - 73
+    checked = verify_local((prototxt, tmp_path / "w.caffemodel"),
+                           (tmp_path / "f.prototxt", tmp_path / "f.caffemodel"))
+    assert checked.passed, checked.summary()
+    assert len(checked.blobs) > 100

@@ -99,7 +99,9 @@ def _vector(blob: npt.ArrayLike, what: str) -> F64Array:
         raise ModelMismatchError(f"{what}: expected one value per channel, got shape {arr.shape}")
     if arr.size == 0:
         raise ModelMismatchError(f"{what}: is empty")
-    return np.array(arr, dtype=np.float64).reshape(-1)
+    # A signalling NaN (a corrupt float) makes the cast warn; NaN is judged later, not here.
+    with np.errstate(invalid="ignore"):
+        return np.array(arr, dtype=np.float64).reshape(-1)
 
 
 def _float_weight(w: npt.ArrayLike, what: str, min_ndim: int) -> FloatArray:

@@ -37,7 +37,6 @@ import numpy as np
 from bnfuse.errors import BnfuseError
 from bnfuse.fold import arith, variants
 from bnfuse.graph import Graph, build_graph
-from bnfuse.io.prototxt import ScalarValue
 from bnfuse.net import Layer, Net
 
 #: Producers whose output channels a per-channel affine map can be folded into.
@@ -98,24 +97,10 @@ class _SkipError(Exception):
     """A chain cannot be rewritten at all; the message is the report's reason."""
 
 
-def _param_fields(layer: Layer, group: str) -> dict[str, object]:
-    """Fields written in a layer's ``group`` block (fork fields included), as text values."""
-    if layer.node is None:
-        return {}
-    block = layer.node.message(group)
-    if block is None:
-        return {}
-    fields: dict[str, object] = {}
-    for item in block.fields:
-        value = item.value
-        fields[item.name] = value.text() if isinstance(value, ScalarValue) else value
-    return fields
-
-
 def _norm_choice(layer: Layer, options: FoldOptions, structural: bool) -> variants.VariantChoice:
     """Which BatchNorm flavour a layer is, by its type, blob count and written fields."""
     group = "bn_param" if layer.type == "BN" else "batch_norm_param"
-    fields = _param_fields(layer, group)
+    fields = layer.fields_of(group)
     if options.force_global_stats:
         fields.pop("use_global_stats", None)
     count = len(layer.blobs)
@@ -150,11 +135,16 @@ def _norm_affine(layer: Layer, options: FoldOptions, structural: bool) -> arith.
 
 def _scale_affine(layer: Layer) -> arith.Affine:
     blobs = [np.asarray(blob) for blob in layer.blobs]
-    if layer.type == "Scale":
-        gamma = blobs[0].reshape(-1)
-        beta = blobs[1].reshape(-1) if len(blobs) > 1 else None
-        return arith.affine_from_scale(gamma, beta)
-    return arith.affine_from_bias(blobs[0].reshape(-1))
+    try:
+        if layer.type == "Scale":
+            gamma = blobs[0].reshape(-1)
+            beta = blobs[1].reshape(-1) if len(blobs) > 1 else None
+            return arith.affine_from_scale(gamma, beta)
+        return arith.affine_from_bias(blobs[0].reshape(-1))
+    except BnfuseError as exc:
+        # Blobs that do not fit together (a corrupt caffemodel) leave the layer as it is,
+        # with the reason in the report, as for a BatchNorm's blobs.
+        raise _SkipError(f"{layer.type} {layer.name!r}: {exc}") from None
 
 
 def _affine_layer_problem(layer: Layer, structural: bool = False) -> str | None:

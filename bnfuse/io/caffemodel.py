@@ -696,7 +696,8 @@ def _scan_blob(
     doubles: list[_Segment] = []
     raw: tuple[int, int] | None = None
     raw_type = 0  # proto2 default of NVIDIA's Type enum: its first value, DOUBLE
-    where = f"layer '{layer}' blob {index}"
+    # repr: a corrupt name may hold newlines or terminal escapes; messages stay one safe line.
+    where = f"layer {layer!r} blob {index}"
 
     pos = start
     while pos < end:

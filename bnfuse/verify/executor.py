@@ -136,7 +136,7 @@ def forward_steps(
             for top, value, shape in zip(layer.tops, values, expected, strict=True):
                 if value.shape != shape or value.dtype != work:
                     raise BnfuseError(
-                        f"internal error in layer '{layer.name}' ({layer.type}): made "
+                        f"internal error in layer {layer.name!r} (type {layer.type!r}): made "
                         f"{value.dtype}{value.shape}, expected {work}{shape}"
                     )
                 tops[top] = value
@@ -173,7 +173,7 @@ def _bottom(
     if name in given:
         return given[name]
     raise ModelMismatchError(
-        f"layer '{layer.name}' ({layer.type}) reads blob '{name}', which no earlier layer "
+        f"layer {layer.name!r} (type {layer.type!r}) reads blob {name!r}, which no earlier layer "
         f"produces and which was not given as an input"
     )
 

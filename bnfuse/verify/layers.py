@@ -27,6 +27,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
+from bnfuse.verify.forknorm import fork_norm_forward, is_fork_norm
 from bnfuse.verify.shapes import (
     POOL_AVE,
     POOL_MAX,
@@ -81,7 +82,7 @@ def layer_weights(
     blobs = list(layer.blobs)
     if len(blobs) != len(expected):
         raise ModelMismatchError(
-            f"layer '{layer.name}' ({layer.type}) has {len(blobs)} weight blobs; "
+            f"layer {layer.name!r} (type {layer.type!r}) has {len(blobs)} weight blobs; "
             f"Caffe expects {len(expected)} with shapes {expected}"
         )
     result = []
@@ -89,8 +90,8 @@ def layer_weights(
         arr = np.asarray(blob)
         if arr.shape != shape and not _legacy_equal(arr.shape, shape):
             raise ModelMismatchError(
-                f"layer '{layer.name}' ({layer.type}) weight blob {i} has shape {arr.shape}; "
-                f"Caffe expects {shape}"
+                f"layer {layer.name!r} (type {layer.type!r}) weight blob {i} has shape "
+                f"{arr.shape}; Caffe expects {shape}"
             )
         # astype(copy=False) keeps read-only caffemodel views uncopied when no cast is needed.
         result.append(arr.astype(dtype, copy=False).reshape(shape))
@@ -102,7 +103,7 @@ def _shapes(bottoms: Sequence[Array]) -> list[tuple[int, ...]]:
 
 
 def _fail(layer: LayerLike, why: str) -> UnsupportedLayerError:
-    return UnsupportedLayerError(f"layer '{layer.name}' ({layer.type}): {why}")
+    return UnsupportedLayerError(f"layer {layer.name!r} (type {layer.type!r}): {why}")
 
 
 # --------------------------------------------------------------------------- convolution
@@ -263,9 +264,13 @@ def _inner_product(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any])
 # --------------------------------------------------------------------------- normalisation
 
 
+def _fork_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    return [fork_norm_forward(layer, bottoms[0], dtype)]
+
+
 def _batch_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
-    if len(layer.blobs) == 5:
-        raise _fail(layer, "a 5-blob BatchNorm (NVIDIA Caffe scale_bias) is not BVLC's BatchNorm")
+    if is_fork_norm(layer):  # NVIDIA Caffe's 5-blob BatchNorm (scale_bias)
+        return _fork_norm(layer, bottoms, dtype)
     x = bottoms[0]
     bp = layer.param.batch_norm_param
     weights = layer_weights(layer, _shapes(bottoms), dtype)
@@ -404,8 +409,37 @@ def pool_forward(x: Array, g: PoolGeometry) -> Array:
     return mean
 
 
+def pool_mask(x: Array, g: PoolGeometry) -> Array:
+    """Caffe's MAX pooling mask: the flat index ``h * W + w`` of each window's maximum.
+
+    Ties go to the first maximum in row-major order, as Caffe's strict ``>`` scan does.
+
+    Example:
+        >>> g = PoolGeometry(POOL_MAX, (2, 2), (2, 2), (0, 0), (1, 2))
+        >>> pool_mask(np.array([[[[1.0, 5.0, 7.0, 2.0], [3.0, 0.0, 7.0, 9.0]]]]), g)[0, 0]
+        array([[1., 7.]])
+    """
+    n, c, height, width = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = g.kernel, g.stride, g.pad, g.output
+    ext_h, ext_w = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    xp = np.full((n, c, max(ext_h, ph + height), max(ext_w, pw + width)), _CAFFE_MAX_INIT,
+                 dtype=x.dtype)
+    xp[:, :, ph : ph + height, pw : pw + width] = x
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh]
+    win = win[:, :, :, : (ow - 1) * sw + 1 : sw]
+    arg = win.reshape(n, c, oh, ow, kh * kw).argmax(axis=4)
+    row = (np.arange(oh) * sh - ph)[:, None] + arg // kw
+    col = (np.arange(ow) * sw - pw)[None, :] + arg % kw
+    mask: Array = (row * width + col).astype(x.dtype)
+    return mask
+
+
 def _pooling(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
-    return [pool_forward(bottoms[0], pool_geometry(layer, bottoms[0].shape))]
+    geometry = pool_geometry(layer, bottoms[0].shape)
+    pooled = pool_forward(bottoms[0], geometry)
+    if len(layer.tops) == 2:
+        return [pooled, pool_mask(bottoms[0], geometry)]
+    return [pooled]
 
 
 # --------------------------------------------------------------------------- activations
@@ -580,6 +614,8 @@ LAYER_FORWARD: dict[str, LayerForward] = {
     "Deconvolution": _convolution,
     "InnerProduct": _inner_product,
     "BatchNorm": _batch_norm,
+    "BN": _fork_norm,
+    "CuDNNBatchNorm": _fork_norm,
     "Scale": _scale,
     "Bias": _bias,
     "ReLU": _relu,

@@ -75,7 +75,8 @@ def known_shapes(
 
     Unlike :func:`bnfuse.verify.shapes.infer_shapes`, an unknown layer does not stop
     the walk: its tops are simply unknown (except ``Axpy``/``ShuffleChannel``, whose
-    output shape is a bottom's), and so is everything computed from them.
+    output shape is a bottom's), and so is everything computed from them, except an
+    ``Eltwise`` whose shape any one known bottom gives.
 
     Example:
         >>> shapes = known_shapes(ssd_net)   # doctest: +SKIP
@@ -101,6 +102,13 @@ def known_shapes(
         for name in layer.bottoms:
             if name not in shapes and name in given:
                 shapes[name] = given[name]
+        if layer.type == "Eltwise" and len(layer.tops) == 1:
+            # Every bottom of an Eltwise has the output's shape: one known bottom is enough
+            # (ENet adds the output of a Python dropout layer to a branch bnfuse can shape).
+            known = [shapes[name] for name in layer.bottoms if name in shapes]
+            if known:
+                shapes[layer.tops[0]] = known[0]
+                continue
         if not all(name in shapes for name in layer.bottoms):
             for top in layer.tops:
                 shapes.pop(top, None)  # a stale earlier version must not survive
@@ -236,10 +244,17 @@ def _input_shape(name: str, shapes: Sequence[Mapping[str, Shape]],
             return known[name]
     for region in regions:
         for layer in region.layers:
-            if name in layer.bottoms:
-                guess = _shape_from_weights(layer, layer.bottoms.index(name))
-                if guess is not None:
-                    return guess
+            if name not in layer.bottoms:
+                continue
+            if layer.type == "Eltwise":
+                # Every Eltwise bottom has the shape of its output or of a known sibling.
+                for known in shapes:
+                    for other in (*layer.tops, *layer.bottoms):
+                        if other in known:
+                            return known[other]
+            guess = _shape_from_weights(layer, layer.bottoms.index(name))
+            if guess is not None:
+                return guess
     readers = [layer.name for region in regions for layer in region.layers if name in layer.bottoms]
     raise UnsupportedLayerError(
         f"cannot tell the shape of blob {name!r} (read by layer {readers[0]!r}): "

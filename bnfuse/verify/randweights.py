@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.verify.forknorm import fork_norm_blobs, is_fork_norm
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net, Source
@@ -235,6 +236,16 @@ def random_weights(
                     f"layer {layer.name!r} ({layer.type}): its input shape depends on layer "
                     f"{blocked_by(layer)}, which the numpy executor does not support; "
                     "pass unmeasurable='unit' to fill what can be shaped")
+        elif is_fork_norm(layer):
+            channels = int(wanted[0][1] if len(wanted[0]) == 4 else wanted[0][0])
+            if runnable or unmeasurable == "unit":
+                measured = values[layer.bottoms[0]] if runnable else None
+                net.set_blobs(layer, fork_norm_blobs(layer, measured, channels))
+            else:
+                raise UnsupportedLayerError(
+                    f"cannot measure the statistics of {layer.type} {layer.name!r}: its input "
+                    f"depends on layer {blocked_by(layer)}, which the numpy executor does not "
+                    "support; pass unmeasurable='unit' for mean 0, variance 1")
         elif layer.type == "BatchNorm":
             f = float(factor) if factor is not None else 0.999 * float(rng.uniform(*FACTOR_RANGE))
             channels = int(wanted[0][0])
@@ -249,9 +260,16 @@ def random_weights(
                     "support; pass unmeasurable='unit' for mean 0, variance 1")
         elif wanted:
             net.set_blobs(layer, _weights_for(layer, wanted, rng))
+        out: dict[str, Array] | None = None
         if runnable:
             feed = {name: values[name] for name in layer.bottoms}
-            out = forward(_Single([layer]), feed, dtype=np.float32)
+            try:
+                out = forward(_Single([layer]), feed, dtype=np.float32)
+            except UnsupportedLayerError:
+                # A known type in a configuration the executor does not run (e.g. a
+                # pooling mask top): what depends on it is blocked, like an unknown type.
+                out = None
+        if out is not None:
             for top in layer.tops:
                 values[top] = out[top]
                 blocker.pop(top, None)

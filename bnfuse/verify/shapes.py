@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
+from bnfuse.verify.forknorm import fork_norm_shapes, is_fork_norm
 
 if TYPE_CHECKING:
     from bnfuse.verify.executor import LayerLike, NetLike
@@ -46,7 +47,7 @@ ROUND_FLOOR = 1
 
 
 def _where(layer: LayerLike) -> str:
-    return f"layer '{layer.name}' ({layer.type})"
+    return f"layer {layer.name!r} (type {layer.type!r})"
 
 
 def _unsupported(layer: LayerLike, why: str) -> UnsupportedLayerError:
@@ -310,11 +311,14 @@ def pool_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> PoolGeometry
 
 
 def _pool_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
-    if len(layer.tops) != 1:
-        # The second top of MAX pooling is Caffe's argmax mask, not a value we reproduce.
-        raise _unsupported(layer, "a second (mask) top is not supported")
     g = pool_geometry(layer, bottoms[0])
-    return [(*bottoms[0][:2], *g.output)]
+    out = (*bottoms[0][:2], *g.output)
+    if len(layer.tops) == 1:
+        return [out]
+    # Caffe allows a second top only for MAX pooling: the argmax mask (SegNet's upsampling).
+    if len(layer.tops) != 2 or g.method != POOL_MAX:
+        raise _unsupported(layer, "only MAX pooling may have a second (mask) top")
+    return [out, out]
 
 
 # --------------------------------------------------------------------------- other layers
@@ -577,6 +581,8 @@ SHAPE_RULES: dict[str, ShapeRule] = {
     "Deconvolution": _conv_shapes,
     "InnerProduct": _inner_product_shapes,
     "BatchNorm": _batch_norm_shapes,
+    "BN": _batch_norm_shapes,
+    "CuDNNBatchNorm": _batch_norm_shapes,
     "Scale": _scale_shapes,
     "Bias": _scale_shapes,
     "ReLU": _elementwise,
@@ -634,7 +640,7 @@ def unsupported_type(layer: LayerLike) -> UnsupportedLayerError:
         "layer 'mbox_priorbox' has type 'PriorBox', which the numpy reference executor ..."
     """
     return UnsupportedLayerError(
-        f"layer '{layer.name}' has type '{layer.type}', which the numpy reference executor "
+        f"layer {layer.name!r} has type {layer.type!r}, which the numpy reference executor "
         f"does not implement; verify with another backend or remove the layer"
     )
 
@@ -670,7 +676,7 @@ def infer_shapes(
                     shapes[b] = given[b]
                 if b not in shapes:
                     raise ModelMismatchError(
-                        f"{_where(layer)}: bottom '{b}' is produced by no earlier layer "
+                        f"{_where(layer)}: bottom {b!r} is produced by no earlier layer "
                         f"and was not given as an input"
                     )
                 bottoms.append(shapes[b])
@@ -707,6 +713,8 @@ def param_shapes(layer: LayerLike, bottom_shapes: Sequence[Sequence[int]]) -> li
         n, k = int(ip.num_output), count(bottoms[0], axis)
         weight = (k, n) if ip.transpose else (n, k)
         return [weight, (n,)] if ip.bias_term else [weight]
+    if is_fork_norm(layer):
+        return fork_norm_shapes(layer, bottoms[0])
     if kind == "BatchNorm":
         shape = bottoms[0]
         channels = shape[1] if len(shape) > 1 else 1
