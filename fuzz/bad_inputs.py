@@ -237,7 +237,8 @@ def cases() -> list[Case]:
              _load(b'layer { name: "c" type: "Convolution" '
                    b'convolution_param { num_output: 99999999999999999999 } }')),
         Case("prototxt", "NaN / inf where an integer goes", "refuses the value",
-             _load(b'layer { name: "c" type: "Convolution" convolution_param { num_output: nan } }')),
+             _load(b'layer { name: "c" type: "Convolution" '
+                   b'convolution_param { num_output: nan } }')),
         Case("prototxt", "NaN / inf / negative where a float goes (`eps: nan`)",
              "loads; fold leaves that BatchNorm in place and reports why", _eps_nan),
         Case("prototxt", "unknown field (a fork's, e.g. SegNet `bn_param`)",

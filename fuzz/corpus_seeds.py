@@ -112,7 +112,8 @@ def _v1_net(rng: np.random.Generator) -> Seed:
 
 
 _FORK_NET = b"""name: "seed_fork"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 2 kernel_size: 1 bias_term: false } }
 layer { name: "bn" type: "BN" bottom: "conv" top: "conv" bn_param { bn_mode: INFERENCE } }

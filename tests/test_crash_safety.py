@@ -164,7 +164,7 @@ def test_disk_full_gives_output_error_and_no_partial_file(tmp_path: Path, existi
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_DISK_FULL), str(src_p), str(src_c), str(out_p),
-         str(out_c), str(limit)], env=env, capture_output=True, text=True, timeout=300)
+         str(out_c), str(limit)], env=env, capture_output=True, text=True, timeout=300, check=False)
     lines = result.stdout.splitlines()
     assert len(lines) == 2, result.stdout + result.stderr
     for line in lines:

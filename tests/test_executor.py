@@ -981,7 +981,8 @@ def test_max_pooling_mask_top_matches_caffes_argmax_scan() -> None:
     # Values drawn from a few levels so ties occur and the first-maximum rule is exercised.
     x = rng.integers(0, 3, size=(2, 3, 7, 6)).astype(np.float32)
     net = bnfuse.load(b"""
-    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 6 } } }
+    layer { name: "in" type: "Input" top: "x"
+            input_param { shape { dim: 2 dim: 3 dim: 7 dim: 6 } } }
     layer { name: "pool" type: "Pooling" bottom: "x" top: "p" top: "mask"
             pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }""")
     out = forward(net, {"x": x})

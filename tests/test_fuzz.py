@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bnfuse
 from bnfuse.io.caffemodel import read_caffemodel
-from conftest import SHARED_DIR
 
 #: The project root: the children run ``python -m fuzz.run`` from there.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -98,9 +98,12 @@ def test_any_bytes_as_caffemodel(data: bytes) -> None:
         assert str(exc).startswith("fuzz.caffemodel: ")
 
 
+_PROTOTXT_CHARS = list('layer{}:"name type 0123456789.-e_#\n\\\'[]<>,;')
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(alphabet=st.one_of(st.sampled_from(list('layer{}:"name type 0123456789.-e_#\n\\\'[]<>,;')),
-                                  st.characters()), max_size=200))
+@given(st.text(alphabet=st.one_of(st.sampled_from(_PROTOTXT_CHARS), st.characters()),
+               max_size=200))
 def test_any_text_as_prototxt(text: str) -> None:
     """Arbitrary text is loaded or refused with a BnfuseError, never anything else."""
     try:

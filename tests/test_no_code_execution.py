@@ -25,17 +25,18 @@ import bnfuse
 from bnfuse.cli import main
 from bnfuse.proto import NetParameter
 
-#: Audit events seen while a _watch() block is active (the hook itself cannot be removed).
-_EVENTS: list[tuple[str, str]] | None = None
+#: The event list of the active _watch() block, if any (an audit hook cannot be removed,
+#: so the one hook installed below records only while a block is active).
+_ACTIVE: list[list[tuple[str, str]]] = []
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
-    if _EVENTS is None:
+    if not _ACTIVE:
         return
     if event == "import":
-        _EVENTS.append((event, str(args[0])))
+        _ACTIVE[-1].append((event, str(args[0])))
     elif event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-        _EVENTS.append((event, os.fsdecode(args[0])))
+        _ACTIVE[-1].append((event, os.fsdecode(args[0])))
 
 
 sys.addaudithook(_hook)
@@ -43,13 +44,12 @@ sys.addaudithook(_hook)
 
 @contextlib.contextmanager
 def _watch() -> Iterator[list[tuple[str, str]]]:
-    global _EVENTS
     events: list[tuple[str, str]] = []
-    _EVENTS = events
+    _ACTIVE.append(events)
     try:
         yield events
     finally:
-        _EVENTS = None
+        _ACTIVE.pop()
 
 
 MODULE = '''
@@ -147,7 +147,8 @@ layer {{ name: "data" type: "Data" top: "data" top: "label"
 layer {{ name: "img" type: "ImageData" top: "img" top: "l2"
         transform_param {{ mean_file: "{fifo}" }}
         image_data_param {{ source: "{bait['list.txt']}" root_folder: "{tmp_path}/" }} }}
-layer {{ name: "h5" type: "HDF5Data" top: "h5" hdf5_data_param {{ source: "{bait['h5list.txt']}" }} }}
+layer {{ name: "h5" type: "HDF5Data" top: "h5"
+        hdf5_data_param {{ source: "{bait['h5list.txt']}" }} }}
 layer {{ name: "win" type: "WindowData" top: "win" top: "l3"
         window_data_param {{ source: "{bait['windows.txt']}" mean_file: "{fifo}" }} }}
 layer {{ name: "out" type: "HDF5Output" bottom: "data" bottom: "label"
