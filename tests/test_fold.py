@@ -422,3 +422,20 @@ def test_segnet_style_bn_folds_and_verifies_locally(name: str, tmp_path: Path) -
                            (tmp_path / "f.prototxt", tmp_path / "f.caffemodel"))
     assert checked.passed, checked.summary()
     assert len(checked.blobs) > 100
+
+
+def test_batchnorm_and_scale_of_different_widths_are_skipped_with_the_reason() -> None:
+    text = b"""layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 3 kernel_size: 1 } }
+    layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+    layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" }
+    """
+    rng = np.random.default_rng(8)
+    data = caffemodel_bytes({"conv": conv_blobs(rng, 3, 3, k=1), "bn": bn_blobs(rng, 3),
+                             "sc": [np.ones(4, np.float32)]})
+    result = bnfuse.fold(text, data)
+    assert [(a.kind, a.reason) for a in result.report.actions] == [
+        ("skipped", "bn + sc: cannot compose affine maps over 3 and 4 channels")]
+    assert [layer.name for layer in result.net.layers] == ["data", "conv", "bn", "sc"]

@@ -346,7 +346,12 @@ class _Planner:
                 affine = _scale_affine(first)
             if affine is not None:
                 for i in chain[1:]:
-                    affine = arith.compose(affine, _scale_affine(self.layers[i]))
+                    try:
+                        affine = arith.compose(affine, _scale_affine(self.layers[i]))
+                    except _SkipError:
+                        raise
+                    except BnfuseError as exc:  # e.g. BatchNorm and Scale channel counts differ
+                        raise _SkipError(f"{' + '.join(names)}: {exc}") from None
                 problem = arith.affine_problem(affine)
                 if problem:
                     raise _SkipError(problem)
