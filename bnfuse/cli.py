@@ -215,7 +215,8 @@ def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
     from bnfuse.net import save_weights
     from bnfuse.verify.randweights import random_weights
 
-    net = random_weights(Path(args.prototxt), seed=args.seed)
+    net = random_weights(Path(args.prototxt), seed=args.seed,
+                         unmeasurable="unit" if args.fill_unmeasurable else "error")
     target = Path(args.weights) if args.weights else Path(args.prototxt).with_suffix(".caffemodel")
     save_weights(net, target)
     out.say(f"wrote {target}")
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     rand.add_argument("-w", "--weights", metavar="OUT.caffemodel",
                       help="output path (default: the prototxt's name with .caffemodel)")
     rand.add_argument("--seed", type=int, default=0, help="random seed")
+    rand.add_argument("--fill-unmeasurable", action="store_true",
+                      help="give BatchNorms behind a layer the executor cannot run mean 0, "
+                           "variance 1 instead of failing")
     rand.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     rand.set_defaults(handler=_cmd_random_weights)
     return parser

@@ -104,9 +104,9 @@ def fork_norm_affine(layer: LayerLike) -> tuple[Array, Array]:
     Example:
         >>> from types import SimpleNamespace as L
         >>> layer = L(type="CuDNNBatchNorm", name="n", blobs=[np.ones(2), np.zeros(2),
-        ...           np.zeros(2), np.full(2, 3.0)])
-        >>> fork_norm_affine(layer)[0].round(4).tolist()  # 1 / sqrt(3 + 1e-5)
-        [0.5774, 0.5774]
+        ...           np.zeros(2), np.full(2, 4.0)])
+        >>> fork_norm_affine(layer)[0].round(4).tolist()  # 1 / sqrt(4 + 1e-5)
+        [0.5, 0.5]
     """
     fields = _fields(layer)
     try:
