@@ -327,8 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bnfuse`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
     Example:
-        >>> main(["fold"])  # doctest: +SKIP
+        >>> main(["fold"])  # no model given: argparse prints the usage to stderr
         2
+        >>> import bnfuse
+        >>> model = [str(bnfuse.example_path(kind)) for kind in ("prototxt", "caffemodel")]
+        >>> main(["verify", *model, *model, "--quiet"])  # a model against itself: passes
+        0
     """
     from bnfuse.errors import BnfuseError
 

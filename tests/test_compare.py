@@ -123,7 +123,7 @@ def test_default_tolerances_scale_with_depth() -> None:
     assert f32.for_depth(1) == pytest.approx(2e-4)
     assert f32.for_depth(50) == pytest.approx(2e-3)     # end of ResNet-50: measured 2e-4
     assert f32.for_depth(155) == pytest.approx(6.2e-3)  # end of ResNet-152: measured 4e-3
-    assert default_tolerances(np.float64).for_depth(1) == pytest.approx(1e-9)
+    assert default_tolerances(np.float64).for_depth(1) == pytest.approx(1e-6)
     explicit = default_tolerances(np.float32, rtol=0.05, atol=0.0)
     assert explicit.for_depth(1000) == 0.05 and explicit.atol == 0.0
 
@@ -306,16 +306,18 @@ def test_missing_output_fails() -> None:
     assert result.first_divergence is None  # nothing compared differs; an output vanished
 
 
-def test_float64_uses_tight_tolerance() -> None:
+def test_float64_tolerance_covers_float32_weight_storage_only() -> None:
     case = "conv_bn_scale_inplace"
     result = verify(golden(case), fold_bn(fresh(case), "conv1", "bn1", "sc1"),
                     dtype=np.float64)
-    # The folded weights were stored as float32, so float64 sees their rounding (~1e-7).
-    assert not result.passed
-    assert result.tolerances.rtol == pytest.approx(1e-9)
-    loose = verify(golden(case), fold_bn(fresh(case), "conv1", "bn1", "sc1"),
-                   dtype=np.float64, rtol=1e-5)
-    assert loose.passed
+    # The folded weights were stored as float32, so float64 sees their rounding (~1e-7)...
+    assert result.passed, result.summary()
+    assert result.tolerances.rtol == pytest.approx(1e-6)
+    assert 1e-9 < max(b.max_rel for b in result.blobs) < 1e-6
+    # ...and nothing bigger: an explicit tighter tolerance catches that rounding.
+    tight = verify(golden(case), fold_bn(fresh(case), "conv1", "bn1", "sc1"),
+                   dtype=np.float64, rtol=1e-9)
+    assert not tight.passed
 
 
 def test_unknown_backend() -> None:

@@ -5,8 +5,15 @@
 layer, with the arithmetic of BVLC Caffe's CPU layers.
 
 Example:
-    >>> from bnfuse.verify.executor import forward  # doctest: +SKIP
-    >>> blobs = forward(net)                        # doctest: +SKIP
+    >>> import bnfuse
+    >>> from bnfuse.verify.executor import forward
+    >>> from bnfuse.verify.shapes import infer_shapes
+    >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    >>> infer_shapes(net)["pool1"]
+    (1, 16, 16, 16)
+    >>> blobs = forward(net)  # "data" is seeded standard-normal noise
+    >>> blobs["pool1"].shape
+    (1, 16, 16, 16)
 """
 
 from __future__ import annotations

@@ -43,18 +43,29 @@ tolerance is ``rtol_blob = 2e-4 * max(1, d / 5)``, where ``d`` is the number of
 weighted layers (convolutions, inner products) on the longest path from the
 inputs to the blob: 2e-4 for shallow blobs, 1e-3 at depth 25, about 2e-3 at the
 end of ResNet-50 and 6e-3 at the end of ResNet-152 (above the measured 4e-3, still
-15x below the smallest wrong fold of a deep net). float64 uses ``1e-9`` with the
-same scaling (float64 rounding is ~1e-16 per operation). ``atol`` (1e-7 in
+15x below the smallest wrong fold of a deep net). float64 uses ``1e-6`` with the
+same scaling: the arithmetic then adds almost no rounding, but a folded caffemodel
+stores its weights in float32, whose rounding (~6e-8 per weight) is still there. ``atol`` (1e-7 in
 float32, 1e-15 in float64) only matters for blobs that are (almost) all zero. An explicit
 ``rtol`` is applied as given, without depth scaling.
 
 Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import bnfuse
     >>> from bnfuse.verify.compare import verify
-    >>> result = verify(("orig.prototxt", "orig.caffemodel"),
-    ...                 ("fold.prototxt", "fold.caffemodel"))  # doctest: +SKIP
-    >>> result.passed, result.first_divergence                  # doctest: +SKIP
+    >>> orig = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    >>> out = Path(tempfile.mkdtemp())
+    >>> bnfuse.fold(*orig).save(out / "f.prototxt", out / "f.caffemodel")
+    >>> result = verify(orig, (out / "f.prototxt", out / "f.caffemodel"))
+    >>> result.passed, result.first_divergence
     (True, None)
-    >>> print(result.summary())                                 # doctest: +SKIP
+    >>> print(result.summary())  # doctest: +ELLIPSIS
+    PASSED (numpy, float32): 5 blobs compared, largest relative difference ...
+    top-5 of 'prob': top-1 agrees on 100% of 1 items, top-5 overlap 100%
+    not compared: 2 blobs only in a, 0 only in b
+    >>> result.only_in_a  # renamed tops of the folded BatchNorm and Scale
+    ['conv2', 'conv2/bn']
 """
 
 from __future__ import annotations
@@ -124,14 +135,14 @@ def default_tolerances(
 
     Example:
         >>> default_tolerances(np.float64).rtol
-        1e-09
+        1e-06
         >>> default_tolerances(np.float32, rtol=0.01).depth_scaled
         False
     """
     resolved = np.dtype(dtype)
     wide = resolved == np.dtype(np.float32)
     return Tolerances(
-        rtol=float(rtol) if rtol is not None else (2e-4 if wide else 1e-9),
+        rtol=float(rtol) if rtol is not None else (2e-4 if wide else 1e-6),
         atol=float(atol) if atol is not None else (1e-7 if wide else 1e-15),
         depth_scaled=rtol is None,
         dtype=str(resolved),
@@ -303,9 +314,12 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, Array]:
     The golden fixtures' ``blobs.npz`` files work as they are.
 
     Example:
-        >>> inputs = load_inputs("blobs.npz")  # doctest: +SKIP
-        >>> sorted(inputs)                     # doctest: +SKIP
-        ['data']
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "blobs.npz"
+        >>> np.savez(path, **{"input:data": np.zeros((1, 3, 4, 4)), "prob": np.ones((1, 10))})
+        >>> {name: value.shape for name, value in load_inputs(path).items()}
+        {'data': (1, 3, 4, 4)}
     """
     try:
         with np.load(Path(path), allow_pickle=False) as data:
@@ -324,8 +338,10 @@ def random_inputs(
     """Seeded standard-normal data for every top of the net's ``Input`` layers, in order.
 
     Example:
-        >>> {k: v.shape for k, v in random_inputs(net).items()}  # doctest: +SKIP
-        {'data': (1, 3, 224, 224)}
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> {k: (v.shape, str(v.dtype)) for k, v in random_inputs(net, seed=1).items()}
+        {'data': ((1, 3, 32, 32), 'float32')}
     """
     from bnfuse.verify.shapes import input_shapes_of
 
@@ -360,8 +376,12 @@ def net_outputs(layers: Sequence[Layer]) -> list[str]:
     """Blobs written and not read afterwards (Caffe's rule for a net's outputs), in order.
 
     Example:
-        >>> net_outputs(net.layers)  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> net_outputs(net.layers)
         ['prob']
+        >>> net_outputs(net.layers[:5])  # conv1 is rewritten in place up to relu1
+        ['conv1']
     """
     available: dict[str, None] = {}
     for layer in layers:
@@ -376,8 +396,11 @@ def blob_depths(layers: Sequence[Layer]) -> dict[str, int]:
     """Weighted layers on the longest path from the inputs to each blob's final value.
 
     Example:
-        >>> blob_depths(net.layers)["fc1000"]  # doctest: +SKIP
-        54
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> depths = blob_depths(net.layers)  # conv1, conv2 and fc are weighted
+        >>> depths["data"], depths["pool1"], depths["conv2/scale"], depths["prob"]
+        (0, 1, 2, 3)
     """
     depth: dict[str, int] = {}
     for layer in layers:
@@ -485,8 +508,15 @@ def compare_runs(
     ``skip`` names blobs not to compare (the inputs, fed identically).
 
     Example:
-        >>> res = compare_runs(a.layers, b.layers, blobs_a, blobs_b,
-        ...                    tolerances=default_tolerances(), backend="numpy")  # doctest: +SKIP
+        >>> import bnfuse
+        >>> from bnfuse.verify.executor import forward
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> blobs_a = forward(net, seed=0)
+        >>> blobs_b = dict(blobs_a, fc=blobs_a["fc"] + 1.0)  # pretend net b got fc wrong
+        >>> res = compare_runs(net.layers, net.layers, blobs_a, blobs_b, skip=["data"],
+        ...                    tolerances=default_tolerances(), backend="numpy")
+        >>> res.passed, res.first_divergence, [c.name for c in res.failures]
+        (False, 'fc', ['fc'])
     """
     # Inputs are fed identically, so comparing them proves nothing, unless a layer
     # writes over one in place: then its final value is a result like any other.
@@ -587,10 +617,17 @@ def verify(
     default tolerances.
 
     Example:
-        >>> result = verify(("orig.prototxt", "orig.caffemodel"),
-        ...                 ("fold.prototxt", "fold.caffemodel"))  # doctest: +SKIP
-        >>> result.passed                                           # doctest: +SKIP
-        True
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import bnfuse
+        >>> orig = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> out = Path(tempfile.mkdtemp())
+        >>> bnfuse.fold(*orig).save(out / "f.prototxt", out / "f.caffemodel")
+        >>> data = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+        >>> result = verify(orig, (out / "f.prototxt", out / "f.caffemodel"),
+        ...                 inputs={"data": data})
+        >>> result.passed, result.tolerances.rtol, [b.name for b in result.blobs]
+        (True, 0.0002, ['conv1', 'pool1', 'conv2/scale', 'fc', 'prob'])
     """
     if backend not in BACKENDS:
         raise BnfuseError(f"unknown verification backend {backend!r}; "

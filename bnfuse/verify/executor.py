@@ -10,9 +10,17 @@ module is never imported. Missing or ill-shaped weights raise
 :class:`~bnfuse.errors.ModelMismatchError`.
 
 Example:
-    >>> blobs = forward(net, {"data": image})            # doctest: +SKIP
-    >>> for layer, tops in forward_steps(net):           # doctest: +SKIP
-    ...     print(layer.name, {k: v.shape for k, v in tops.items()})
+    >>> import bnfuse
+    >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    >>> blobs = forward(net, {"data": np.zeros((1, 3, 32, 32), np.float32)})
+    >>> blobs["prob"].shape, round(float(blobs["prob"].sum()), 4)
+    ((1, 10), 1.0)
+    >>> for layer, tops in forward_steps(net):
+    ...     if layer.name.startswith("conv1"):
+    ...         print(layer.name, {k: v.shape for k, v in tops.items()})
+    conv1 {'conv1': (1, 16, 32, 32)}
+    conv1/bn {'conv1': (1, 16, 32, 32)}
+    conv1/scale {'conv1': (1, 16, 32, 32)}
 """
 
 from __future__ import annotations
@@ -35,10 +43,12 @@ class LayerLike(Protocol):
     """What the executor reads from a layer (``bnfuse.net.Layer`` satisfies it).
 
     Example:
-        >>> @dataclass
-        ... class L:
-        ...     name: str; type: str; bottoms: tuple[str, ...]; tops: tuple[str, ...]
-        ...     param: proto.LayerParameter; blobs: list[np.ndarray]  # doctest: +SKIP
+        >>> from types import SimpleNamespace
+        >>> relu = SimpleNamespace(name="relu", type="ReLU", bottoms=("x",), tops=("y",),
+        ...                        param=proto.LayerParameter(type="ReLU"), blobs=[])
+        >>> net = SimpleNamespace(layers=[relu])
+        >>> forward(net, {"x": [-1.0, 2.0]})["y"].tolist()
+        [0.0, 2.0]
     """
 
     @property
@@ -70,7 +80,16 @@ class NetLike(Protocol):
     """Anything with the TEST-phase layers in order (``bnfuse.net.Net`` satisfies it).
 
     Example:
-        >>> forward(SimpleNamespace(layers=[input_layer, relu_layer]))  # doctest: +SKIP
+        >>> import bnfuse
+        >>> from types import SimpleNamespace
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "data" type: "Input" top: "data"
+        ...         input_param { shape { dim: 1 dim: 4 } } }
+        ... layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
+        ... ''')
+        >>> like = SimpleNamespace(layers=net.layers)  # any object with ``layers`` will do
+        >>> forward(like, {"data": [[-1.0, 2.0, -3.0, 4.0]]})["data"].tolist()
+        [[0.0, 2.0, 0.0, 4.0]]
     """
 
     @property
@@ -105,10 +124,16 @@ def forward_steps(
     read-only (identity layers such as Dropout return their bottom itself).
 
     Example:
-        >>> for layer, tops in forward_steps(net, seed=1):   # doctest: +SKIP
-        ...     print(layer.name, sorted(tops))
-        data ['data']
-        conv1 ['conv1']
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "data" type: "Input" top: "data"
+        ...         input_param { shape { dim: 1 dim: 3 } } }
+        ... layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
+        ... ''')
+        >>> for layer, tops in forward_steps(net, {"data": [[-1.0, 0.5, 2.0]]}):
+        ...     print(layer.name, tops["data"].tolist())
+        data [[-1.0, 0.5, 2.0]]
+        relu [[0.0, 0.5, 2.0]]
     """
     work = _working_dtype(dtype)
     given = {name: np.asarray(value, dtype=work) for name, value in (inputs or {}).items()}
@@ -193,9 +218,13 @@ def forward(
     it. ``observer(layer, tops)`` is called after each layer.
 
     Example:
-        >>> blobs = forward(net, {"data": np.zeros((1, 3, 8, 8), np.float32)})  # doctest: +SKIP
-        >>> blobs["prob"].shape                                                  # doctest: +SKIP
-        (1, 10)
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> blobs = forward(net, seed=0)  # "data" is drawn from default_rng(0)
+        >>> blobs["data"].shape, blobs["prob"].shape, blobs["prob"].dtype
+        ((1, 3, 32, 32), (1, 10), dtype('float32'))
+        >>> forward(net, dtype=np.float64)["prob"].dtype
+        dtype('float64')
     """
     blobs: dict[str, Array] = {}
     for name, value in (inputs or {}).items():

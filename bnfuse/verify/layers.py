@@ -12,8 +12,12 @@ channel per group) accumulate over kernel offsets instead, which beats thousands
 tiny matrix products.
 
 Example:
-    >>> LAYER_FORWARD["ReLU"](relu_layer, [x], np.dtype(np.float32))  # doctest: +SKIP
-    [array(...)]
+    >>> import bnfuse
+    >>> net = bnfuse.load(b'''layer { name: "relu" type: "ReLU" bottom: "x" top: "x"
+    ...                           relu_param { negative_slope: 0.1 } }''')
+    >>> x = np.array([[-2.0, 0.0, 3.0]], np.float32)
+    >>> LAYER_FORWARD["ReLU"](net.layer("relu"), [x], np.dtype(np.float32))
+    [array([[-0.2,  0. ,  3. ]], dtype=float32)]
 """
 
 from __future__ import annotations
@@ -75,8 +79,11 @@ def layer_weights(
     missing, extra or shaped differently from what Caffe would create.
 
     Example:
-        >>> [w.shape for w in layer_weights(conv, [(1, 3, 8, 8)], np.dtype("f4"))]  # doctest: +SKIP
-        [(8, 3, 3, 3), (8,)]
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> weights = layer_weights(net.layer("conv2"), [(1, 16, 16, 16)], np.dtype("f8"))
+        >>> [(w.shape, str(w.dtype)) for w in weights]
+        [((32, 8, 3, 3), 'float64'), ((32,), 'float64')]
     """
     expected = param_shapes(layer, bottom_shapes)
     blobs = list(layer.blobs)

@@ -35,11 +35,31 @@ what a fold must preserve; it does not check unchanged layers (they are
 byte-identical).
 
 Example:
+    >>> import bnfuse
+    >>> from bnfuse.verify.randweights import random_weights
+    >>> prototxt = b'''
+    ... layer { name: "data" type: "Input" top: "data"
+    ...         input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+    ... layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "feat"
+    ...         shuffle_channel_param { group: 3 } }
+    ... layer { name: "conv" type: "Convolution" bottom: "feat" top: "conv"
+    ...         convolution_param { num_output: 4 kernel_size: 3 } }
+    ... layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+    ... layer { name: "scale" type: "Scale" bottom: "conv" top: "conv"
+    ...         scale_param { bias_term: true } }
+    ... '''
+    >>> original = random_weights(prototxt, seed=0, unmeasurable="unit")
+    >>> folded = random_weights(prototxt, seed=0, unmeasurable="unit")
+    >>> [a.kind for a in bnfuse.fold_net(folded).report.actions]
+    ['folded_into_producer']
+    >>> from bnfuse.verify.compare import verify
+    >>> verify(original, folded)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    bnfuse.errors.UnsupportedLayerError: layer 'shuffle' has type 'ShuffleChannel', ...
     >>> from bnfuse.verify.local import verify_local
-    >>> result = verify_local(("ssd.prototxt", "ssd.caffemodel"),
-    ...                       ("ssd_folded.prototxt", "ssd_folded.caffemodel"))  # doctest: +SKIP
-    >>> result.passed, len(result.blobs)                                         # doctest: +SKIP
-    (True, 35)
+    >>> result = verify_local(original, folded)
+    >>> result.passed, [blob.name for blob in result.blobs]
+    (True, ['conv'])
 """
 
 from __future__ import annotations
@@ -79,9 +99,18 @@ def known_shapes(
     ``Eltwise`` whose shape any one known bottom gives.
 
     Example:
-        >>> shapes = known_shapes(ssd_net)   # doctest: +SKIP
-        >>> shapes["conv13"], "mbox_priorbox" in shapes   # doctest: +SKIP
-        ((1, 1024, 10, 10), False)
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "data" type: "Input" top: "data"
+        ...         input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+        ... layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "shuffled" }
+        ... layer { name: "py" type: "Python" bottom: "shuffled" top: "feat" }
+        ... layer { name: "relu" type: "ReLU" bottom: "feat" top: "out" }
+        ... ''')
+        >>> known_shapes(net)  # the Python layer's output (and all after it) is unknown
+        {'data': (1, 3, 8, 8), 'shuffled': (1, 3, 8, 8)}
+        >>> known_shapes(net, {"feat": (1, 5, 4, 4)})["out"]
+        (1, 5, 4, 4)
     """
     from bnfuse.verify.shapes import input_shapes_of, layer_output_shapes
 
@@ -145,8 +174,11 @@ def changed_layers(a: Net, b: Net) -> list[str]:
     """Names of layers that differ between ``a`` and ``b`` (in ``a``'s order, then ``b``'s).
 
     Example:
-        >>> changed_layers(original, folded)  # doctest: +SKIP
-        ['conv1', 'bn1', 'scale1']
+        >>> import bnfuse
+        >>> paths = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
+        >>> original, folded = bnfuse.load(*paths), bnfuse.fold(*paths).net
+        >>> changed_layers(original, folded)  # the folded-away layers exist only in a
+        ['conv1', 'conv1/bn', 'conv1/scale', 'conv2', 'conv2/bn', 'conv2/scale']
     """
     first_a: dict[str, Layer] = {}
     for layer in a.layers:
@@ -283,9 +315,13 @@ def verify_local(
     run or a region input's shape cannot be found (pass ``input_shapes``).
 
     Example:
-        >>> res = verify_local(se_resnet, se_resnet_folded)  # doctest: +SKIP
-        >>> res.passed, res.notes[0]                          # doctest: +SKIP
-        (True, 'local check: 159 layers of a, 53 of b, 53 region inputs')
+        >>> import bnfuse
+        >>> paths = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
+        >>> res = verify_local(bnfuse.load(*paths), bnfuse.fold(*paths).net)
+        >>> res.passed, res.backend
+        (True, 'numpy (local)')
+        >>> res.notes[0]  # conv1 ... conv2/scale and relu1, pool1 between them; input: data
+        'local check: 8 layers of a, 4 of b, 1 region inputs (seeded random data)'
     """
     from bnfuse.verify.executor import forward
     from bnfuse.verify.shapes import SUPPORTED_TYPES

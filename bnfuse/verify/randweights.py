@@ -35,10 +35,15 @@ shape cannot be known raises in ``"error"`` mode and is left without weights in
 never filled: their blob layout is the fork's.
 
 Example:
+    >>> import bnfuse
+    >>> from bnfuse.verify.executor import forward
     >>> from bnfuse.verify.randweights import random_weights
-    >>> net = random_weights("resnet50.prototxt", seed=1)  # doctest: +SKIP
-    >>> [b.shape for b in net.layer("bn_conv1").blobs]     # doctest: +SKIP
-    [(64,), (64,), (1,)]
+    >>> net = random_weights(bnfuse.example_path("prototxt"), seed=1)
+    >>> [b.shape for b in net.layer("conv1/bn").blobs]
+    [(16,), (16,), (1,)]
+    >>> out = forward(net, seed=1)["conv2/bn"]  # replay the measurement batch
+    >>> bool(abs(out.mean(axis=(0, 2, 3))).max() < 1e-4), round(float(out.var()), 2)
+    (True, 1.0)
 """
 
 from __future__ import annotations
@@ -298,9 +303,15 @@ def write_random_model(
     """Fill ``prototxt`` with :func:`random_weights` and write the net and its caffemodel.
 
     Example:
-        >>> write_random_model("resnet50.prototxt", "out/r50.prototxt",
-        ...                    "out/r50.caffemodel", seed=3)  # doctest: +SKIP
-        <Net 'ResNet-50': 229 layers from resnet50.prototxt>
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import bnfuse
+        >>> out = Path(tempfile.mkdtemp())
+        >>> write_random_model(bnfuse.example_path("prototxt"), out / "r.prototxt",
+        ...                    out / "r.caffemodel", seed=3)  # doctest: +ELLIPSIS
+        <Net 'bnfuse_example': 12 layers from ...example.prototxt>
+        >>> bnfuse.load(out / "r.prototxt", out / "r.caffemodel").layer("fc").blobs[0].shape
+        (10, 8192)
     """
     from bnfuse.net import save
 

@@ -12,9 +12,12 @@ The geometry helpers (:func:`conv_geometry`, :func:`pool_geometry`, :func:`canon
 are shared with the executor so that a shape and the values behind it can never disagree.
 
 Example:
-    >>> from google.protobuf import text_format          # doctest: +SKIP
-    >>> infer_shapes(net, {"data": (1, 3, 224, 224)})["prob"]  # doctest: +SKIP
-    (1, 1000)
+    >>> import bnfuse
+    >>> net = bnfuse.load(bnfuse.example_path("prototxt"))  # no weights needed
+    >>> infer_shapes(net)["prob"]
+    (1, 10)
+    >>> param_shapes(net.layer("conv1"), [infer_shapes(net)["data"]])
+    [(16, 3, 3, 3)]
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ def canonical_axis(layer: LayerLike, axis: int, ndim: int) -> int:
     """Turn a possibly negative ``axis`` into an index in ``[0, ndim)`` as Caffe does.
 
     Example:
-        >>> canonical_axis(layer, -1, 4)  # doctest: +SKIP
-        3
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "sm" type: "Softmax" bottom: "x" top: "y" }''')
+        >>> sm = net.layer("sm")  # the layer only names itself in the error for a bad axis
+        >>> canonical_axis(sm, -1, 4), canonical_axis(sm, 2, 4)
+        (3, 2)
     """
     if not -ndim <= axis < ndim:
         raise _unsupported(layer, f"axis {axis} is out of range for a {ndim}-D blob")
@@ -168,8 +174,12 @@ def conv_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> ConvGeometry
     Depthwise aliases are grouped convolutions with one group per input channel.
 
     Example:
-        >>> conv_geometry(layer, (1, 3, 224, 224)).kernel  # doctest: +SKIP
-        (7, 7)
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "conv" type: "Convolution" bottom: "x" top: "y"
+        ...   convolution_param { num_output: 64 kernel_size: 7 stride: 2 pad: 3 } }''')
+        >>> g = conv_geometry(net.layer("conv"), (1, 3, 224, 224))
+        >>> g.kernel, g.stride, g.pad, g.output_spatial((224, 224), deconv=False)
+        ((7, 7), (2, 2), (3, 3), (112, 112))
     """
     cp = layer.param.convolution_param
     ndim = len(bottom_shape)
@@ -265,7 +275,10 @@ def pool_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> PoolGeometry
     """Read a Pooling layer's geometry for a 4-D ``bottom_shape``.
 
     Example:
-        >>> pool_geometry(layer, (1, 64, 112, 112)).output  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "pool" type: "Pooling" bottom: "x" top: "y"
+        ...   pooling_param { pool: MAX kernel_size: 3 stride: 2 } }''')
+        >>> pool_geometry(net.layer("pool"), (1, 64, 112, 112)).output
         (56, 56)
     """
     pp = layer.param.pooling_param
@@ -328,8 +341,10 @@ def input_shapes_of(layer: LayerLike) -> list[Shape]:
     """The shapes an ``Input`` layer declares, one per top.
 
     Example:
-        >>> input_shapes_of(layer)  # doctest: +SKIP
-        [(1, 3, 224, 224)]
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> input_shapes_of(net.layer("data"))
+        [(1, 3, 32, 32)]
     """
     declared = [tuple(int(d) for d in s.dim) for s in layer.param.input_param.shape]
     n = len(layer.tops)
@@ -347,8 +362,16 @@ def scale_operand_shape(layer: LayerLike, bottoms: Sequence[Shape]) -> tuple[int
     ``bottom.shape[axis : axis + num_axes]`` (``num_axes = -1`` means to the end).
 
     Example:
-        >>> scale_operand_shape(layer, [(2, 8, 5, 5)])  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "per_channel" type: "Scale" bottom: "x" top: "x" }
+        ... layer { name: "first_two" type: "Scale" bottom: "x" top: "x"
+        ...         scale_param { axis: 0 num_axes: 2 } }
+        ... ''')
+        >>> scale_operand_shape(net.layer("per_channel"), [(2, 8, 5, 5)])
         (1, (8,))
+        >>> scale_operand_shape(net.layer("first_two"), [(2, 8, 5, 5)])
+        (0, (2, 8))
     """
     p = layer.param.scale_param if layer.type == "Scale" else layer.param.bias_param
     shape = tuple(bottoms[0])
@@ -410,8 +433,14 @@ def concat_axis(layer: LayerLike, ndim: int) -> int:
     """The axis a Concat layer joins along (``concat_dim`` wins when set, as in Caffe).
 
     Example:
-        >>> concat_axis(layer, 4)  # doctest: +SKIP
-        1
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "channels" type: "Concat" bottom: "a" bottom: "b" top: "c" }
+        ... layer { name: "last" type: "Concat" bottom: "a" bottom: "b" top: "d"
+        ...         concat_param { axis: -1 } }
+        ... ''')
+        >>> concat_axis(net.layer("channels"), 4), concat_axis(net.layer("last"), 4)
+        (1, 3)
     """
     cp = layer.param.concat_param
     if cp.HasField("concat_dim"):
@@ -434,7 +463,10 @@ def slice_layout(layer: LayerLike, shape: Sequence[int]) -> tuple[int, list[int]
     """``(axis, sizes)``: the axis a Slice layer cuts and each top's extent on it.
 
     Example:
-        >>> slice_layout(layer, (1, 6, 4, 4))  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "slice" type: "Slice" bottom: "x"
+        ...   top: "a" top: "b" slice_param { slice_point: 2 } }''')
+        >>> slice_layout(net.layer("slice"), (1, 6, 4, 4))
         (1, [2, 4])
     """
     sp = layer.param.slice_param
@@ -522,7 +554,10 @@ def crop_offsets(layer: LayerLike, shape: Sequence[int], reference: Sequence[int
     """Per-axis start offsets of a Crop of ``shape`` to ``reference`` (0 before ``axis``).
 
     Example:
-        >>> crop_offsets(layer, (1, 3, 10, 10), (1, 8, 6, 6))  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "crop" type: "Crop" bottom: "x" bottom: "ref"
+        ...   top: "y" crop_param { axis: 2 offset: 2 } }''')
+        >>> crop_offsets(net.layer("crop"), (1, 3, 10, 10), (1, 8, 6, 6))
         [0, 0, 2, 2]
     """
     cp = layer.param.crop_param
@@ -618,8 +653,12 @@ def layer_output_shapes(layer: LayerLike, bottom_shapes: Sequence[Shape]) -> lis
     """Shapes of ``layer``'s tops for the given bottom shapes (not for ``Input``).
 
     Example:
-        >>> layer_output_shapes(relu, [(1, 8, 4, 4)])  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> layer_output_shapes(net.layer("relu1"), [(1, 8, 4, 4)])
         [(1, 8, 4, 4)]
+        >>> layer_output_shapes(net.layer("pool1"), [(1, 8, 4, 4)])
+        [(1, 8, 2, 2)]
     """
     rule = SHAPE_RULES.get(layer.type)
     if rule is None:
@@ -636,8 +675,11 @@ def unsupported_type(layer: LayerLike) -> UnsupportedLayerError:
     """The error for a layer type the verifier cannot run (Python layers, fork layers...).
 
     Example:
-        >>> str(unsupported_type(layer))  # doctest: +SKIP
-        "layer 'mbox_priorbox' has type 'PriorBox', which the numpy reference executor ..."
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "mbox_priorbox" type: "PriorBox"
+        ...   bottom: "conv" bottom: "data" top: "mbox_priorbox" }''')
+        >>> print(unsupported_type(net.layer("mbox_priorbox")))  # doctest: +ELLIPSIS
+        layer 'mbox_priorbox' has type 'PriorBox', which the numpy reference executor ...
     """
     return UnsupportedLayerError(
         f"layer {layer.name!r} has type {layer.type!r}, which the numpy reference executor "
@@ -658,8 +700,13 @@ def infer_shapes(
     it cannot handle and returns the shapes computed so far instead of raising.
 
     Example:
-        >>> infer_shapes(net, {"data": (1, 3, 224, 224)})["fc1000"]  # doctest: +SKIP
-        (1, 1000)
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> infer_shapes(net)["pool1"]
+        (1, 16, 16, 16)
+        >>> shapes = infer_shapes(net, {"data": (2, 3, 64, 64)})  # override the Input shape
+        >>> shapes["pool1"], shapes["fc"]
+        ((2, 16, 32, 32), (2, 10))
     """
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes: dict[str, Shape] = {}
@@ -693,8 +740,14 @@ def param_shapes(layer: LayerLike, bottom_shapes: Sequence[Sequence[int]]) -> li
     """Shapes of the weight blobs Caffe creates for ``layer`` (empty for weightless layers).
 
     Example:
-        >>> param_shapes(conv, [(1, 3, 224, 224)])  # doctest: +SKIP
-        [(64, 3, 7, 7), (64,)]
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> param_shapes(net.layer("conv2"), [(1, 16, 16, 16)])  # group 2, with bias
+        [(32, 8, 3, 3), (32,)]
+        >>> param_shapes(net.layer("conv2/bn"), [(1, 32, 16, 16)])  # mean, variance, factor
+        [(32,), (32,), (1,)]
+        >>> param_shapes(net.layer("relu2"), [(1, 32, 16, 16)])
+        []
     """
     bottoms = [tuple(int(d) for d in s) for s in bottom_shapes]
     kind = layer.type

@@ -105,7 +105,10 @@ def as_net(net_or_paths: NetOrPaths) -> Net:
     """Load ``(prototxt, caffemodel)`` paths into a Net; a Net is returned as it is.
 
     Example:
-        >>> net = as_net(("deploy.prototxt", "weights.caffemodel"))  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = as_net((bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")))
+        >>> len(net.layers), as_net(net) is net
+        (12, True)
     """
     from bnfuse.net import Net, load
 
@@ -128,8 +131,16 @@ def net_files(net_or_paths: NetOrPaths) -> Iterator[tuple[Path, Path | None]]:
     that is removed afterwards.
 
     Example:
-        >>> with net_files(net) as (prototxt, caffemodel):  # doctest: +SKIP
-        ...     cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+        >>> import bnfuse
+        >>> paths = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
+        >>> with net_files(bnfuse.load(*paths)) as (prototxt, caffemodel):
+        ...     print(prototxt.name, caffemodel.name)  # unedited: its own files
+        example.prototxt example.caffemodel
+        >>> with net_files(bnfuse.fold(*paths).net) as (prototxt, caffemodel):
+        ...     print(prototxt.name, caffemodel.name, prototxt.exists())  # edited: saved
+        net.prototxt net.caffemodel True
+        >>> prototxt.exists()  # the temporary folder is gone
+        False
     """
     from bnfuse.net import Net, save
 
@@ -157,8 +168,9 @@ def declared_blobs(net: Net) -> list[str]:
     ``*_split_*`` copies).
 
     Example:
-        >>> declared_blobs(net)  # doctest: +SKIP
-        ['data', 'conv1', 'prob']
+        >>> import bnfuse
+        >>> declared_blobs(bnfuse.load(bnfuse.example_path("prototxt")))
+        ['data', 'conv1', 'pool1', 'conv2', 'conv2/bn', 'conv2/scale', 'fc', 'prob']
     """
     seen: dict[str, None] = {}
     for layer in net.layers:
@@ -171,7 +183,14 @@ def python_layers(net: Net) -> list[str]:
     """Names of the net's ``Python`` layers (their code would run inside the backend).
 
     Example:
-        >>> python_layers(net)  # doctest: +SKIP
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "data" type: "Input" top: "data"
+        ...         input_param { shape { dim: 1 dim: 3 } } }
+        ... layer { name: "rpn-data" type: "Python" bottom: "data" top: "rpn"
+        ...         python_param { module: "rpn.anchor_target_layer" } }
+        ... ''')
+        >>> python_layers(net)
         ['rpn-data']
     """
     return [layer.name for layer in net.layers if layer.type == "Python"]

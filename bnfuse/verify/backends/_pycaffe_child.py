@@ -73,8 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ``--probe`` or a request file; returns the exit code.
 
     Example:
-        >>> main(["--probe"])  # doctest: +SKIP
-        0
+        >>> main([])  # the usage goes to stderr
+        2
+        >>> main(["no-such-request.json"])  # unreadable request
+        2
+        >>> try:
+        ...     code = main(["--probe"])  # 0 when caffe imports
+        ... except SystemExit as exc:  # otherwise exits, saying why on stderr
+        ...     code = exc.code
+        >>> code in (0, EXIT_NO_CAFFE)
+        True
     """
     args = sys.argv[1:] if argv is None else argv
     if args == ["--probe"]:

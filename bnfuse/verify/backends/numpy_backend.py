@@ -4,8 +4,15 @@ It computes in float32 (like Caffe's CPU layers) or float64, and sees every blob
 including each in-place blob's final value.
 
 Example:
+    >>> import bnfuse
     >>> from bnfuse.verify.backends.numpy_backend import run
-    >>> blobs = run(net, {"data": image})  # doctest: +SKIP
+    >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    >>> image = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+    >>> blobs = run(net, {"data": image}, dtype=np.float64)
+    >>> blobs["conv1"].shape, blobs["prob"].dtype  # conv1: its final (ReLU) value
+    ((1, 16, 32, 32), dtype('float64'))
+    >>> bool(blobs["conv1"].min() >= 0)
+    True
 """
 
 from __future__ import annotations
@@ -36,9 +43,15 @@ def run(
     :class:`~bnfuse.errors.UnsupportedLayerError` on one.
 
     Example:
-        >>> blobs = run(("deploy.prototxt", "w.caffemodel"), {"data": x})  # doctest: +SKIP
-        >>> blobs["prob"].shape                                          # doctest: +SKIP
-        (1, 1000)
+        >>> import bnfuse
+        >>> paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+        >>> steps = []
+        >>> blobs = run(paths, {"data": x}, progress=lambda done, total, what: steps.append(what))
+        >>> blobs["prob"].shape, round(float(blobs["prob"].sum()), 4)
+        ((1, 10), 1.0)
+        >>> steps[:3], len(steps)  # one progress call per layer
+        (['data', 'conv1', 'conv1/bn'], 12)
     """
     from bnfuse.verify.executor import forward
 

@@ -24,8 +24,13 @@ OpenCV 5 removed ``readNetFromCaffe``; the ``verify`` extra pins ``opencv-python
 and this backend refuses 5.x with a clear message.
 
 Example:
+    >>> from bnfuse.verify.backends import get_backend
     >>> from bnfuse.verify.backends.opencv_backend import run
-    >>> blobs = run(("deploy.prototxt", "w.caffemodel"), {"data": x})  # doctest: +SKIP
+    >>> get_backend("opencv") is run  # what verify(..., backend="opencv") calls
+    True
+    >>> run(("any.prototxt", None), {}, dtype=np.float64)  # checked before OpenCV is needed
+    Traceback (most recent call last):
+    bnfuse.errors.BnfuseError: the opencv backend computes in float32 only, not float64
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ def import_cv2() -> Any:
     when OpenCV is missing, too new or built without the DNN module.
 
     Example:
-        >>> cv2 = import_cv2()  # doctest: +SKIP
-        >>> cv2.__version__.startswith("4.")  # doctest: +SKIP
+        >>> try:
+        ...     cv2 = import_cv2()
+        ... except BackendUnavailableError:  # the message says what to install
+        ...     cv2 = None  # verify with backend="numpy" instead
+        >>> cv2 is None or cv2.__version__.startswith("4.")
         True
     """
     try:
@@ -96,9 +104,19 @@ def run(
     Python layers in any case.
 
     Example:
-        >>> blobs = run(net, {"data": np.zeros((1, 3, 8, 8), np.float32)})  # doctest: +SKIP
-        >>> sorted(blobs)                                                     # doctest: +SKIP
-        ['conv1', 'prob']
+        >>> import bnfuse
+        >>> from bnfuse.verify.backends import numpy_backend
+        >>> paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> data = {"data": np.random.default_rng(0).standard_normal((1, 3, 32, 32))}
+        >>> reference = numpy_backend.run(paths, data)
+        >>> try:
+        ...     blobs = run(paths, data)
+        ... except BackendUnavailableError:  # no OpenCV 4.x here: use the reference
+        ...     blobs = reference
+        >>> sorted(blobs) == sorted(reference)
+        True
+        >>> bool(np.allclose(blobs["prob"], reference["prob"], atol=1e-5))
+        True
     """
     from bnfuse.verify.shapes import infer_shapes
 

@@ -16,8 +16,17 @@ build works) with bnfuse's own location appended, so that it can find bnfuse
 even when bnfuse is not installed.
 
 Example:
+    >>> import bnfuse
+    >>> from bnfuse.verify.backends import numpy_backend
     >>> from bnfuse.verify.backends.pycaffe_backend import run
-    >>> blobs = run(("deploy.prototxt", "w.caffemodel"), {"data": x})  # doctest: +SKIP
+    >>> paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    >>> data = {"data": np.random.default_rng(0).standard_normal((1, 3, 32, 32))}
+    >>> try:
+    ...     blobs = run(paths, data)  # real Caffe, in a child process
+    ... except BackendUnavailableError:  # no pycaffe here: use the numpy reference
+    ...     blobs = numpy_backend.run(paths, data)
+    >>> blobs["prob"].shape
+    (1, 10)
 """
 
 from __future__ import annotations
@@ -93,7 +102,10 @@ def check_available(timeout: float | None = 120.0) -> None:
     (and the import error) when it does not.
 
     Example:
-        >>> check_available()  # doctest: +SKIP
+        >>> try:
+        ...     check_available()  # starts a Python process: about half a second
+        ... except BackendUnavailableError as exc:  # says why and how to install Caffe
+        ...     assert "pycaffe" in str(exc)
     """
     done = _launch(["--probe"], timeout)
     if done.returncode == 0:
@@ -120,9 +132,16 @@ def run(
     (seconds) bounds the forward pass.
 
     Example:
-        >>> blobs = run(net, {"data": x})  # doctest: +SKIP
-        >>> blobs["prob"].shape           # doctest: +SKIP
-        (1, 1000)
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "data" type: "Input" top: "data"
+        ...         input_param { shape { dim: 1 dim: 3 } } }
+        ... layer { name: "py" type: "Python" bottom: "data" top: "out"
+        ...         python_param { module: "my_layers" layer: "MyLayer" } }
+        ... ''')
+        >>> run(net, {})  # refused before Caffe is even looked for  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        bnfuse.errors.UnsupportedLayerError: <prototxt bytes>: Python layer 'py' would import ...
     """
     if np.dtype(dtype) != np.dtype(np.float32):
         raise BnfuseError(f"the pycaffe backend computes in float32 only, not {np.dtype(dtype)}")
