@@ -93,8 +93,8 @@ class ModelSpec:
 
     name: str
     build: Callable[[], str]
-    #: Input shape for the BatchNorm statistics measurement and verification
-    #: (None: the prototxt's own). Weight sizes never depend on it here.
+    #: Input shape for the BatchNorm statistics measurement (None: the prototxt's
+    #: own). Weight sizes never depend on it here; verification is at full size.
     reduced_input: tuple[int, ...] | None = None
     note: str = ""
 
@@ -109,7 +109,8 @@ def _specs(smoke: bool) -> list[ModelSpec]:
     return [
         ModelSpec("vgg16_bn", models.vgg16_bn),
         ModelSpec("resnet152", lambda: models.resnet(152), (1, 3, 112, 112),
-                  "BN statistics and verification at 112x112 (global pooling: same weights)"),
+                  "BN statistics measured at 112x112 (global pooling: same weights); "
+                  "verified at the full 224x224"),
         ModelSpec("mobilenet_v2", models.mobilenet_v2),
         ModelSpec("inception_resnet_1k", lambda: models.inception_resnet(62)),
         ModelSpec("inception_resnet_4k", lambda: models.inception_resnet(250)),
@@ -303,20 +304,18 @@ def caffe_available() -> tuple[bool, str]:
 
 
 def _verify_fold(spec: ModelSpec, a: tuple[Path, Path], b: tuple[Path, Path]) -> tuple[bool, str]:
-    import numpy as np
 
     import bnfuse
     from bnfuse.verify.compare import verify
 
     folded = bnfuse.load(*b)
     left = sum(1 for layer in folded.layers if layer.type in ("BatchNorm", "Scale"))
-    inputs = None
-    if spec.reduced_input is not None:
-        inputs = {"data": np.random.default_rng(0).standard_normal(spec.reduced_input)
-                  .astype(np.float32)}
-    result = verify(a, b, backend="numpy", inputs=inputs)
-    size = "x".join(map(str, spec.reduced_input)) if spec.reduced_input else "full-size"
-    how = (f"verify() numpy, {size} input: {len(result.blobs)} blobs compared, "
+    # Always at the prototxt's full input size: at a reduced size ResNet-152's last
+    # stage sees 4x4 maps, whose batch statistics give some channels a tiny variance
+    # that amplifies float32 rounding past the default tolerance (measured: 1.9e-2
+    # at 112x112 against 2.1e-4 at 224x224, same files).
+    result = verify(a, b, backend="numpy")
+    how = (f"verify() numpy, full-size input: {len(result.blobs)} blobs compared, "
            f"{len(result.failures)} failed; {left} BatchNorm/Scale left")
     return bool(result.passed) and left == 0, how
 
@@ -485,8 +484,10 @@ def executor_bench(smoke: bool, args: argparse.Namespace, workdir: Path,
         result["bnfuse_over_opencv"] = result["bnfuse_s"] / result["opencv_s"]
         # Same input, same weights: the outputs must agree (probabilities, max 1).
         result["verified"] = result["max_abs_diff"] < 1e-3
-    print(f"  bnfuse executor {result['bnfuse_s']:.3f} s, OpenCV "
-          f"{result.get('opencv_s') or result.get('opencv_skipped')}", flush=True)
+    opencv = result.get("opencv_s")
+    print(f"  bnfuse executor {result['bnfuse_s']:.3f} s, "
+          + (f"OpenCV {opencv:.3f} s" if opencv else f"OpenCV: {result.get('opencv_skipped')}"),
+          flush=True)
     return result
 
 
@@ -656,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nstart-up: python -m bnfuse --help {start['help_s']:.3f} s "
           f"(bare interpreter {start['python_start_s']:.3f} s)")
     if executor:
+        opencv = executor.get("opencv_s")
         print(f"executor ({executor['model']}, batch 1): bnfuse {executor['bnfuse_s']:.3f} s, "
-              f"OpenCV {executor.get('opencv_s') or '-'} s")
+              + (f"OpenCV {opencv:.3f} s" if opencv else "OpenCV skipped"))
     print("\ngoals:")
     for check in checks:
         print(f"  {check['result']:4s}  {check['goal']}: {check['detail']}")

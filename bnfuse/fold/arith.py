@@ -324,7 +324,9 @@ def caffe_batchnorm_stats(
         )
     f = float(factor.reshape(-1)[0])
     k = 0.0 if f == 0.0 else 1.0 / f
-    return mean * k, var * k
+    # inf * 0 (a corrupt blob) is NaN, as in Caffe; check_finite_stats judges it, quietly.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return mean * k, var * k
 
 
 def check_finite_stats(
