@@ -34,7 +34,7 @@ the child with ``perf_counter`` around ``fork``/``wait``, so the wrapper's own
 start-up is not counted.
 
 Before a time is reported, its result is checked: every folded net is compared
-with the original by :func:`bnfuse.verify.compare.verify` (numpy backend; nets
+with the original by :func:`bnfuse.verification.compare.verify` (numpy backend; nets
 with global pooling at a reduced input size, stated per row), the baselines'
 outputs must hold the same weights as bnfuse's, and ``load`` + ``save`` of an
 unchanged net must give back the input file byte for byte.
@@ -218,8 +218,8 @@ def _executor_bench(prototxt: str, caffemodel: str, runs: int) -> dict[str, Any]
     import numpy as np
 
     import bnfuse
-    from bnfuse.verify.executor import forward
-    from bnfuse.verify.shapes import input_shapes_of
+    from bnfuse.verification.executor import forward
+    from bnfuse.verification.shapes import input_shapes_of
 
     net = bnfuse.load(prototxt, caffemodel)
     shape = input_shapes_of(net.layers[0])[0]
@@ -254,7 +254,7 @@ def _executor_bench(prototxt: str, caffemodel: str, runs: int) -> dict[str, Any]
 def build_model(spec: ModelSpec, folder: Path) -> tuple[Path, Path]:
     """Write the model's prototxt and random caffemodel, reusing a cached copy."""
     from bnfuse.net import save
-    from bnfuse.verify.randweights import random_weights
+    from bnfuse.verification.randweights import random_weights
 
     text = spec.build()
     key = hashlib.sha256(f"{text}|{spec.reduced_input}|seed=0".encode()).hexdigest()[:12]
@@ -306,7 +306,7 @@ def caffe_available() -> tuple[bool, str]:
 def _verify_fold(spec: ModelSpec, a: tuple[Path, Path], b: tuple[Path, Path]) -> tuple[bool, str]:
 
     import bnfuse
-    from bnfuse.verify.compare import verify
+    from bnfuse.verification.compare import verify
 
     folded = bnfuse.load(*b)
     left = sum(1 for layer in folded.layers if layer.type in ("BatchNorm", "Scale"))

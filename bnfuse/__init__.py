@@ -32,6 +32,7 @@ from bnfuse.errors import (
 from bnfuse.fold.api import FoldReport, FoldResult, fold, fold_net
 from bnfuse.fold.planner import Action
 from bnfuse.net import Layer, Net, load, save
+from bnfuse.verification.compare import VerifyResult, verify
 
 __version__ = "0.1.0"
 
@@ -68,10 +69,12 @@ __all__ = [
     "PrototxtSchemaError",
     "PrototxtSyntaxError",
     "UnsupportedLayerError",
+    "VerifyResult",
     "__version__",
     "example_path",
     "fold",
     "fold_net",
     "load",
     "save",
+    "verify",
 ]

@@ -112,8 +112,8 @@ def _default_outputs(prototxt: Path, caffemodel: Path) -> tuple[Path, Path]:
 
 def _verify_and_report(out: _Out, a: Any, b: Any, args: argparse.Namespace) -> Any:
     from bnfuse.errors import UnsupportedLayerError
-    from bnfuse.verify.compare import verify
-    from bnfuse.verify.local import verify_local
+    from bnfuse.verification.compare import verify
+    from bnfuse.verification.local import verify_local
 
     try:
         result = verify(a, b, backend=args.backend, inputs=args.inputs, seed=args.seed,
@@ -213,7 +213,7 @@ def _cmd_verify(args: argparse.Namespace, out: _Out) -> int:
 
 def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
     from bnfuse.net import save_weights
-    from bnfuse.verify.randweights import random_weights
+    from bnfuse.verification.randweights import random_weights
 
     net = random_weights(Path(args.prototxt), seed=args.seed,
                          unmeasurable="unit" if args.fill_unmeasurable else "error")

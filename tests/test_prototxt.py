@@ -672,3 +672,21 @@ def test_fifty_thousand_lines_parse_in_linear_time() -> None:
     assert t_big < 25 * t_small + 0.05
     # Generous bound so a loaded CI machine passes; typically ~0.3 s here.
     assert t_big < 3.0
+
+
+@pytest.mark.parametrize(
+    ("text", "index", "expected"),
+    [
+        ("layer{}layer{}", 0, "layer{}"),
+        ("layer{}layer{}", 1, "layer{}"),
+        ("a:1 b:2", 1, "a:1"),
+        ("a:1 b:2\n", 1, "a:1\n"),
+        ("a: 1;b: 2", 1, "a: 1"),
+        ("a:1,b:2", 1, "a:1"),
+    ],
+)
+def test_remove_a_field_with_nothing_after_it(text: str, index: int, expected: str) -> None:
+    # Found by the benchmark's random removals: a last field with no separator after it.
+    doc = Document.parse(text)
+    doc.root.remove(doc.root.fields[index])
+    assert doc.render() == expected

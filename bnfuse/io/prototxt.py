@@ -1113,7 +1113,7 @@ class MessageNode(_Positioned):
 
 
 _LINE_END_RE = re.compile(r"[ \t]*(?:[,;][ \t]*)?(\r?\n)?")
-_OWN_SEP_RE = re.compile(r"[ \t]*[,;][ \t]*|[ \t]+")
+_OWN_SEP_RE = re.compile(r"[ \t]*[,;][ \t]*|[ \t]*")
 _PREV_SEP_RE = re.compile(r"([ \t]*[,;])?[ \t]*\Z")
 
 

@@ -36,8 +36,8 @@ never filled: their blob layout is the fork's.
 
 Example:
     >>> import bnfuse
-    >>> from bnfuse.verify.executor import forward
-    >>> from bnfuse.verify.randweights import random_weights
+    >>> from bnfuse.verification.executor import forward
+    >>> from bnfuse.verification.randweights import random_weights
     >>> net = random_weights(bnfuse.example_path("prototxt"), seed=1)
     >>> [b.shape for b in net.layer("conv1/bn").blobs]
     [(16,), (16,), (1,)]
@@ -58,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
-from bnfuse.verify.forknorm import fork_norm_blobs, is_fork_norm
+from bnfuse.verification.forknorm import fork_norm_blobs, is_fork_norm
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net, Source
@@ -83,7 +83,7 @@ class _Single:
 
 
 def _has_weights(layer: Layer) -> bool:
-    from bnfuse.verify.shapes import CONV_TYPES
+    from bnfuse.verification.shapes import CONV_TYPES
 
     kind = layer.type
     if kind in CONV_TYPES or kind in ("Deconvolution", "InnerProduct", "BatchNorm", "PReLU"):
@@ -99,7 +99,7 @@ def _he(rng: np.random.Generator, shape: Shape, fan_in: float) -> Array:
 
 def _weights_for(layer: Layer, shapes: list[Shape], rng: np.random.Generator) -> list[Array]:
     """Random (non-BatchNorm) weights of the given shapes for ``layer``."""
-    from bnfuse.verify.shapes import CONV_TYPES, conv_geometry
+    from bnfuse.verification.shapes import CONV_TYPES, conv_geometry
 
     kind = layer.type
     if not shapes:
@@ -196,9 +196,9 @@ def random_weights(
         [(4, 3, 3, 3), (4,)]
     """
     from bnfuse.net import Net, load
-    from bnfuse.verify.executor import forward
-    from bnfuse.verify.local import known_shapes
-    from bnfuse.verify.shapes import SUPPORTED_TYPES, input_shapes_of, param_shapes
+    from bnfuse.verification.executor import forward
+    from bnfuse.verification.local import known_shapes
+    from bnfuse.verification.shapes import SUPPORTED_TYPES, input_shapes_of, param_shapes
 
     net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
     # The measurement batch is drawn exactly as the executor (and verify) draw seeded

@@ -3,7 +3,7 @@
 Caffe reports a bad net by failing a ``CHECK``, which aborts the whole process.
 So Caffe never runs in the caller's process: this module writes the net, the
 inputs and a JSON request to a temporary folder and launches
-``sys.executable -m bnfuse.verify.backends._pycaffe_child``. A child that cannot
+``sys.executable -m bnfuse.verification.backends._pycaffe_child``. A child that cannot
 ``import caffe`` becomes a :class:`~bnfuse.errors.BackendUnavailableError` with
 install advice; a child that crashes or aborts becomes a
 :class:`~bnfuse.errors.BnfuseError` carrying the last lines Caffe wrote to stderr.
@@ -17,8 +17,8 @@ even when bnfuse is not installed.
 
 Example:
     >>> import bnfuse
-    >>> from bnfuse.verify.backends import numpy_backend
-    >>> from bnfuse.verify.backends.pycaffe_backend import run
+    >>> from bnfuse.verification.backends import numpy_backend
+    >>> from bnfuse.verification.backends.pycaffe_backend import run
     >>> paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
     >>> data = {"data": np.random.default_rng(0).standard_normal((1, 3, 32, 32))}
     >>> try:
@@ -46,14 +46,14 @@ import numpy.typing as npt
 
 import bnfuse
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
-from bnfuse.verify.backends import NetOrPaths, Progress, as_net, declared_blobs, net_files
+from bnfuse.verification.backends import NetOrPaths, Progress, as_net, declared_blobs, net_files
 
 NAME = "pycaffe"
 
 #: Exit codes agreed with ``_pycaffe_child``.
 _EXIT_BAD_REQUEST = 2
 _EXIT_NO_CAFFE = 3
-_CHILD = "bnfuse.verify.backends._pycaffe_child"
+_CHILD = "bnfuse.verification.backends._pycaffe_child"
 _INSTALL = ("install Caffe with its Python bindings (e.g. `apt install caffe-cpu` or a "
             "source build with `make pycaffe`) and put its python/ folder on PYTHONPATH")
 #: How many stderr lines a crash report keeps (Caffe's CHECK message is near the end).

@@ -1,13 +1,13 @@
 """Verification: run a net with Caffe's semantics in numpy and compare results.
 
-``bnfuse.verify.shapes`` infers every blob's shape from the prototxt alone;
-``bnfuse.verify.executor`` runs the TEST-phase forward pass in numpy, layer by
+``bnfuse.verification.shapes`` infers every blob's shape from the prototxt alone;
+``bnfuse.verification.executor`` runs the TEST-phase forward pass in numpy, layer by
 layer, with the arithmetic of BVLC Caffe's CPU layers.
 
 Example:
     >>> import bnfuse
-    >>> from bnfuse.verify.executor import forward
-    >>> from bnfuse.verify.shapes import infer_shapes
+    >>> from bnfuse.verification.executor import forward
+    >>> from bnfuse.verification.shapes import infer_shapes
     >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
     >>> infer_shapes(net)["pool1"]
     (1, 16, 16, 16)

@@ -33,8 +33,8 @@ import numpy.typing as npt
 
 from bnfuse import proto
 from bnfuse.errors import BnfuseError, ModelMismatchError
-from bnfuse.verify.layers import LAYER_FORWARD
-from bnfuse.verify.shapes import input_shapes_of, layer_output_shapes
+from bnfuse.verification.layers import LAYER_FORWARD
+from bnfuse.verification.shapes import input_shapes_of, layer_output_shapes
 
 Array = npt.NDArray[Any]
 

@@ -5,7 +5,7 @@ including each in-place blob's final value.
 
 Example:
     >>> import bnfuse
-    >>> from bnfuse.verify.backends.numpy_backend import run
+    >>> from bnfuse.verification.backends.numpy_backend import run
     >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
     >>> image = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
     >>> blobs = run(net, {"data": image}, dtype=np.float64)
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse.verify.backends import NetOrPaths, Progress, as_net
+from bnfuse.verification.backends import NetOrPaths, Progress, as_net
 
 NAME = "numpy"
 
@@ -53,7 +53,7 @@ def run(
         >>> steps[:3], len(steps)  # one progress call per layer
         (['data', 'conv1', 'conv1/bn'], 12)
     """
-    from bnfuse.verify.executor import forward
+    from bnfuse.verification.executor import forward
 
     del allow_python_layers  # nothing to allow: the executor cannot run them anyway
     net = as_net(net_or_paths)

@@ -2,7 +2,7 @@
 
 What is compared
 ----------------
-Each net is run once by a backend (:mod:`bnfuse.verify.backends`); every backend
+Each net is run once by a backend (:mod:`bnfuse.verification.backends`); every backend
 returns each blob's *final* value, the value Caffe's ``net.blobs`` holds after the
 forward pass (an in-place blob is overwritten by each layer that writes it).
 Every blob name both runs produced is compared, except the inputs (fed identically).
@@ -53,7 +53,7 @@ Example:
     >>> import tempfile
     >>> from pathlib import Path
     >>> import bnfuse
-    >>> from bnfuse.verify.compare import verify
+    >>> from bnfuse.verification.compare import verify
     >>> orig = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
     >>> out = Path(tempfile.mkdtemp())
     >>> bnfuse.fold(*orig).save(out / "f.prototxt", out / "f.caffemodel")
@@ -81,7 +81,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError
-from bnfuse.verify.backends import BACKENDS, NetOrPaths, Progress, as_net, get_backend
+from bnfuse.verification.backends import BACKENDS, NetOrPaths, Progress, as_net, get_backend
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
@@ -210,7 +210,7 @@ class TopKAgreement:
 
 @dataclass
 class VerifyResult:
-    """The outcome of :func:`verify` (or :func:`bnfuse.verify.local.verify_local`).
+    """The outcome of :func:`verify` (or :func:`bnfuse.verification.local.verify_local`).
 
     ``passed`` is true when every compared blob passed and no output of either net
     is missing from the other. ``blobs`` are in the order their final value was
@@ -343,7 +343,7 @@ def random_inputs(
         >>> {k: (v.shape, str(v.dtype)) for k, v in random_inputs(net, seed=1).items()}
         {'data': ((1, 3, 32, 32), 'float32')}
     """
-    from bnfuse.verify.shapes import input_shapes_of
+    from bnfuse.verification.shapes import input_shapes_of
 
     rng = np.random.default_rng(seed)
     result: dict[str, Array] = {}
@@ -509,7 +509,7 @@ def compare_runs(
 
     Example:
         >>> import bnfuse
-        >>> from bnfuse.verify.executor import forward
+        >>> from bnfuse.verification.executor import forward
         >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
         >>> blobs_a = forward(net, seed=0)
         >>> blobs_b = dict(blobs_a, fc=blobs_a["fc"] + 1.0)  # pretend net b got fc wrong

@@ -1,6 +1,6 @@
 """Local verification: check only the part of a net that a fold changed.
 
-The whole-net check (:func:`bnfuse.verify.compare.verify`) needs a backend that can
+The whole-net check (:func:`bnfuse.verification.compare.verify`) needs a backend that can
 run every layer. SSD nets (``PriorBox``, ``DetectionOutput``, ``Permute``),
 SE-Nets written with ``Axpy``, ShuffleNets (``ShuffleChannel``) and nets with
 ``Python`` layers cannot be run by the numpy executor, yet their folds sit in
@@ -24,7 +24,7 @@ chains directly:
    batch of 2 and a spatial size of 8 (or the kernel's extent if larger).
    ``input_shapes`` overrides any of them.
 4. **The comparison.** Both regions run in the numpy executor; every blob both
-   regions write is compared exactly as :func:`~bnfuse.verify.compare.verify`
+   regions write is compared exactly as :func:`~bnfuse.verification.compare.verify`
    does (same metric, same depth-scaled default tolerances, depth counted within
    the region), including the rule for blobs whose final value moved because a
    forward fold took the normalisation into a later layer.
@@ -36,7 +36,7 @@ byte-identical).
 
 Example:
     >>> import bnfuse
-    >>> from bnfuse.verify.randweights import random_weights
+    >>> from bnfuse.verification.randweights import random_weights
     >>> prototxt = b'''
     ... layer { name: "data" type: "Input" top: "data"
     ...         input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
@@ -52,11 +52,11 @@ Example:
     >>> folded = random_weights(prototxt, seed=0, unmeasurable="unit")
     >>> [a.kind for a in bnfuse.fold_net(folded).report.actions]
     ['folded_into_producer']
-    >>> from bnfuse.verify.compare import verify
+    >>> from bnfuse.verification.compare import verify
     >>> verify(original, folded)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     bnfuse.errors.UnsupportedLayerError: layer 'shuffle' has type 'ShuffleChannel', ...
-    >>> from bnfuse.verify.local import verify_local
+    >>> from bnfuse.verification.local import verify_local
     >>> result = verify_local(original, folded)
     >>> result.passed, [blob.name for blob in result.blobs]
     (True, ['conv'])
@@ -72,8 +72,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
-from bnfuse.verify.backends import NetOrPaths, as_net
-from bnfuse.verify.compare import VerifyResult, compare_runs, default_tolerances
+from bnfuse.verification.backends import NetOrPaths, as_net
+from bnfuse.verification.compare import VerifyResult, compare_runs, default_tolerances
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
@@ -93,7 +93,7 @@ def known_shapes(
 ) -> dict[str, Shape]:
     """Every blob shape that can be inferred, walking past layers the verifier does not know.
 
-    Unlike :func:`bnfuse.verify.shapes.infer_shapes`, an unknown layer does not stop
+    Unlike :func:`bnfuse.verification.shapes.infer_shapes`, an unknown layer does not stop
     the walk: its tops are simply unknown (except ``Axpy``/``ShuffleChannel``, whose
     output shape is a bottom's), and so is everything computed from them, except an
     ``Eltwise`` whose shape any one known bottom gives.
@@ -112,7 +112,7 @@ def known_shapes(
         >>> known_shapes(net, {"feat": (1, 5, 4, 4)})["out"]
         (1, 5, 4, 4)
     """
-    from bnfuse.verify.shapes import input_shapes_of, layer_output_shapes
+    from bnfuse.verification.shapes import input_shapes_of, layer_output_shapes
 
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes: dict[str, Shape] = {}
@@ -222,7 +222,7 @@ class _Region:
 
 
 def _region(net: Net, names: set[str]) -> _Region:
-    from bnfuse.verify.shapes import SUPPORTED_TYPES
+    from bnfuse.verification.shapes import SUPPORTED_TYPES
 
     index = {i for i, layer in enumerate(net.layers) if layer.name in names}
     index |= _between(net.layers, index)
@@ -240,7 +240,7 @@ def _region(net: Net, names: set[str]) -> _Region:
 
 def _shape_from_weights(layer: Layer, position: int) -> Shape | None:
     """A plausible shape for bottom ``position`` of ``layer``, read off its weights."""
-    from bnfuse.verify.shapes import CONV_TYPES, conv_geometry
+    from bnfuse.verification.shapes import CONV_TYPES, conv_geometry
 
     if position != 0 or not layer.blobs:
         return None
@@ -309,7 +309,7 @@ def verify_local(
 
     ``changed`` names the layers the fold touched (in either net); by default they
     are found by comparing ``a`` and ``b``. Returns a
-    :class:`~bnfuse.verify.compare.VerifyResult` whose ``backend`` is ``"numpy (local)"``
+    :class:`~bnfuse.verification.compare.VerifyResult` whose ``backend`` is ``"numpy (local)"``
     and whose ``notes`` list the region's layers and inputs. Raises
     :class:`~bnfuse.errors.UnsupportedLayerError` when a changed layer itself cannot be
     run or a region input's shape cannot be found (pass ``input_shapes``).
@@ -323,8 +323,8 @@ def verify_local(
         >>> res.notes[0]  # conv1 ... conv2/scale and relu1, pool1 between them; input: data
         'local check: 8 layers of a, 4 of b, 1 region inputs (seeded random data)'
     """
-    from bnfuse.verify.executor import forward
-    from bnfuse.verify.shapes import SUPPORTED_TYPES
+    from bnfuse.verification.executor import forward
+    from bnfuse.verification.shapes import SUPPORTED_TYPES
 
     net_a, net_b = as_net(a), as_net(b)
     names = set(changed) if changed is not None else set(changed_layers(net_a, net_b))

@@ -29,7 +29,7 @@ from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.fold import variants
 
 if TYPE_CHECKING:
-    from bnfuse.verify.executor import LayerLike
+    from bnfuse.verification.executor import LayerLike
 
 Array = npt.NDArray[Any]
 Shape = tuple[int, ...]

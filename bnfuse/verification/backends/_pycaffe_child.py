@@ -1,7 +1,7 @@
 """Child-process side of the pycaffe backend: run one net in real Caffe, write every blob.
 
-Launched as ``python -m bnfuse.verify.backends._pycaffe_child REQUEST.json`` by
-:mod:`bnfuse.verify.backends.pycaffe_backend`. Caffe aborts the whole process on a
+Launched as ``python -m bnfuse.verification.backends._pycaffe_child REQUEST.json`` by
+:mod:`bnfuse.verification.backends.pycaffe_backend`. Caffe aborts the whole process on a
 failed ``CHECK``, so it runs here, where an abort costs only this process.
 
 The request is a JSON object::
@@ -20,7 +20,7 @@ This module itself imports nothing from bnfuse beyond the package ``__init__`` f
 (which stay light): the child should do as little as possible besides calling Caffe.
 
 Example:
-    $ python -m bnfuse.verify.backends._pycaffe_child --probe && echo caffe works
+    $ python -m bnfuse.verification.backends._pycaffe_child --probe && echo caffe works
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         _import_caffe()
         return 0
     if len(args) != 1:
-        print("usage: python -m bnfuse.verify.backends._pycaffe_child (--probe | REQUEST.json)",
-              file=sys.stderr)
+        print("usage: python -m bnfuse.verification.backends._pycaffe_child "
+              "(--probe | REQUEST.json)", file=sys.stderr)
         return EXIT_BAD_REQUEST
     try:
         with open(args[0], encoding="utf-8") as handle:

@@ -24,8 +24,8 @@ OpenCV 5 removed ``readNetFromCaffe``; the ``verify`` extra pins ``opencv-python
 and this backend refuses 5.x with a clear message.
 
 Example:
-    >>> from bnfuse.verify.backends import get_backend
-    >>> from bnfuse.verify.backends.opencv_backend import run
+    >>> from bnfuse.verification.backends import get_backend
+    >>> from bnfuse.verification.backends.opencv_backend import run
     >>> get_backend("opencv") is run  # what verify(..., backend="opencv") calls
     True
     >>> run(("any.prototxt", None), {}, dtype=np.float64)  # checked before OpenCV is needed
@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BackendUnavailableError, BnfuseError
-from bnfuse.verify.backends import NetOrPaths, Progress, as_net, net_files
+from bnfuse.verification.backends import NetOrPaths, Progress, as_net, net_files
 
 NAME = "opencv"
 
@@ -105,7 +105,7 @@ def run(
 
     Example:
         >>> import bnfuse
-        >>> from bnfuse.verify.backends import numpy_backend
+        >>> from bnfuse.verification.backends import numpy_backend
         >>> paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
         >>> data = {"data": np.random.default_rng(0).standard_normal((1, 3, 32, 32))}
         >>> reference = numpy_backend.run(paths, data)
@@ -118,7 +118,7 @@ def run(
         >>> bool(np.allclose(blobs["prob"], reference["prob"], atol=1e-5))
         True
     """
-    from bnfuse.verify.shapes import infer_shapes
+    from bnfuse.verification.shapes import infer_shapes
 
     del allow_python_layers
     if np.dtype(dtype) != np.dtype(np.float32):

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
-from bnfuse.verify.forknorm import fork_norm_shapes, is_fork_norm
+from bnfuse.verification.forknorm import fork_norm_shapes, is_fork_norm
 
 if TYPE_CHECKING:
-    from bnfuse.verify.executor import LayerLike, NetLike
+    from bnfuse.verification.executor import LayerLike, NetLike
 
 Shape = tuple[int, ...]
 

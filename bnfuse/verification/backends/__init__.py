@@ -22,7 +22,7 @@ backend actually runs, and ``_pycaffe_child`` must stay importable without the r
 of bnfuse's machinery being touched.
 
 Example:
-    >>> from bnfuse.verify.backends import BACKENDS, get_backend
+    >>> from bnfuse.verification.backends import BACKENDS, get_backend
     >>> BACKENDS
     ('numpy', 'opencv', 'pycaffe')
     >>> callable(get_backend("numpy"))
@@ -53,7 +53,7 @@ NetOrPaths = Union[
 #: ``progress(done, total, what)``: how far a long run has got (the CLI draws it).
 Progress = Callable[[int, int, str], None]
 
-#: Backend names accepted by :func:`bnfuse.verify.compare.verify`.
+#: Backend names accepted by :func:`bnfuse.verification.compare.verify`.
 BACKENDS = ("numpy", "opencv", "pycaffe")
 
 
@@ -84,18 +84,18 @@ def get_backend(name: str) -> BackendRun:
 
     Example:
         >>> get_backend("opencv").__module__
-        'bnfuse.verify.backends.opencv_backend'
+        'bnfuse.verification.backends.opencv_backend'
     """
     if name == "numpy":
-        from bnfuse.verify.backends import numpy_backend
+        from bnfuse.verification.backends import numpy_backend
 
         return numpy_backend.run
     if name == "opencv":
-        from bnfuse.verify.backends import opencv_backend
+        from bnfuse.verification.backends import opencv_backend
 
         return opencv_backend.run
     if name == "pycaffe":
-        from bnfuse.verify.backends import pycaffe_backend
+        from bnfuse.verification.backends import pycaffe_backend
 
         return pycaffe_backend.run
     raise BnfuseError(f"unknown verification backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -31,8 +31,8 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
-from bnfuse.verify.forknorm import fork_norm_forward, is_fork_norm
-from bnfuse.verify.shapes import (
+from bnfuse.verification.forknorm import fork_norm_forward, is_fork_norm
+from bnfuse.verification.shapes import (
     POOL_AVE,
     POOL_MAX,
     ROUND_CEIL,
@@ -52,7 +52,7 @@ from bnfuse.verify.shapes import (
 )
 
 if TYPE_CHECKING:
-    from bnfuse.verify.executor import LayerLike
+    from bnfuse.verification.executor import LayerLike
 
 Array = npt.NDArray[Any]
 #: A basic-indexing tuple (slices, ints, Ellipsis) built up axis by axis.
