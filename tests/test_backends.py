@@ -18,8 +18,8 @@ import pytest
 
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
 from bnfuse.net import load
-from bnfuse.verify.backends import BACKENDS, get_backend, net_files
-from bnfuse.verify.compare import verify
+from bnfuse.verification.backends import BACKENDS, get_backend, net_files
+from bnfuse.verification.compare import verify
 from tests.conftest import golden_cases, shared_path
 from tests.test_compare import fold_bn, fresh, golden
 
@@ -143,7 +143,7 @@ def test_opencv_5_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = types.ModuleType("cv2")
     fake.__version__ = "5.0.0"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "cv2", fake)
-    from bnfuse.verify.backends.opencv_backend import import_cv2
+    from bnfuse.verification.backends.opencv_backend import import_cv2
 
     with pytest.raises(BackendUnavailableError, match="removed readNetFromCaffe"):
         import_cv2()

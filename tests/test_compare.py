@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 
 from bnfuse.net import Layer, Net, load
-from bnfuse.verify.compare import (
+from bnfuse.verification.compare import (
     compare_values,
     default_tolerances,
     load_inputs,
     net_outputs,
     verify,
 )
-from bnfuse.verify.randweights import random_weights
+from bnfuse.verification.randweights import random_weights
 from tests.conftest import golden_cases, shared_path
 
 
@@ -147,7 +147,7 @@ def test_numpy_matches_real_caffe_reference() -> None:
     prototxt, caffemodel = golden("conv_bn_scale_renamed_tops")
     reference = np.load(shared_path("golden", "conv_bn_scale_renamed_tops", "blobs.npz"))
     inputs = load_inputs(shared_path("golden", "conv_bn_scale_renamed_tops", "blobs.npz"))
-    from bnfuse.verify.executor import forward
+    from bnfuse.verification.executor import forward
 
     ours = forward(load(prototxt, caffemodel), inputs)
     for key in reference.files:

@@ -14,7 +14,7 @@ from modelkit import bn_blobs, caffemodel_bytes, conv_blobs, scale_blobs, write_
 
 import bnfuse
 from bnfuse.io.caffemodel import read_caffemodel
-from bnfuse.verify.executor import forward
+from bnfuse.verification.executor import forward
 
 #: Max difference relative to a blob's max |value| that float32 reordering explains on
 #: these small nets (measured: <= 3e-7 on the golden cases, <= 5e-5 on the MobileNets).
@@ -287,8 +287,8 @@ def _corpus_batchnorms(net: bnfuse.Net) -> set[str]:
 @pytest.mark.parametrize("name", sorted(RUNNABLE & set(corpus_prototxts())))
 def test_corpus_architectures_fold_and_verify(name: str, tmp_path: Path) -> None:
     from bnfuse.net import save_weights
-    from bnfuse.verify.compare import verify
-    from bnfuse.verify.randweights import random_weights
+    from bnfuse.verification.compare import verify
+    from bnfuse.verification.randweights import random_weights
 
     prototxt = shared_path("corpus", "prototxt", name)
     shapes = {"data": (1, 3, 224, 224)}
@@ -399,8 +399,8 @@ def test_property_conv_batchnorm_scale_folds_exactly(
 def test_segnet_style_bn_folds_and_verifies_locally(name: str, tmp_path: Path) -> None:
     """ENet: SegNet "BN" (INFERENCE), Python dropout layers, pooling masks, Upsample."""
     from bnfuse.net import save_weights
-    from bnfuse.verify.local import verify_local
-    from bnfuse.verify.randweights import random_weights
+    from bnfuse.verification.local import verify_local
+    from bnfuse.verification.randweights import random_weights
 
     prototxt = shared_path("corpus", "prototxt", name)
     net = random_weights(prototxt, seed=0, unmeasurable="unit",

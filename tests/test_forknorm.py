@@ -7,7 +7,7 @@ import pytest
 
 import bnfuse
 from bnfuse.errors import UnsupportedLayerError
-from bnfuse.verify.executor import forward
+from bnfuse.verification.executor import forward
 
 HEAD = b"""layer { name: "in" type: "Input" top: "x"
         input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }

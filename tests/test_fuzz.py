@@ -131,3 +131,13 @@ def test_huge_length_claim_is_refused_before_allocation(tmp_path: Path, claim: i
         tracemalloc.stop()
     assert str(path) in str(info.value)
     assert peak < 4 << 20, f"peak {peak} bytes for a {path.stat().st_size}-byte file"
+
+
+@pytest.mark.parametrize("depth", [101, 100_000])
+def test_deep_nesting_is_a_clean_syntax_error(tmp_path: Path, depth: int) -> None:
+    """Nesting past 100 levels stops with a PrototxtSyntaxError naming the file, no recursion."""
+    path = tmp_path / "deep.prototxt"
+    path.write_bytes(b"layer { " + b"a { " * depth + b"} " * (depth + 1))
+    with pytest.raises(bnfuse.PrototxtSyntaxError, match="nesting deeper than 100 levels") as info:
+        bnfuse.load(path)
+    assert str(info.value).startswith(f"{path}:1:")

@@ -7,9 +7,9 @@ import pytest
 
 from bnfuse.errors import UnsupportedLayerError
 from bnfuse.net import Net
-from bnfuse.verify.compare import verify
-from bnfuse.verify.local import changed_layers, known_shapes, verify_local
-from bnfuse.verify.randweights import random_weights
+from bnfuse.verification.compare import verify
+from bnfuse.verification.local import changed_layers, known_shapes, verify_local
+from bnfuse.verification.randweights import random_weights
 from tests.conftest import shared_path
 from tests.test_compare import fold_bn, fresh, golden
 

@@ -116,7 +116,7 @@ def test_python_layer_module_is_never_imported(tmp_path: Path,
                     "-w", str(out / "g.caffemodel")) == 0
         # verify needs to run the Python layer, which it refuses rather than import.
         with pytest.raises(bnfuse.BnfuseError):
-            from bnfuse.verify.compare import verify
+            from bnfuse.verification.compare import verify
 
             verify((prototxt, caffemodel), (out / "f.prototxt", out / "f.caffemodel"))
         # The CLI falls back to comparing the changed layers locally, around the Python layer.
@@ -165,7 +165,7 @@ layer {{ name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }}
         bnfuse.fold(prototxt).save(out / "f.prototxt")
         assert _cli("inspect", str(prototxt)) == 0
         with contextlib.suppress(bnfuse.BnfuseError):
-            from bnfuse.verify.randweights import random_weights
+            from bnfuse.verification.randweights import random_weights
 
             random_weights(prototxt)
     opened = [path for kind, path in events if kind == "open"]

@@ -96,7 +96,7 @@ def test_wheel_holds_the_package_and_nothing_else(dists: dict[str, Path]) -> Non
     for required in ("bnfuse/__init__.py", "bnfuse/__main__.py", "bnfuse/cli.py",
                      "bnfuse/py.typed", "bnfuse/proto/caffe_pb2.py", "bnfuse/proto/caffe_pb2.pyi",
                      "bnfuse/examples/example.prototxt", "bnfuse/examples/example.caffemodel",
-                     "bnfuse/verify/backends/_pycaffe_child.py"):
+                     "bnfuse/verification/backends/_pycaffe_child.py"):
         assert required in names, f"the wheel lacks {required}"
     tops = {name.split("/", 1)[0] for name in names}
     dist_info = {t for t in tops if t.endswith(".dist-info")}
@@ -154,7 +154,7 @@ def test_sdist_contents(dists: dict[str, Path]) -> None:
 
 def test_import_loads_no_optional_backend() -> None:
     # In the dev environment OpenCV is installed: importing bnfuse must still not load it.
-    code = ("import sys, bnfuse, bnfuse.cli, bnfuse.verify.compare; "
+    code = ("import sys, bnfuse, bnfuse.cli, bnfuse.verification.compare; "
             "assert 'cv2' not in sys.modules and 'caffe' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 

@@ -9,8 +9,8 @@ import pytest
 
 from bnfuse.errors import UnsupportedLayerError
 from bnfuse.net import load
-from bnfuse.verify.executor import forward
-from bnfuse.verify.randweights import batchnorm_blobs, random_weights, write_random_model
+from bnfuse.verification.executor import forward
+from bnfuse.verification.randweights import batchnorm_blobs, random_weights, write_random_model
 from tests.conftest import shared_path
 
 #: Corpus nets made only of layers the numpy executor runs, with the input used: the
@@ -122,7 +122,7 @@ def test_corpus_net_is_normalised(name: str) -> None:
 
 
 def test_corpus_supported_list_is_right() -> None:
-    from bnfuse.verify.shapes import SUPPORTED_TYPES
+    from bnfuse.verification.shapes import SUPPORTED_TYPES
 
     for name in SUPPORTED:
         net = load(shared_path("corpus", "prototxt", f"{name}.prototxt"))

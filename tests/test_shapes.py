@@ -11,8 +11,8 @@ from google.protobuf import text_format
 
 from bnfuse import proto
 from bnfuse.errors import UnsupportedLayerError
-from bnfuse.verify.layers import LAYER_FORWARD
-from bnfuse.verify.shapes import (
+from bnfuse.verification.layers import LAYER_FORWARD
+from bnfuse.verification.shapes import (
     SHAPE_RULES,
     infer_shapes,
     param_shapes,
