@@ -105,6 +105,22 @@ def _describe_action(action: Any) -> str:
     return f"{label} {chain}: {action.reason}"
 
 
+_SUMMARY_ORDER = (
+    ("folded_into_producer", "folded into their producer"),
+    ("folded_forward", "folded forward"),
+    ("merged_into_scale", "merged into one Scale"),
+    ("skipped", "skipped"),
+    ("kept", "kept"),
+)
+
+
+def _summary(actions: Sequence[Any]) -> str:
+    """One line counting the actions by kind, e.g. '59 folded into their producer, 62 ...'."""
+    counts = {kind: sum(1 for a in actions if a.kind == kind) for kind, _ in _SUMMARY_ORDER}
+    parts = [f"{counts[kind]} {label}" for kind, label in _SUMMARY_ORDER if counts[kind]]
+    return f"{len(actions)} chains: " + ", ".join(parts)
+
+
 def _default_outputs(prototxt: Path, caffemodel: Path) -> tuple[Path, Path]:
     return (prototxt.with_name(f"{prototxt.stem}_inference.prototxt"),
             caffemodel.with_name(f"{caffemodel.stem}_inference.caffemodel"))
@@ -144,6 +160,8 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
         out.say()
     for action in report.actions:
         out.say(_describe_action(action))
+    if report.actions:
+        out.say(_summary(report.actions))
     payload: dict[str, Any] = {"prototxt": str(prototxt), "caffemodel": str(caffemodel),
                                "report": report.to_dict(), "written": None, "verify": None}
     status = EXIT_OK
@@ -192,6 +210,8 @@ def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
         out.say("fold opportunities and blockers:")
     for action in actions:
         out.say("  " + _describe_action(action))
+    if actions:
+        out.say(_summary(actions))
     if args.json:
         _write_json({"prototxt": net.prototxt_source, "layers": counts,
                      "parameters": parameters, "bytes": size,

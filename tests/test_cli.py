@@ -40,6 +40,7 @@ def test_fold_writes_default_outputs_and_prints_the_table(
     assert "BatchNorm          2       0" in out
     assert "folded  conv1/bn + conv1/scale into conv1" in out
     assert "folded  conv2/bn + conv2/scale into conv2" in out
+    assert "2 chains: 2 folded into their producer\n" in out
     folded_text = prototxt.with_name("net_inference.prototxt")
     folded_model = caffemodel.with_name("net_inference.caffemodel")
     assert f"wrote {folded_text}" in out and f"wrote {folded_model}" in out
@@ -144,6 +145,7 @@ def test_inspect_without_weights_lists_every_batchnorm(capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "structure only" in out
     assert "folded  conv1/bn + conv1/scale into conv1" in out
+    assert out.endswith("2 chains: 2 folded into their producer\n")
 
 
 @pytest.mark.parametrize("name", corpus_prototxts())
