@@ -64,10 +64,12 @@ from bnfuse.proto import (
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 Destination = str | os.PathLike[str]
 
-# Layer types whose blob count Caffe fixes from the params; used to reject a
-# caffemodel that does not fit (Caffe aborts on it) with a readable message.
-_CONV_TYPES = frozenset({"Convolution", "Deconvolution", "ConvolutionDepthwise",
-                         "DepthwiseConvolution"})
+#: Layer types that are a grouped convolution with one group per input channel (forks).
+DEPTHWISE_TYPES = frozenset({"ConvolutionDepthwise", "DepthwiseConvolution"})
+#: Every convolution-like type: weights ``(Cout, Cin/group, *kernel)``.
+CONV_TYPES = frozenset({"Convolution"}) | DEPTHWISE_TYPES
+# Types whose weights come from convolution_param (blob count and shapes checked on load).
+_CONV_TYPES = CONV_TYPES | {"Deconvolution"}
 
 
 @dataclass(eq=False)
@@ -763,6 +765,8 @@ def to_net_parameter(net: Net) -> NetParameter:
 
 
 __all__ = [
+    "CONV_TYPES",
+    "DEPTHWISE_TYPES",
     "Layer",
     "Net",
     "Source",

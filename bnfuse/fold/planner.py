@@ -37,10 +37,9 @@ import numpy as np
 from bnfuse.errors import BnfuseError
 from bnfuse.fold import arith, variants
 from bnfuse.graph import Graph, build_graph
-from bnfuse.net import Layer, Net
+from bnfuse.net import CONV_TYPES, Layer, Net
 
 #: Producers whose output channels a per-channel affine map can be folded into.
-CONV_TYPES = frozenset({"Convolution", "ConvolutionDepthwise", "DepthwiseConvolution"})
 PRODUCER_TYPES = CONV_TYPES | {"Deconvolution", "InnerProduct"}
 #: BatchNorm flavours bnfuse reads (each by its own blob meaning: bnfuse.fold.variants).
 NORM_TYPES = frozenset({"BatchNorm", "BN", "CuDNNBatchNorm"})

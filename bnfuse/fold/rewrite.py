@@ -15,13 +15,12 @@ import numpy as np
 from bnfuse.errors import BnfuseError, ModelMismatchError, UnsupportedLayerError
 from bnfuse.fold import arith
 from bnfuse.fold.planner import (
-    CONV_TYPES,
     FOLD_FORWARD,
     FOLD_INTO_PRODUCER,
     MERGE_TO_SCALE,
     Action,
 )
-from bnfuse.net import Layer, Net
+from bnfuse.net import CONV_TYPES, Layer, Net
 
 
 def _bias_of(layer: Layer) -> np.ndarray | None:

@@ -29,17 +29,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
+from bnfuse.net import CONV_TYPES, DEPTHWISE_TYPES  # defined once, with the net model
 from bnfuse.verification.forknorm import fork_norm_shapes, is_fork_norm
 
 if TYPE_CHECKING:
     from bnfuse.verification.executor import LayerLike, NetLike
 
 Shape = tuple[int, ...]
-
-#: Layer types that are a grouped convolution with one group per input channel.
-DEPTHWISE_TYPES = frozenset({"ConvolutionDepthwise", "DepthwiseConvolution"})
-#: Every convolution-like type (weights ``(Cout, Cin/g, *k)``).
-CONV_TYPES = frozenset({"Convolution"}) | DEPTHWISE_TYPES
 
 # PoolingParameter enum values (caffe.proto): fixed by the file format.
 POOL_MAX = 0
