@@ -3,7 +3,7 @@
 This is the baseline bnfuse is measured against: the whole caffemodel is parsed
 with ``NetParameter.ParseFromString``, the blobs a fold needs are turned into
 numpy arrays from their repeated fields, the same fold arithmetic as bnfuse
-(:mod:`bnfuse.fold.arith`) is applied, the new arrays are written back through
+(:mod:`bnfuse.folding.arith`) is applied, the new arrays are written back through
 the repeated fields, the message is serialized with ``SerializeToString`` and
 written out; the prototxt goes through ``text_format``. Only what such a script
 needs is implemented: ``Convolution``/``InnerProduct`` -> ``BatchNorm`` ->
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from google.protobuf import text_format
 
-from bnfuse.fold import arith
+from bnfuse.folding import arith
 from bnfuse.proto import NetParameter
 
 _PRODUCERS = ("Convolution", "InnerProduct")

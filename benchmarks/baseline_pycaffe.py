@@ -4,7 +4,7 @@ This is the other baseline bnfuse is measured against where pycaffe exists: the
 original net is loaded with ``caffe.Net(prototxt, caffemodel, caffe.TEST)``, the
 folded prototxt (written by the protobuf baseline's chain finder, so both
 baselines fold the same chains) is loaded as a second ``caffe.Net``, weights are
-copied across with the fold arithmetic of :mod:`bnfuse.fold.arith`, and
+copied across with the fold arithmetic of :mod:`bnfuse.folding.arith`, and
 ``net.save`` writes the caffemodel. It needs ``import caffe`` to work; the
 benchmark skips it (and says so) when it does not.
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from google.protobuf import text_format
 
-from bnfuse.fold import arith
+from bnfuse.folding import arith
 from bnfuse.proto import NetParameter
 
 

@@ -29,8 +29,8 @@ from bnfuse.errors import (
     PrototxtSyntaxError,
     UnsupportedLayerError,
 )
-from bnfuse.fold.api import FoldReport, FoldResult, fold, fold_net
-from bnfuse.fold.planner import Action
+from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
+from bnfuse.folding.planner import Action
 from bnfuse.net import Layer, Net, load, save
 from bnfuse.verification.compare import VerifyResult, verify
 

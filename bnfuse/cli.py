@@ -191,7 +191,7 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
 
 def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
     import bnfuse
-    from bnfuse.fold.planner import FoldOptions, layer_counts, plan
+    from bnfuse.folding.planner import FoldOptions, layer_counts, plan
 
     net = bnfuse.load(args.prototxt, args.caffemodel)
     counts = layer_counts(net.layers)

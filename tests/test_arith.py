@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnfuse.errors import BnfuseError, ModelMismatchError, UnsupportedLayerError
-from bnfuse.fold.arith import (
+from bnfuse.folding.arith import (
     Affine,
     affine_from_batchnorm,
     affine_from_bias,

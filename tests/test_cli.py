@@ -206,3 +206,17 @@ layer { name: "shuffle" type: "ShuffleChannel" bottom: "conv" top: "shuffle"
     assert code == 0, out
     assert "ShuffleChannel" in out and "comparing the changed layers locally instead" in out
     assert "PASSED" in out
+
+
+def test_public_functions_do_not_hide_their_subpackages() -> None:
+    """bnfuse.fold and bnfuse.verify are functions; the packages behind them import plainly."""
+    import importlib
+
+    import bnfuse
+
+    assert callable(bnfuse.fold) and callable(bnfuse.verify)
+    for module in ("bnfuse.folding.planner", "bnfuse.verification.executor"):
+        done = subprocess.run([sys.executable, "-c", f"import {module} as m; print(m.__name__)"],
+                              capture_output=True, text=True, check=False)
+        assert done.stdout.strip() == module, done.stderr
+    assert importlib.import_module("bnfuse.folding.arith").__name__ == "bnfuse.folding.arith"

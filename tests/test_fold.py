@@ -309,7 +309,7 @@ def test_corpus_architectures_fold_and_verify(name: str, tmp_path: Path) -> None
 @pytest.mark.parametrize("name", sorted(set(corpus_prototxts()) - RUNNABLE))
 def test_fork_prototxts_keep_every_fork_field_when_folded(name: str, tmp_path: Path) -> None:
     """SSD, ENet (SegNet BN, Python layers) and SE-ResNet (Axpy): plan on structure."""
-    from bnfuse.fold.planner import plan
+    from bnfuse.folding.planner import plan
 
     prototxt = shared_path("corpus", "prototxt", name)
     net = bnfuse.load(prototxt)

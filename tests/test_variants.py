@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnfuse.errors import UnsupportedLayerError
-from bnfuse.fold.variants import (
+from bnfuse.folding.variants import (
     CUDNN_BN_MIN_EPSILON,
     NVIDIA_MIN_EPS,
     PSPNET_DEFAULT_EPS,

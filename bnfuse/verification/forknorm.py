@@ -2,7 +2,7 @@
 
 SegNet's and PSPNet's ``BN``, ``CuDNNBatchNorm`` and NVIDIA Caffe's 5-blob
 ``BatchNorm`` are all a per-channel affine map at inference, each with its own
-blob layout. :mod:`bnfuse.fold.variants` establishes what each blob means (and
+blob layout. :mod:`bnfuse.folding.variants` establishes what each blob means (and
 cites the fork sources); this module reuses that reading so the executor runs
 exactly the map the folds assume, and gives the blob shapes each fork creates.
 
@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
-from bnfuse.fold import variants
+from bnfuse.folding import variants
 
 if TYPE_CHECKING:
     from bnfuse.verification.executor import LayerLike

@@ -6,7 +6,7 @@ DESCRIPTION = ("A bit-flipped BatchNorm variance made the folded convolution wei
                "overflow float32; the UnsupportedLayerError from the arithmetic named "
                "neither the file nor the layers")
 FOUND_BY = "bounded fuzz seed 2024 input 107 (golden/scale_factor_zero; raw: 16 bit flips)"
-FIXED_IN = "bnfuse/fold/rewrite.py apply: arithmetic errors get the file and the layer chain"
+FIXED_IN = "bnfuse/folding/rewrite.py apply: arithmetic errors get the file and the layer chain"
 EXPECT = "UnsupportedLayerError"
 
 PROTOTXT = b"""layer { name: "data" type: "Input" top: "data"

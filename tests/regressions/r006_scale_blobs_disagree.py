@@ -6,7 +6,7 @@ DESCRIPTION = ("Scale blobs of different sizes (a damaged caffemodel): the plann
                "arithmetic's ModelMismatchError escape from fold and from 'bnfuse inspect' "
                "without the file name; it is now a skipped chain with the reason in the report")
 FOUND_BY = "bounded fuzz seed 2024 input 9950 (golden/innerproduct_transpose_bn; garbage)"
-FIXED_IN = "bnfuse/fold/planner.py _scale_affine: blob problems become a skip with the reason"
+FIXED_IN = "bnfuse/folding/planner.py _scale_affine: blob problems become a skip with the reason"
 EXPECT = "ok"
 
 PROTOTXT = b"""layer { name: "data" type: "Input" top: "data"

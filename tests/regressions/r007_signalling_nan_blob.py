@@ -10,7 +10,7 @@ DESCRIPTION = ("A float32 signalling NaN (0x7f800001) in a BatchNorm blob: casti
                "float64 in the fold arithmetic made numpy emit 'RuntimeWarning: invalid value "
                "encountered in cast' on the user's stderr (an exception under -W error)")
 FOUND_BY = "fuzz.run seed 8, long run at 10 min (a bit flip in a golden caffemodel)"
-FIXED_IN = "bnfuse/fold/arith.py _vector: the cast runs under np.errstate(invalid='ignore')"
+FIXED_IN = "bnfuse/folding/arith.py _vector: the cast runs under np.errstate(invalid='ignore')"
 EXPECT = "ok"
 
 

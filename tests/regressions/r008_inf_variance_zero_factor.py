@@ -8,7 +8,7 @@ DESCRIPTION = ("BatchNorm blobs [mean, var with +inf, factor 0]: Caffe's rule k 
                "factor computed inf * 0, and numpy printed 'RuntimeWarning: invalid value "
                "encountered in multiply' (an exception under -W error)")
 FOUND_BY = "fuzz.run seed 9 input 1350 (golden/scale_factor_zero; raw: float := 0x7f800000)"
-FIXED_IN = "bnfuse/fold/arith.py caffe_batchnorm_stats: the scaling runs under np.errstate"
+FIXED_IN = "bnfuse/folding/arith.py caffe_batchnorm_stats: the scaling runs under np.errstate"
 EXPECT = "ok"
 
 

@@ -6,7 +6,7 @@ DESCRIPTION = ("BatchNorm and Scale blobs of different widths (a record copied i
                "wrong layer): composing their affine maps raised a ModelMismatchError "
                "without the file name out of fold and 'bnfuse inspect'")
 FOUND_BY = "fuzz.run seed 9 input 26961 (example; tree: copy a field elsewhere x2)"
-FIXED_IN = ("bnfuse/fold/planner.py _Planner._plan_chain: a failed compose skips the chain "
+FIXED_IN = ("bnfuse/folding/planner.py _Planner._plan_chain: a failed compose skips the chain "
             "with the reason (fixed concurrently in commit 3108838)")
 EXPECT = "ok"
 

@@ -14,7 +14,7 @@ each chain, the first exact option:
 
 Example:
     >>> import bnfuse
-    >>> from bnfuse.fold.planner import plan
+    >>> from bnfuse.folding.planner import plan
     >>> net = bnfuse.load(b'''
     ... layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }
     ... layer { name: "bn" type: "BatchNorm" bottom: "x" top: "x"
@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bnfuse.errors import BnfuseError
-from bnfuse.fold import arith, variants
+from bnfuse.folding import arith, variants
 from bnfuse.graph import Graph, build_graph
 from bnfuse.net import CONV_TYPES, Layer, Net
 
 #: Producers whose output channels a per-channel affine map can be folded into.
 PRODUCER_TYPES = CONV_TYPES | {"Deconvolution", "InnerProduct"}
-#: BatchNorm flavours bnfuse reads (each by its own blob meaning: bnfuse.fold.variants).
+#: BatchNorm flavours bnfuse reads (each by its own blob meaning: bnfuse.folding.variants).
 NORM_TYPES = frozenset({"BatchNorm", "BN", "CuDNNBatchNorm"})
 
 FOLD_INTO_PRODUCER = "folded_into_producer"

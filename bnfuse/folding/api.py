@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bnfuse.fold import planner, rewrite
-from bnfuse.fold.planner import Action, FoldOptions, layer_counts
+from bnfuse.folding import planner, rewrite
+from bnfuse.folding.planner import Action, FoldOptions, layer_counts
 from bnfuse.net import Destination, Layer, Net, Source, load, save
 
 

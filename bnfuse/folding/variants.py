@@ -72,7 +72,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
-from bnfuse.fold.arith import Affine, affine_from_batchnorm, caffe_batchnorm_stats
+from bnfuse.folding.arith import Affine, affine_from_batchnorm, caffe_batchnorm_stats
 
 __all__ = [
     "BVLC_DEFAULT_EPS",
@@ -119,7 +119,7 @@ def bvlc_batchnorm(blobs: Blobs, eps: float = BVLC_DEFAULT_EPS) -> Affine:
     """BVLC ``BatchNorm``: blobs ``[mean*f, var*f, f]``, output ``(x - mean) / sqrt(var + eps)``.
 
     ``eps`` is ``batch_norm_param.eps`` (default 1e-5). The factor rule is
-    :func:`~bnfuse.fold.arith.caffe_batchnorm_stats`.
+    :func:`~bnfuse.folding.arith.caffe_batchnorm_stats`.
 
     Example:
         >>> bvlc_batchnorm([[2.0], [8.0], [2.0]], eps=0.0).scale.tolist()

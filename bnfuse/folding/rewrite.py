@@ -1,9 +1,9 @@
 """Apply the planner's decisions to a net.
 
-Each function takes one :class:`~bnfuse.fold.planner.Action` and edits the net
+Each function takes one :class:`~bnfuse.folding.planner.Action` and edits the net
 through :class:`~bnfuse.net.Net` methods, so the text, the typed params and the
 caffemodel records stay consistent. The arithmetic is delegated to
-:mod:`bnfuse.fold.arith`; weights are read from the net at the time the action
+:mod:`bnfuse.folding.arith`; weights are read from the net at the time the action
 is applied, so two folds that touch one layer (a forward fold into a
 convolution that then absorbs its own BatchNorm) compose correctly.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from bnfuse.errors import BnfuseError, ModelMismatchError, UnsupportedLayerError
-from bnfuse.fold import arith
-from bnfuse.fold.planner import (
+from bnfuse.folding import arith
+from bnfuse.folding.planner import (
     FOLD_FORWARD,
     FOLD_INTO_PRODUCER,
     MERGE_TO_SCALE,
