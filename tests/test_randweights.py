@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bnfuse
 from bnfuse.errors import UnsupportedLayerError
 from bnfuse.net import load
 from bnfuse.verification.executor import forward
-from bnfuse.verification.randweights import batchnorm_blobs, random_weights, write_random_model
+from bnfuse.verification.norms import norm_blobs
+from bnfuse.verification.randweights import random_weights, write_random_model
 from tests.conftest import shared_path
 
 #: Corpus nets made only of layers the numpy executor runs, with the input used: the
@@ -72,13 +74,17 @@ def test_small_net_shapes_and_statistics() -> None:
 
 
 def test_batchnorm_blobs_edge_cases() -> None:
-    one = batchnorm_blobs(np.ones((1, 3)), 3, 2.0)  # one value per channel
-    assert one[1].tolist() == [2.0, 2.0, 2.0]       # variance 1, times the factor
+    bn = bnfuse.load(b'layer { name: "bn" type: "BatchNorm" bottom: "x" top: "x" }').layers[0]
+    one = norm_blobs(bn, np.ones((1, 3)), 3, factor=2.0)  # one value per channel
+    assert one[1].tolist() == [2.0, 2.0, 2.0]              # variance 1, times the factor
+    assert one[2].tolist() == [2.0]
     dead = np.zeros((2, 2, 4, 4))
     dead[:, 1] = np.random.default_rng(0).standard_normal((2, 4, 4))
-    _, var, _ = batchnorm_blobs(dead, 2, 1.0)
+    _, var, _ = norm_blobs(bn, dead, 2)
     assert var[0] > 0  # a dead channel is floored, not 0
-    assert batchnorm_blobs(None, 2, 1.0)[1].tolist() == [1.0, 1.0]
+    assert norm_blobs(bn, None, 2)[1].tolist() == [1.0, 1.0]
+    x = np.array([[[1.0, 3.0]], [[5.0, 7.0]]])  # (N=2, C=1, W=2): mean 4, variance 5
+    assert [b.tolist() for b in norm_blobs(bn, x, 1, factor=0.5)] == [[2.0], [2.5], [0.5]]
 
 
 def test_seeded() -> None:

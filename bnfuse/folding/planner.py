@@ -37,12 +37,11 @@ import numpy as np
 from bnfuse.errors import BnfuseError
 from bnfuse.folding import arith, variants
 from bnfuse.graph import Graph, build_graph
+from bnfuse.layertypes.batchnorm import NORM_TYPES, Dialect, detect_layer
 from bnfuse.net import CONV_TYPES, Layer, Net
 
 #: Producers whose output channels a per-channel affine map can be folded into.
 PRODUCER_TYPES = CONV_TYPES | {"Deconvolution", "InnerProduct"}
-#: BatchNorm flavours bnfuse reads (each by its own blob meaning: bnfuse.folding.variants).
-NORM_TYPES = frozenset({"BatchNorm", "BN", "CuDNNBatchNorm"})
 
 FOLD_INTO_PRODUCER = "folded_into_producer"
 FOLD_FORWARD = "folded_forward"
@@ -96,38 +95,26 @@ class _SkipError(Exception):
     """A chain cannot be rewritten at all; the message is the report's reason."""
 
 
-def _norm_choice(layer: Layer, options: FoldOptions, structural: bool) -> variants.VariantChoice:
-    """Which BatchNorm flavour a layer is, by its type, blob count and written fields."""
-    group = "bn_param" if layer.type == "BN" else "batch_norm_param"
-    fields = layer.fields_of(group)
-    if options.force_global_stats:
-        fields.pop("use_global_stats", None)
-    count = len(layer.blobs)
-    if structural:
-        # No blobs to count: infer the layout each flavour's fields imply.
-        if layer.type == "BatchNorm":
-            count = 5 if "scale_bias" in fields else 3
-        elif layer.type == "CuDNNBatchNorm":
-            count = 4
-        else:
-            count = 2 if "bn_mode" in fields or not fields else 4
-    return variants.classify_bn_layer(layer.type, count, fields)
+def _norm_dialect(layer: Layer, options: FoldOptions, structural: bool) -> Dialect:
+    """The layer's BatchNorm dialect, as :func:`~bnfuse.layertypes.batchnorm.detect` reads it."""
+    dialect = detect_layer(layer, weights_loaded=not structural)
+    return dialect.with_stored_statistics() if options.force_global_stats else dialect
 
 
 def _norm_affine(layer: Layer, options: FoldOptions, structural: bool) -> arith.Affine | None:
-    """Per-channel (scale, shift) of a BatchNorm flavour, or raise _SkipError with the reason."""
+    """Per-channel (scale, shift) of a BatchNorm dialect, or raise _SkipError with the reason."""
     if not layer.blobs and not structural:
         raise _SkipError(f"{layer.type} {layer.name!r} has no weights in the caffemodel")
     try:
-        choice = _norm_choice(layer, options, structural)
-        if not choice.foldable:
-            reason = choice.reason or f"{layer.type} layout is unknown"
-            if "use_global_stats" in reason:
+        dialect = _norm_dialect(layer, options, structural)
+        if not dialect.foldable:
+            reason = dialect.reason or f"{layer.type} layout is unknown"
+            if dialect.statistics == "batch" and dialect.name in ("bvlc", "nvidia"):
                 reason += " (force_global_stats=True folds it with the stored statistics)"
             raise _SkipError(reason)
         if structural:
             return None
-        return variants.variant_affine(choice, [np.asarray(blob) for blob in layer.blobs])
+        return variants.dialect_affine(dialect, [np.asarray(blob) for blob in layer.blobs])
     except BnfuseError as exc:
         raise _SkipError(str(exc)) from None
 

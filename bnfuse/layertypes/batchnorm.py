@@ -54,8 +54,8 @@ Sources (public repositories, read for their semantics only):
 
 Example:
     >>> d = detect("BatchNorm", {"eps": "0.001"}, 3)
-    >>> d.name, d.roles, d.eps, d.foldable
-    ('bvlc', ('mean', 'variance', 'factor'), 0.001, True)
+    >>> d.name, d.roles, d.eps == float(np.float32(0.001)), d.foldable
+    ('bvlc', ('mean', 'variance', 'factor'), True, True)
     >>> detect("BN", {}, 2).reason
     'bn_mode is LEARN: SegNet BN normalises with the batch statistics'
 """
@@ -157,7 +157,7 @@ class Dialect:
 
     Example:
         >>> d = detect("CuDNNBatchNorm", {}, 4)
-        >>> d.index("mean"), d.eps, d.blob_shapes(8)[0]
+        >>> d.index("mean"), d.eps, d.blob_shapes(8)[0]  # eps clamped to CUDNN_BN_MIN_EPSILON
         (2, 1e-05, (1, 8, 1, 1))
     """
 
@@ -254,14 +254,26 @@ class Dialect:
                             "statistics")
 
 
-class _FieldsLayer(Protocol):
+class _NormLayer(Protocol):
     @property
     def type(self) -> str: ...
 
     @property
     def blobs(self) -> Sized: ...
 
-    def fields_of(self, group: str) -> dict[str, object]: ...
+
+def _written_fields(layer: _NormLayer, group: str) -> dict[str, object]:
+    """The fields written in ``group``: from the layer's text when it has one (fork fields
+    included), else from its typed parameters (a layer built in code)."""
+    fields_of = getattr(layer, "fields_of", None)
+    if fields_of is not None:
+        written: dict[str, object] = fields_of(group)
+        return written
+    param = getattr(layer, "param", None)
+    if param is None or group not in param.DESCRIPTOR.fields_by_name or \
+            not param.HasField(group):
+        return {}
+    return {field.name: value for field, value in getattr(param, group).ListFields()}
 
 
 def _as_bool(value: object, field: str) -> bool:
@@ -276,14 +288,19 @@ def _as_bool(value: object, field: str) -> bool:
 
 
 def _as_float(value: object, field: str) -> float:
+    """A ``float`` proto field as Caffe holds it: parsed, then rounded to float32."""
     if isinstance(value, bool):
         raise ModelMismatchError(f"{field}: expected a number, got {value!r}")
     try:
         # str() first: values come as text from a prototxt or as numbers from protobuf.
-        return float(str(value))
+        number = float(str(value))
     except ValueError:
         raise ModelMismatchError(f"{field}: expected a number, got {str(value)[:40]!r}") \
             from None
+    # eps and var_eps are `float` fields: the C++ layer reads float32(value), so 1e-5 is
+    # 9.99999974738e-06 there, in float and in double precision alike.
+    with np.errstate(over="ignore"):
+        return float(np.float32(number))
 
 
 def nvidia_eps(eps: float) -> float:
@@ -318,15 +335,19 @@ def _batchnorm(fields: Mapping[str, object], count: int | None) -> Dialect:
     statistics: Statistics = "batch" if batch else "stored"
     reason = ("use_global_stats is false: BatchNorm normalises with the batch statistics"
               if batch else None)
+    # NVIDIA's TEST branch always uses the stored statistics, whatever use_global_stats says.
+    nvidia_note = ("use_global_stats: false is ignored: NVIDIA Caffe uses the stored "
+                   "statistics in TEST" if batch else None)
     if count == 5:
         roles = (*_ROLES["nvidia"], "scale", "shift")
-        return Dialect("nvidia", "BatchNorm", roles, nvidia_eps(eps), statistics, reason)
+        return Dialect("nvidia", "BatchNorm", roles, nvidia_eps(eps), "stored", None,
+                       nvidia_note)
     if count != 3:
         return _unknown("BatchNorm", _count_reason("BatchNorm", count, 3, 5))
     if nvidia_text and not scale_bias:
         # NVIDIA text with its 3-blob layout: statistics used directly, eps clamped.
-        return Dialect("nvidia", "BatchNorm", _ROLES["nvidia"], nvidia_eps(eps), statistics,
-                       reason)
+        return Dialect("nvidia", "BatchNorm", _ROLES["nvidia"], nvidia_eps(eps), "stored", None,
+                       nvidia_note)
     note = None
     if scale_bias:
         # NVIDIA Caffe would create 5 blobs for these fields and refuse this caffemodel;
@@ -419,8 +440,8 @@ def detect(
     - ``BatchNorm``: 5 blobs, or no weights and NVIDIA's ``scale_bias``/fillers: NVIDIA
       with scale and shift. 3 blobs: BVLC, except NVIDIA text without scale/bias
       (``scale_bias: false``), which is NVIDIA's 3-blob layout. An explicit
-      ``use_global_stats: false`` means batch statistics (BVLC; NVIDIA ignores it in
-      TEST but bnfuse does not guess which program runs the file).
+      ``use_global_stats: false`` means batch statistics in BVLC; NVIDIA's TEST phase
+      ignores it.
     - ``CuDNNBatchNorm``: the 4-blob GENet layout, eps clamped to 1e-5.
     - ``BN``: 2 blobs SegNet (foldable only in ``bn_mode: INFERENCE``), 4 blobs PSPNet;
       without weights, SegNet unless a PSPNet-only field is written. PSPNet's two
@@ -455,7 +476,7 @@ def param_group(layer_type: str) -> str:
     return "bn_param" if layer_type == "BN" else "batch_norm_param"
 
 
-def detect_layer(layer: _FieldsLayer, *, bn_dialect: str | None = None,
+def detect_layer(layer: _NormLayer, *, bn_dialect: str | None = None,
                  weights_loaded: bool | None = None) -> Dialect:
     """:func:`detect` for a loaded layer: its written fields and its blob count.
 
@@ -471,5 +492,5 @@ def detect_layer(layer: _FieldsLayer, *, bn_dialect: str | None = None,
     """
     count = len(layer.blobs)
     loaded = bool(count) if weights_loaded is None else weights_loaded
-    fields = layer.fields_of(param_group(layer.type))
+    fields = _written_fields(layer, param_group(layer.type))
     return detect(layer.type, fields, count if loaded else None, bn_dialect=bn_dialect)

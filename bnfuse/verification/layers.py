@@ -31,7 +31,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
-from bnfuse.verification.forknorm import fork_norm_forward, is_fork_norm
+from bnfuse.verification.norms import norm_forward
 from bnfuse.verification.shapes import (
     POOL_AVE,
     POOL_MAX,
@@ -272,34 +272,13 @@ def _inner_product(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any])
 
 
 def _fork_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
-    return [fork_norm_forward(layer, bottoms[0], dtype)]
+    return [norm_forward(layer, bottoms[0], dtype)]
 
 
 def _batch_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
-    if is_fork_norm(layer):  # NVIDIA Caffe's 5-blob BatchNorm (scale_bias)
-        return _fork_norm(layer, bottoms, dtype)
-    x = bottoms[0]
-    bp = layer.param.batch_norm_param
-    weights = layer_weights(layer, _shapes(bottoms), dtype)
-    channels = x.shape[1] if x.ndim > 1 else 1
-    xr = x.reshape(x.shape[0] if x.ndim > 1 else x.size, channels, -1)
-    eps = dtype.type(bp.eps)
-    # use_global_stats has no default in the schema: absent means TEST's "true".
-    use_global = bool(bp.use_global_stats) if bp.HasField("use_global_stats") else True
-    if use_global:
-        factor = weights[2][0]
-        # Caffe's rule: a zero factor makes the statistics zero, not "divide by one".
-        k = dtype.type(0) if factor == 0 else dtype.type(1) / factor
-        mean = weights[0] * k
-        var = weights[1] * k
-    else:
-        # Batch statistics over N and the spatial axes, as Caffe's TRAIN-style path does.
-        mean = xr.mean(axis=(0, 2), dtype=dtype)
-        var = np.square(xr - mean[None, :, None]).mean(axis=(0, 2), dtype=dtype)
-    # Same two roundings as Caffe (subtract, then divide), done in place on one new array.
-    y = xr - mean[None, :, None]
-    y /= np.sqrt(var + eps)[None, :, None]
-    return [y.reshape(x.shape)]
+    # Blob count and shapes are checked against the dialect's layout first.
+    layer_weights(layer, _shapes(bottoms), dtype)
+    return [norm_forward(layer, bottoms[0], dtype)]
 
 
 def _broadcast(x: Array, operand: Array, axis: int) -> tuple[Array, Array]:

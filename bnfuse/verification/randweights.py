@@ -58,7 +58,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
-from bnfuse.verification.forknorm import fork_norm_blobs, is_fork_norm
+from bnfuse.layertypes.batchnorm import NORM_TYPES, detect_layer
+from bnfuse.verification.norms import norm_blobs
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net, Source
@@ -139,37 +140,6 @@ def _weights_for(layer: Layer, shapes: list[Shape], rng: np.random.Generator) ->
     return [(rng.standard_normal(s) * SCALE_BETA_STD).astype(np.float32) for s in shapes]
 
 
-def batchnorm_blobs(x: Array | None, channels: int, f: float) -> list[Array]:
-    """Caffe BatchNorm blobs ``[mean·f, var·f, [f]]`` measured on ``x`` (axis 1 = channels).
-
-    ``x=None`` gives mean 0 and variance 1.
-
-    Example:
-        >>> x = np.array([[[1.0, 3.0]], [[5.0, 7.0]]])  # (N=2, C=1, W=2)
-        >>> mean, var, factor = batchnorm_blobs(x, 1, 0.5)
-        >>> mean.tolist(), var.tolist(), factor.tolist()
-        ([2.0], [2.5], [0.5])
-    """
-    if x is None:
-        mean = np.zeros(channels)
-        var = np.ones(channels)
-    else:
-        values = np.asarray(x, dtype=np.float64)
-        if values.ndim < 2:
-            values = values.reshape(-1, 1)
-        per_channel = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
-        mean = per_channel.mean(axis=1)
-        if per_channel.shape[1] < 2:
-            var = np.ones(channels)  # one value per channel: no variance to measure
-        else:
-            var = per_channel.var(axis=1)
-            median = float(np.median(var))
-            floor = VAR_FLOOR * median if median > 0 else 1.0
-            var = np.maximum(var, floor)
-    return [(mean * f).astype(np.float32), (var * f).astype(np.float32),
-            np.array([f], dtype=np.float32)]
-
-
 def random_weights(
     prototxt_or_net: Source | Net,
     *,
@@ -241,26 +211,20 @@ def random_weights(
                     f"layer {layer.name!r} ({layer.type}): its input shape depends on layer "
                     f"{blocked_by(layer)}, which the numpy executor does not support; "
                     "pass unmeasurable='unit' to fill what can be shaped")
-        elif is_fork_norm(layer):
+        elif layer.type in NORM_TYPES:
+            dialect = detect_layer(layer, weights_loaded=False)
+            f = 1.0
+            if dialect.has("factor"):
+                f = float(factor) if factor is not None else \
+                    0.999 * float(rng.uniform(*FACTOR_RANGE))
             channels = int(wanted[0][1] if len(wanted[0]) == 4 else wanted[0][0])
             if runnable or unmeasurable == "unit":
                 measured = values[layer.bottoms[0]] if runnable else None
-                net.set_blobs(layer, fork_norm_blobs(layer, measured, channels))
+                net.set_blobs(layer, norm_blobs(layer, measured, channels, factor=f,
+                                                var_floor=VAR_FLOOR))
             else:
                 raise UnsupportedLayerError(
                     f"cannot measure the statistics of {layer.type} {layer.name!r}: its input "
-                    f"depends on layer {blocked_by(layer)}, which the numpy executor does not "
-                    "support; pass unmeasurable='unit' for mean 0, variance 1")
-        elif layer.type == "BatchNorm":
-            f = float(factor) if factor is not None else 0.999 * float(rng.uniform(*FACTOR_RANGE))
-            channels = int(wanted[0][0])
-            if runnable:
-                net.set_blobs(layer, batchnorm_blobs(values[layer.bottoms[0]], channels, f))
-            elif unmeasurable == "unit":
-                net.set_blobs(layer, batchnorm_blobs(None, channels, f))
-            else:
-                raise UnsupportedLayerError(
-                    f"cannot measure the statistics of BatchNorm {layer.name!r}: its input "
                     f"depends on layer {blocked_by(layer)}, which the numpy executor does not "
                     "support; pass unmeasurable='unit' for mean 0, variance 1")
         elif wanted:
@@ -321,4 +285,4 @@ def write_random_model(
     return net
 
 
-__all__ = ["batchnorm_blobs", "random_weights", "write_random_model"]
+__all__ = ["random_weights", "write_random_model"]

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
+from bnfuse.layertypes.batchnorm import NORM_TYPES, detect_layer
 from bnfuse.net import CONV_TYPES, DEPTHWISE_TYPES  # defined once, with the net model
-from bnfuse.verification.forknorm import fork_norm_shapes, is_fork_norm
 
 if TYPE_CHECKING:
     from bnfuse.verification.executor import LayerLike, NetLike
@@ -762,12 +762,12 @@ def param_shapes(layer: LayerLike, bottom_shapes: Sequence[Sequence[int]]) -> li
         n, k = int(ip.num_output), count(bottoms[0], axis)
         weight = (k, n) if ip.transpose else (n, k)
         return [weight, (n,)] if ip.bias_term else [weight]
-    if is_fork_norm(layer):
-        return fork_norm_shapes(layer, bottoms[0])
-    if kind == "BatchNorm":
+    if kind in NORM_TYPES:
         shape = bottoms[0]
-        channels = shape[1] if len(shape) > 1 else 1
-        return [(channels,), (channels,), (1,)]
+        dialect = detect_layer(layer)
+        if dialect.name == "unknown":
+            raise _unsupported(layer, dialect.reason or "unknown BatchNorm layout")
+        return dialect.blob_shapes(shape[1] if len(shape) > 1 else 1)
     if kind in ("Scale", "Bias"):
         _, operand = scale_operand_shape(layer, bottoms)
         if kind == "Bias":

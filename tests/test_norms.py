@@ -1,4 +1,4 @@
-"""The executor runs the BatchNorm flavours of Caffe forks by their own blob meaning."""
+"""The executor runs every BatchNorm dialect by its fork's formula, written out here."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def test_pspnet_bn_uses_stored_statistics_without_a_factor() -> None:
     x, y = _run(b'layer { name: "bn" type: "BN" bottom: "x" top: "y" '
                 b'bn_param { slope_filler { type: "constant" } eps: 0.001 } }',
                 [v.reshape(1, 3, 1, 1) for v in (slope, bias, mean, var)])
-    want = _per_channel(slope) * (x - _per_channel(mean)) / np.sqrt(_per_channel(var) + 1e-3) \
+    eps = float(np.float32(1e-3))  # bn_param.eps is a float32 field
+    want = _per_channel(slope) * (x - _per_channel(mean)) / np.sqrt(_per_channel(var) + eps) \
         + _per_channel(bias)
     np.testing.assert_allclose(y, want, rtol=1e-12)
 
