@@ -72,13 +72,41 @@ class OutputError(BnfuseError):
     """An output cannot be written safely (collides with an input, too large, disk full)."""
 
 
+class InternalError(BnfuseError):
+    """An invariant of bnfuse itself failed: a bug in bnfuse, not in the user's files.
+
+    The command line reports it as "internal error, please report" with the traceback
+    and exit code 3, never as a user error.
+    """
+
+
+class ReadOnlyLayerError(BnfuseError, AttributeError):
+    """An attribute of a :class:`~bnfuse.net.Layer` was assigned: layers are read-only.
+
+    The message names the :class:`~bnfuse.net.Net` method that makes the change, so
+    that the edit reaches the text and the caffemodel instead of being lost on save.
+    It is also an ``AttributeError``, as for any read-only attribute.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }')
+        >>> try:
+        ...     net.layers[0].blobs = []
+        ... except ReadOnlyLayerError as exc:
+        ...     print(exc)
+        layer 'r' is read-only: use Net.set_blobs to change blobs
+    """
+
+
 __all__ = [
     "BackendUnavailableError",
     "BnfuseError",
     "CaffemodelError",
+    "InternalError",
     "ModelMismatchError",
     "OutputError",
     "PrototxtSchemaError",
     "PrototxtSyntaxError",
+    "ReadOnlyLayerError",
     "UnsupportedLayerError",
 ]

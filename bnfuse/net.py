@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 from google.protobuf import text_format
 
 from bnfuse.errors import (
@@ -37,6 +38,7 @@ from bnfuse.errors import (
     OutputError,
     PrototxtSchemaError,
     PrototxtSyntaxError,
+    ReadOnlyLayerError,
 )
 from bnfuse.io import caffemodel as cm
 from bnfuse.io.atomic import atomic_write
@@ -72,14 +74,40 @@ CONV_TYPES = frozenset({"Convolution"}) | DEPTHWISE_TYPES
 _CONV_TYPES = CONV_TYPES | {"Deconvolution"}
 
 
-@dataclass(eq=False)
+#: What each layer attribute is changed with (named in the error for an assignment).
+_EDIT_METHOD = {
+    "name": "Net.rename_layer",
+    "type": "Net.set_type",
+    "bottoms": "Net.set_bottom",
+    "tops": "Net.set_top",
+    "blobs": "Net.set_blobs",
+    "param": "Net.set_field / Net.clear_field",
+}
+
+
+def _derive_param(node: MessageNode, source: str,
+                  prefix: str = "") -> tuple[LayerParameter, tuple[str, ...]]:
+    """A layer's typed parameters from its text (the text is the one source of truth)."""
+    param = LayerParameter()
+    # Paths carry the prefix for messages; the layer lists its own fields relative to it.
+    unknown = [path[len(prefix):] for path in
+               fill_message(node, param, source=source, prefix=prefix)]
+    if param.type == "BatchNorm" and len(param.param) == 3:
+        for spec in param.param:  # Caffe's BatchNorm upgrade: statistics never learn
+            spec.lr_mult = 0.0
+            spec.decay_mult = 0.0
+    return param, tuple(unknown)
+
+
 class Layer:
-    """One layer of a loaded net.
+    """One layer of a loaded net, read-only: change it through :class:`Net` methods.
 
     ``param`` holds the fields bnfuse's schema knows; fields of Caffe forks
     (``bn_param``, ``prior_box_param``, ...) are read from ``node``, the layer's
-    text, and listed in ``unknown_fields``. ``blobs`` are read-only views into
-    the caffemodel until a fold replaces them.
+    text, and listed in ``unknown_fields``. ``blobs`` is a tuple of read-only
+    arrays (views into the caffemodel until a fold replaces them). Assigning to an
+    attribute raises :class:`~bnfuse.errors.ReadOnlyLayerError` naming the method
+    that makes the change, so an edit can never be lost on save.
 
     Example:
         >>> import bnfuse
@@ -87,27 +115,121 @@ class Layer:
         >>> layer = net.layers[0]
         >>> layer.name, layer.bottoms, layer.tops, layer.in_place
         ('r', ('x',), ('x',), True)
+        >>> layer.tops = ("y",)
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.ReadOnlyLayerError: layer 'r' is read-only: use Net.set_top to change tops
     """
 
-    name: str
-    type: str
-    bottoms: tuple[str, ...]
-    tops: tuple[str, ...]
-    param: LayerParameter
-    blobs: list[np.ndarray] = field(default_factory=list)
-    node: MessageNode | None = None
-    unknown_fields: tuple[str, ...] = ()
-    # The caffemodel record the blobs came from (None: no weights in the file).
-    _record: cm.LayerRecord | None = field(default=None, repr=False)
-    _weights_changed: bool = field(default=False, repr=False)
-    # Edits to replay on the caffemodel copy of this layer's header.
-    _header_edits: list[tuple[str, tuple[str, ...], Any]] = field(default_factory=list,
-                                                                  repr=False)
+    __slots__ = (
+        "_blobs",
+        "_bottoms",
+        "_changed",
+        "_name",
+        "_node",
+        "_param",
+        "_param_bytes",
+        "_record",
+        "_source",
+        "_tops",
+        "_type",
+        "_unknown",
+    )
+
+    _name: str
+    _type: str
+    _bottoms: tuple[str, ...]
+    _tops: tuple[str, ...]
+    _node: MessageNode | None
+    _param: LayerParameter
+    _param_bytes: bytes
+    _unknown: tuple[str, ...]
+    _blobs: tuple[np.ndarray, ...]
+    _record: cm.LayerRecord | None
+    _source: str
+    # True once a Net method changed the layer: its caffemodel record is then re-encoded.
+    _changed: bool
+
+    def __init__(self, param: LayerParameter, node: MessageNode | None = None, *,
+                 unknown_fields: tuple[str, ...] = (), source: str = "<net>") -> None:
+        setter = object.__setattr__
+        setter(self, "_node", node)
+        setter(self, "_source", source)
+        setter(self, "_blobs", ())
+        setter(self, "_record", None)
+        setter(self, "_changed", False)
+        self._adopt(param, unknown_fields)
+
+    def _adopt(self, param: LayerParameter, unknown: tuple[str, ...]) -> None:
+        """Take ``param`` as the layer's typed parameters (after load or an edit)."""
+        setter = object.__setattr__
+        setter(self, "_param", param)
+        # A snapshot, so that an edit made on ``param`` itself is caught on save.
+        setter(self, "_param_bytes", param.SerializeToString(deterministic=True))
+        setter(self, "_unknown", unknown)
+        setter(self, "_name", param.name)
+        setter(self, "_type", param.type)
+        setter(self, "_bottoms", tuple(param.bottom))
+        setter(self, "_tops", tuple(param.top))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        public = name.lstrip("_")
+        method = _EDIT_METHOD.get(public)
+        hint = f"use {method} to change {public}" if method else "change it through Net methods"
+        raise ReadOnlyLayerError(f"layer {self._name!r} is read-only: {hint}")
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __repr__(self) -> str:
+        return (f"Layer(name={self._name!r}, type={self._type!r}, bottoms={self._bottoms!r}, "
+                f"tops={self._tops!r}, blobs={[tuple(b.shape) for b in self._blobs]!r})")
+
+    @property
+    def name(self) -> str:
+        """The layer's name."""
+        return self._name
+
+    @property
+    def type(self) -> str:
+        """The V2 type string (``"Convolution"``, ``"BN"``, ...); V1 enums are upgraded."""
+        return self._type
+
+    @property
+    def bottoms(self) -> tuple[str, ...]:
+        """Input blob names."""
+        return self._bottoms
+
+    @property
+    def tops(self) -> tuple[str, ...]:
+        """Output blob names (equal to a bottom when in place)."""
+        return self._tops
+
+    @property
+    def param(self) -> LayerParameter:
+        """Typed fields the schema knows (fork fields are in :attr:`node`). Read only:
+        an edit made here instead of through :meth:`Net.set_field` is refused on save."""
+        return self._param
+
+    @property
+    def blobs(self) -> tuple[np.ndarray, ...]:
+        """The weights, read-only arrays; ``()`` when the caffemodel has none for the layer."""
+        return self._blobs
+
+    @property
+    def node(self) -> MessageNode | None:
+        """The layer's text (``None`` for the Input layer made from top-level input fields)."""
+        return self._node
+
+    @property
+    def unknown_fields(self) -> tuple[str, ...]:
+        """Dotted paths of the fields the schema does not know (a fork's fields)."""
+        return self._unknown
 
     @property
     def in_place(self) -> bool:
         """True when the layer writes its output over its input blob."""
-        return bool(self.tops) and self.tops == self.bottoms[: len(self.tops)]
+        return bool(self._tops) and self._tops == self._bottoms[: len(self._tops)]
 
     def fields_of(self, group: str) -> dict[str, object]:
         """Fields written in the layer's ``group`` block, fork fields included.
@@ -122,7 +244,7 @@ class Layer:
             >>> net.layers[0].fields_of("bn_param")
             {'bn_mode': 'INFERENCE', 'var_eps': '1e-9'}
         """
-        block = self.node.message(group) if self.node is not None else None
+        block = self._node.message(group) if self._node is not None else None
         if block is None:
             return {}
         fields: dict[str, object] = {}
@@ -140,7 +262,7 @@ class Layer:
             >>> net.layers[0].text_field("bn_param", "bn_mode")
             'INFERENCE'
         """
-        node = self.node
+        node = self._node
         if node is None:
             return None
         for name in path[:-1]:
@@ -152,10 +274,22 @@ class Layer:
         return None if value is None else value.text()
 
 
+def _frozen(array: npt.ArrayLike, *, copy: bool) -> np.ndarray:
+    """A read-only array: a copy of the caller's (so later edits to it cannot leak in), or
+    the array itself when bnfuse made it and nobody else holds it."""
+    result = np.array(array, copy=True) if copy else np.asarray(array)
+    result.flags.writeable = False
+    return result
+
+
 class Net:
     """A loaded Caffe net: its TEST-phase layers, the prototxt text and the weights.
 
-    Build one with :func:`load`; change it only through its methods.
+    Build one with :func:`load`; change it only through its methods (``layers`` is a
+    read-only sequence and each :class:`Layer` refuses assignment). The text is the
+    one source of truth: every edit changes the layer's text and its typed
+    parameters are derived from it again, and the caffemodel header of a changed
+    layer is derived from those parameters on save.
 
     Example:
         >>> import bnfuse
@@ -178,7 +312,10 @@ class Net:
         upgrade_notes: list[str],
     ) -> None:
         self.name = name
-        self.layers = layers
+        # Removed layers leave None behind, so removal and lookup stay O(1).
+        self._slots: list[Layer | None] = list(layers)
+        self._position = {id(layer): i for i, layer in enumerate(layers)}
+        self._view: tuple[Layer, ...] | None = tuple(layers)
         self.document = document
         self.prototxt_source = prototxt_source
         self.prototxt_path = prototxt_path
@@ -190,6 +327,13 @@ class Net:
         self._original_text = original_text
         self._edited = False
         self._removed: list[Layer] = []
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """The layers of the TEST phase, in order (read-only)."""
+        if self._view is None:
+            self._view = tuple(layer for layer in self._slots if layer is not None)
+        return self._view
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -217,58 +361,56 @@ class Net:
 
     def index(self, layer: Layer) -> int:
         """Position of ``layer`` in :attr:`layers` (by identity)."""
-        # Layer is eq=False, so list.index matches by identity, in C: a fold removes
-        # layers one by one and a Python scan here was a visible O(n^2) on deep nets.
-        try:
-            return self.layers.index(layer)
-        except ValueError:
-            raise BnfuseError(f"layer {layer.name!r} is not part of this net") from None
+        if id(layer) not in self._position:
+            raise BnfuseError(f"layer {layer.name!r} is not part of this net")
+        return self.layers.index(layer)
 
     # --- edits -------------------------------------------------------------
 
     def _text(self, layer: Layer) -> MessageNode:
-        if layer.node is None:
+        if id(layer) not in self._position:
+            raise BnfuseError(f"layer {layer.name!r} is not part of this net")
+        node = layer.node
+        if node is None:
             raise BnfuseError(
                 f"layer {layer.name!r} comes from the net's input fields and cannot be edited")
+        return node
+
+    def _rederive(self, layer: Layer) -> None:
+        """The text changed: derive the layer's typed parameters from it again."""
         self._edited = True
-        return layer.node
+        node = layer.node
+        assert node is not None
+        param, unknown = _derive_param(node, self.prototxt_source)
+        layer._adopt(param, unknown)
+        object.__setattr__(layer, "_changed", True)
 
     def remove_layer(self, layer: Layer) -> None:
         """Delete a layer from the net, its text and (on save) its caffemodel record."""
         node = self._text(layer)
-        self.layers.pop(self.index(layer))
         holder = node.parent
         if not isinstance(holder, FieldNode) or holder.parent is not self.document.root:
             raise BnfuseError(f"layer {layer.name!r} is not a top-level 'layer' entry")
         self.document.root.remove(holder)
+        self._slots[self._position.pop(id(layer))] = None
+        self._view = None
         self._removed.append(layer)
+        self._edited = True
 
     def set_top(self, layer: Layer, index: int, blob: str) -> None:
         """Rename the ``index``-th top of ``layer``."""
-        self._set_repeated_string(layer, "top", index, blob)
-        tops = list(layer.tops)
-        tops[index] = blob
-        layer.tops = tuple(tops)
+        self._text(layer).all("top")[index].set_value(blob)
+        self._rederive(layer)
 
     def set_bottom(self, layer: Layer, index: int, blob: str) -> None:
         """Point the ``index``-th bottom of ``layer`` at another blob."""
-        self._set_repeated_string(layer, "bottom", index, blob)
-        bottoms = list(layer.bottoms)
-        bottoms[index] = blob
-        layer.bottoms = tuple(bottoms)
-
-    def _set_repeated_string(self, layer: Layer, name: str, index: int, value: str) -> None:
-        node = self._text(layer)
-        node.all(name)[index].set_value(value)
-        getattr(layer.param, name)[index] = value
-        layer._header_edits.append(("repeated", (name, str(index)), value))
+        self._text(layer).all("bottom")[index].set_value(blob)
+        self._rederive(layer)
 
     def set_type(self, layer: Layer, type_name: str) -> None:
         """Change a layer's type string (e.g. a BatchNorm becoming a Scale)."""
         self._text(layer).set("type", type_name)
-        layer.type = type_name
-        layer.param.type = type_name
-        layer._header_edits.append(("set", ("type",), type_name))
+        self._rederive(layer)
 
     def set_field(self, layer: Layer, path: Sequence[str], value: bool | int | float | str,
                   *, enum: bool = False) -> None:
@@ -286,29 +428,21 @@ class Net:
                 child = created
             node = child
         node.set(path[-1], Identifier(str(value)) if enum else value)
-        message: Any = layer.param
-        for name in path[:-1]:
-            message = getattr(message, name)
-        setattr(message, path[-1], value)
-        layer._header_edits.append(("set", tuple(path), value))
+        self._rederive(layer)
 
     def clear_field(self, layer: Layer, name: str) -> None:
         """Remove a top-level field of a layer (e.g. ``batch_norm_param``) from text and params."""
         node = self._text(layer)
         for item in list(node.all(name)):
             node.remove(item)
-        if name in layer.param.DESCRIPTOR.fields_by_name:
-            layer.param.ClearField(name)
-        layer._header_edits.append(("clear", (name,), None))
+        self._rederive(layer)
 
     def set_param_spec_count(self, layer: Layer, count: int) -> None:
         """Keep at most ``count`` ``param { }`` entries (Caffe rejects more than blobs)."""
         node = self._text(layer)
-        specs = node.all("param")
-        for item in specs[count:]:
+        for item in node.all("param")[count:]:
             node.remove(item)
-        del layer.param.param[count:]
-        layer._header_edits.append(("truncate", ("param",), count))
+        self._rederive(layer)
 
     def add_param_spec(self, layer: Layer, *, like: int) -> None:
         """Append a ``param { }`` entry copying the scalar fields of entry ``like``."""
@@ -320,16 +454,20 @@ class Net:
             items = [(f.name, f.value) for f in model.fields
                      if f.name != "name" and isinstance(f.value, ScalarValue)]
         node.add("param", items, after=specs[-1])
-        spec = layer.param.param.add()
-        spec.CopyFrom(layer.param.param[like])
-        spec.ClearField("name")
-        layer._header_edits.append(("add_param", ("param",), like))
+        self._rederive(layer)
 
-    def set_blobs(self, layer: Layer, blobs: Sequence[np.ndarray]) -> None:
-        """Replace a layer's weights; the layer's caffemodel record is re-encoded on save."""
+    def set_blobs(self, layer: Layer, blobs: Sequence[npt.ArrayLike]) -> None:
+        """Replace a layer's weights (copied, read-only); its record is re-encoded on save."""
+        self._replace_blobs(layer, [_frozen(blob, copy=True) for blob in blobs])
+
+    def _replace_blobs(self, layer: Layer, blobs: Sequence[np.ndarray]) -> None:
+        """:meth:`set_blobs` for arrays bnfuse just computed and hands over (no copy)."""
+        if id(layer) not in self._position:
+            raise BnfuseError(f"layer {layer.name!r} is not part of this net")
         self._edited = True
-        layer.blobs = [np.asarray(blob) for blob in blobs]
-        layer._weights_changed = True
+        setter = object.__setattr__
+        setter(layer, "_blobs", tuple(_frozen(blob, copy=False) for blob in blobs))
+        setter(layer, "_changed", True)
         record = layer._record
         if record is not None:
             # The old values were just read to compute the new ones: hand their
@@ -340,9 +478,16 @@ class Net:
     def rename_layer(self, layer: Layer, name: str) -> None:
         """Give a layer a new name (its weights move with it on save)."""
         self._text(layer).set("name", name)
-        layer.name = name
-        layer.param.name = name
-        layer._header_edits.append(("set", ("name",), name))
+        self._rederive(layer)
+
+    def check_unchanged_params(self) -> None:
+        """Refuse to save when a layer's ``param`` was edited in place (the edit would be
+        lost: the text is what is saved). Raises :class:`BnfuseError` naming the layer."""
+        for layer in self.layers:
+            if layer.param.SerializeToString(deterministic=True) != layer._param_bytes:
+                raise BnfuseError(
+                    f"layer {layer.name!r}: its param was changed in place, which saving "
+                    "would lose; use Net.set_field or Net.clear_field to edit a layer")
 
 
 # --- reading ---------------------------------------------------------------
@@ -497,8 +642,8 @@ def _attach_weights(layers: list[Layer], weights: cm.CaffemodelFile, source: str
                 array = array.reshape(_legacy_shape(target.param, j, tuple(array.shape)))
             arrays.append(array)
         # Later records of the same name overwrite earlier ones, as in Caffe.
-        target.blobs = arrays
-        target._record = record
+        object.__setattr__(target, "_blobs", tuple(arrays))
+        object.__setattr__(target, "_record", record)
     for layer in layers:
         if layer._record is not None:
             _check_shapes(layer, source)
@@ -522,7 +667,10 @@ def _parse_prototxt(
     text = decode_text(data, source)
     document = Document.parse(text, source=source)
     net_param = NetParameter()
-    fill_message(document.root, net_param, source=source)
+    # Current-format layers are filled one by one in load(), so each is parsed once; a V1
+    # net (with "layers") is filled whole, since the upgrade needs all of it.
+    skip = () if document.root.first("layers") is not None else ("layer",)
+    fill_message(document.root, net_param, source=source, skip=skip)
     if not needs_format_upgrade(net_param):
         return document, net_param, [], None
     try:
@@ -573,20 +721,11 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
     layers: list[Layer] = []
     input_layer = _input_layer(net_param, text_input.source)
     if input_layer is not None:
-        layers.append(Layer(name=input_layer.name, type=input_layer.type, bottoms=(),
-                            tops=tuple(input_layer.top), param=input_layer))
-    for node in document.root.messages("layer"):
-        param = LayerParameter()
-        unknown = fill_message(node, param, source=text_input.source)
-        if not layer_included(param, state, text_input.source):
-            continue
-        if param.type == "BatchNorm" and len(param.param) == 3:
-            for spec in param.param:  # Caffe's BatchNorm upgrade; text untouched
-                spec.lr_mult = 0.0
-                spec.decay_mult = 0.0
-        layers.append(Layer(name=param.name, type=param.type, bottoms=tuple(param.bottom),
-                            tops=tuple(param.top), param=param, node=node,
-                            unknown_fields=tuple(unknown)))
+        layers.append(Layer(input_layer, source=text_input.source))
+    for i, node in enumerate(document.root.messages("layer")):
+        param, unknown = _derive_param(node, text_input.source, f"layer[{i}].")
+        if layer_included(param, state, text_input.source):
+            layers.append(Layer(param, node, unknown_fields=unknown, source=text_input.source))
     weights = None
     caffemodel_path = None
     if caffemodel is not None:
@@ -603,29 +742,11 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
 # --- writing ---------------------------------------------------------------
 
 
-def _apply_header_edits(header: LayerParameter, layer: Layer) -> LayerParameter:
-    for kind, path, value in layer._header_edits:
-        if kind == "repeated":
-            # The caffemodel's copy of bottom/top may be shorter than the prototxt's (or
-            # absent); Caffe ignores it, so there is nothing to rename there.
-            if int(path[1]) < len(getattr(header, path[0])):
-                getattr(header, path[0])[int(path[1])] = value
-        elif kind == "clear":
-            # A fork field (bn_param, ...) is not in the schema: nothing typed to clear.
-            if path[0] in header.DESCRIPTOR.fields_by_name:
-                header.ClearField(path[0])
-        elif kind == "truncate":
-            del header.param[int(value):]
-        elif kind == "add_param":
-            if len(header.param) > int(value):
-                spec = header.param.add()
-                spec.CopyFrom(header.param[int(value)])
-                spec.ClearField("name")
-        else:
-            message: Any = header
-            for name in path[:-1]:
-                message = getattr(message, name)
-            setattr(message, path[-1], value)
+def _header_of(layer: Layer) -> LayerParameter:
+    """The caffemodel header of a changed layer: its final parameters, as Caffe's
+    ``Net::ToProto`` writes them, without blobs (the writer adds them)."""
+    header = LayerParameter()
+    header.CopyFrom(layer.param)
     del header.blobs[:]
     return header
 
@@ -652,10 +773,8 @@ def _caffemodel_entries(net: Net) -> list[cm.LayerRecord | cm.NewLayer]:
             layer = active.get(id(record))
             if layer is not None:
                 placed.add(id(layer))
-            if layer is not None and (layer._weights_changed or layer._header_edits
-                                      or rewrite_all):
-                header = _apply_header_edits(_record_header(record), layer)
-                entries.append(cm.NewLayer(header=header, blobs=list(layer.blobs)))
+            if layer is not None and (layer._changed or rewrite_all):
+                entries.append(cm.NewLayer(header=_header_of(layer), blobs=list(layer.blobs)))
             elif rewrite_all:
                 header = _record_header(record)
                 del header.blobs[:]
@@ -666,10 +785,7 @@ def _caffemodel_entries(net: Net) -> list[cm.LayerRecord | cm.NewLayer]:
     for layer in net.layers:
         if id(layer) in placed or not layer.blobs:
             continue
-        header = LayerParameter()
-        header.CopyFrom(layer.param)
-        del header.blobs[:]
-        entries.append(cm.NewLayer(header=header, blobs=list(layer.blobs)))
+        entries.append(cm.NewLayer(header=_header_of(layer), blobs=list(layer.blobs)))
     return entries
 
 
@@ -700,6 +816,7 @@ def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None)
     inputs = [p for p in (net.prototxt_path, net.caffemodel_path) if p is not None]
     if model_path is not None and _same_target(text_path, model_path):
         raise OutputError(f"{text_path}: the prototxt and caffemodel outputs are the same file")
+    net.check_unchanged_params()
     if net._original_text is not None and not net.edited:
         text = net._original_text
     else:
@@ -724,6 +841,7 @@ def save_weights(net: Net, caffemodel: Destination) -> None:
     """
     model_path = _destination(caffemodel, "caffemodel")
     inputs = [p for p in (net.prototxt_path, net.caffemodel_path) if p is not None]
+    net.check_unchanged_params()
     if net.weights is None and not any(layer.blobs for layer in net.layers):
         raise OutputError(
             f"{model_path}: the net has no weights to write; load it with a caffemodel")
@@ -737,33 +855,6 @@ def _same_target(a: Path, b: Path) -> bool:
         return False
 
 
-def to_net_parameter(net: Net) -> NetParameter:
-    """The net as one typed ``NetParameter`` (TEST-phase layers, weights included).
-
-    Handy for handing the model to code that expects protobuf messages; fork
-    fields the schema does not know are not in it.
-
-    Example:
-        >>> import bnfuse
-        >>> net = bnfuse.load(b'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }')
-        >>> [layer.name for layer in to_net_parameter(net).layer]
-        ['r']
-    """
-    result = NetParameter(name=net.name)
-    for layer in net.layers:
-        entry = result.layer.add()
-        entry.CopyFrom(layer.param)
-        del entry.blobs[:]
-        for array in layer.blobs:
-            blob = entry.blobs.add()
-            blob.shape.dim.extend(int(d) for d in array.shape)
-            if array.dtype == np.float64:
-                blob.double_data.extend(np.asarray(array, dtype=np.float64).ravel().tolist())
-            else:
-                blob.data.extend(np.asarray(array, dtype=np.float32).ravel().tolist())
-    return result
-
-
 __all__ = [
     "CONV_TYPES",
     "DEPTHWISE_TYPES",
@@ -774,5 +865,4 @@ __all__ = [
     "load",
     "save",
     "save_weights",
-    "to_net_parameter",
 ]

@@ -65,7 +65,7 @@ def test_structure_only_load_and_text_only_save(tmp_path: Path) -> None:
     prototxt, _, _ = _conv_model(tmp_path)
     net = bnfuse.load(prototxt)
     assert net.weights is None
-    assert all(layer.blobs == [] for layer in net.layers)
+    assert all(layer.blobs == () for layer in net.layers)
     out = tmp_path / "copy.prototxt"
     bnfuse.save(net, out)
     assert out.read_bytes() == prototxt.read_bytes()
@@ -156,7 +156,7 @@ def test_blob_shape_mismatch_names_layer_and_both_shapes() -> None:
 def test_missing_layer_in_caffemodel_keeps_no_weights() -> None:
     rng = np.random.default_rng(5)
     net = bnfuse.load(CONV_NET.encode(), caffemodel_bytes({"conv": conv_blobs(rng, 3, 2)}))
-    assert net.layer("bn").blobs == []
+    assert net.layer("bn").blobs == ()
     actions = bnfuse.fold_net(net).report.actions
     assert [(a.kind, a.reason) for a in actions] == [
         ("skipped", "BatchNorm 'bn' has no weights in the caffemodel")]

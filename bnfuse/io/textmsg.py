@@ -30,6 +30,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -113,8 +115,13 @@ def type_name(field: FieldDescriptor) -> str:
     return _TYPE_NAMES.get(field.type, "value")
 
 
-def fill_message(node: MessageNode, message: Message, *, source: str | None = None) -> list[str]:
+def fill_message(node: MessageNode, message: Message, *, source: str | None = None,
+                 skip: Collection[str] = (), prefix: str = "") -> list[str]:
     """Fill ``message`` from the text tree ``node``; return the unknown fields' paths.
+
+    Top-level fields named in ``skip`` are left out (the net loader fills each ``layer``
+    on its own, so that a layer is parsed once); ``prefix`` starts every path (such as
+    ``layer[3].``), so messages name the field as it stands in the whole file.
 
     Repeated fields append (so filling an empty message gives the parsed
     value), singular fields may appear once, as in C++ ``TextFormat``.  Paths
@@ -132,7 +139,7 @@ def fill_message(node: MessageNode, message: Message, *, source: str | None = No
         bnfuse.errors.PrototxtSchemaError: m.prototxt:1:27: field 'field[0].number' (int32) ...
     """
     unknown: dict[str, None] = {}
-    _fill(node, message, "", source, unknown)
+    _fill(node, message, prefix, source, unknown, skip=frozenset(skip))
     return list(unknown)
 
 
@@ -149,10 +156,14 @@ def _fill(
     prefix: str,
     source: str | None,
     unknown: dict[str, None],
+    *,
+    skip: frozenset[str] = frozenset(),
 ) -> None:
     by_name = message.DESCRIPTOR.fields_by_name
     seen: set[str] = set()
     for field in node.fields:
+        if field.name in skip:
+            continue
         path = prefix + field.name
         fd = by_name.get(field.name)
         if fd is None:
