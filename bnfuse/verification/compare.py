@@ -81,7 +81,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError
+from bnfuse.graph import Graph, LayerLike, build_graph
 from bnfuse.verification.backends import BACKENDS, NetOrPaths, Progress, as_net, get_backend
+from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
@@ -332,32 +334,10 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, Array]:
         raise BnfuseError(f"{path}: cannot read inputs as .npz: {exc}") from None
 
 
-def random_inputs(
-    net: Net, *, seed: int = 0, dtype: npt.DTypeLike = np.float32
-) -> dict[str, Array]:
-    """Seeded standard-normal data for every top of the net's ``Input`` layers, in order.
-
-    Example:
-        >>> import bnfuse
-        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
-        >>> {k: (v.shape, str(v.dtype)) for k, v in random_inputs(net, seed=1).items()}
-        {'data': ((1, 3, 32, 32), 'float32')}
-    """
-    from bnfuse.verification.shapes import input_shapes_of
-
-    rng = np.random.default_rng(seed)
-    result: dict[str, Array] = {}
-    for layer in net.layers:
-        if layer.type == "Input":
-            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
-                result[top] = rng.standard_normal(shape).astype(dtype)
-    return result
-
-
 def _resolve_inputs(net: Net, inputs: Inputs | None, seed: int,
                     dtype: npt.DTypeLike) -> dict[str, Array]:
     if inputs is None:
-        return random_inputs(net, seed=seed, dtype=dtype)
+        return seeded_inputs(input_layer_shapes(net.layers), seed, dtype)
     if isinstance(inputs, (str, os.PathLike)):
         loaded = load_inputs(inputs)
     else:
@@ -365,58 +345,15 @@ def _resolve_inputs(net: Net, inputs: Inputs | None, seed: int,
     return {name: np.asarray(value, dtype=dtype) for name, value in loaded.items()}
 
 
-def _names_of(layers: Sequence[Layer]) -> set[str]:
-    return {name for layer in layers for name in (*layer.bottoms, *layer.tops)}
-
-
 # --------------------------------------------------------------------------- graph facts
 
 
-def net_outputs(layers: Sequence[Layer]) -> list[str]:
-    """Blobs written and not read afterwards (Caffe's rule for a net's outputs), in order.
-
-    Example:
-        >>> import bnfuse
-        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
-        >>> net_outputs(net.layers)
-        ['prob']
-        >>> net_outputs(net.layers[:5])  # conv1 is rewritten in place up to relu1
-        ['conv1']
-    """
-    available: dict[str, None] = {}
-    for layer in layers:
-        for name in layer.bottoms:
-            available.pop(name, None)
-        for name in layer.tops:
-            available[name] = None
-    return list(available)
+def _is_weighted(layer: LayerLike) -> bool:
+    return layer.type in WEIGHTED_TYPES
 
 
-def blob_depths(layers: Sequence[Layer]) -> dict[str, int]:
-    """Weighted layers on the longest path from the inputs to each blob's final value.
-
-    Example:
-        >>> import bnfuse
-        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
-        >>> depths = blob_depths(net.layers)  # conv1, conv2 and fc are weighted
-        >>> depths["data"], depths["pool1"], depths["conv2/scale"], depths["prob"]
-        (0, 1, 2, 3)
-    """
-    depth: dict[str, int] = {}
-    for layer in layers:
-        base = max((depth.get(name, 0) for name in layer.bottoms), default=0)
-        value = base + (1 if layer.type in WEIGHTED_TYPES else 0)
-        for name in layer.tops:
-            depth[name] = value
-    return depth
-
-
-def _writers(layers: Sequence[Layer]) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    for layer in layers:
-        for name in layer.tops:
-            result.setdefault(name, []).append(layer.name)
-    return result
+def _writer_names(graph: Graph, layers: Sequence[Layer], name: str) -> list[str]:
+    return [layers[index].name for index in graph.writers(name)]
 
 
 def _moved_reason(name: str, writers_x: list[str], writers_y: list[str],
@@ -518,23 +455,19 @@ def compare_runs(
         >>> res.passed, res.first_divergence, [c.name for c in res.failures]
         (False, 'fc', ['fc'])
     """
+    graph_a, graph_b = build_graph(layers_a), build_graph(layers_b)
     # Inputs are fed identically, so comparing them proves nothing, unless a layer
     # writes over one in place: then its final value is a result like any other.
-    rewritten = {name for layer in layers_a if layer.type != "Input" for name in layer.tops}
-    skipped = set(skip) - rewritten
-    writers_a, writers_b = _writers(layers_a), _writers(layers_b)
+    skipped = {name for name in skip
+               if all(layers_a[i].type == "Input" for i in graph_a.writers(name))}
     by_name_a = {layer.name: layer for layer in layers_a}
     by_name_b = {layer.name: layer for layer in layers_b}
-    depths = blob_depths(layers_a)
+    depths = graph_a.depths(_is_weighted)
     # Order blobs by the position of the layer that wrote their final value in a.
-    final_index: dict[str, int] = {}
-    for index, layer in enumerate(layers_a):
-        for name in layer.tops:
-            final_index[name] = index
-    order = sorted((n for n in values_a if n in final_index),
-                   key=lambda n: (final_index[n], n))
-    outputs_a = [n for n in net_outputs(layers_a) if n not in skipped]
-    outputs_b = [n for n in net_outputs(layers_b) if n not in skipped]
+    final_index = {n: i for n in values_a if (i := graph_a.last_writer(n)) is not None}
+    order = sorted(final_index, key=lambda n: (final_index[n], n))
+    outputs_a = [v.name for v in graph_a.outputs() if v.name not in skipped]
+    outputs_b = [v.name for v in graph_b.outputs() if v.name not in skipped]
     comparisons: list[BlobComparison] = []
     not_compared: list[tuple[str, str]] = []
     topk: list[TopKAgreement] = []
@@ -542,17 +475,19 @@ def compare_runs(
         if name in skipped or name not in values_b:
             continue
         reason = None
-        if name in writers_a and name in writers_b:
-            reason = (_moved_reason(name, writers_a[name], writers_b[name], by_name_b, "a")
-                      or _moved_reason(name, writers_b[name], writers_a[name], by_name_a, "b"))
+        writers_a = _writer_names(graph_a, layers_a, name)
+        writers_b = _writer_names(graph_b, layers_b, name)
+        if writers_a and writers_b:
+            reason = (_moved_reason(name, writers_a, writers_b, by_name_b, "a")
+                      or _moved_reason(name, writers_b, writers_a, by_name_a, "b"))
         if reason is not None:
             not_compared.append((name, reason))
             continue
-        depth = depths.get(name, 0)
+        depth = depths[graph_a.final_version(name)]
         comparison = compare_values(name, values_a[name], values_b[name],
                                     rtol=tolerances.for_depth(depth), atol=tolerances.atol)
         comparison.depth = depth
-        comparison.producer = final_writer(writers_a, name)
+        comparison.producer = layers_a[final_index[name]].name
         comparison.is_output = name in outputs_a
         comparisons.append(comparison)
         if comparison.is_output:
@@ -577,17 +512,6 @@ def compare_runs(
         not_compared=not_compared,
         missing_outputs=missing,
     )
-
-
-def final_writer(writers: Mapping[str, list[str]], name: str) -> str:
-    """The name of the layer that wrote a blob's final value ("" when unknown).
-
-    Example:
-        >>> final_writer({"conv1": ["conv1", "relu1"]}, "conv1")
-        'relu1'
-    """
-    chain = writers.get(name)
-    return chain[-1] if chain else ""
 
 
 # --------------------------------------------------------------------------- verify
@@ -651,9 +575,9 @@ def verify(
 
     values: list[dict[str, Array]] = []
     for net, offset, size, label in ((net_a, 0, size_a, "a"), (net_b, size_a, size_b, "b")):
-        names = _names_of(net.layers)
+        graph = build_graph(net.layers)
         # A net is fed only the inputs it has (the executor rejects unknown names).
-        feed = {name: value for name, value in given.items() if name in names}
+        feed = {name: value for name, value in given.items() if graph.versions_of(name)}
         # An unedited Net read from files reaches file-based backends as those files.
         values.append(run(net, feed, dtype=dtype, progress=scaled(offset, size, label),
                           allow_python_layers=allow_python_layers))
@@ -672,13 +596,9 @@ __all__ = [
     "Tolerances",
     "TopKAgreement",
     "VerifyResult",
-    "blob_depths",
     "compare_runs",
     "compare_values",
     "default_tolerances",
-    "final_writer",
     "load_inputs",
-    "net_outputs",
-    "random_inputs",
     "verify",
 ]
