@@ -80,9 +80,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse.errors import BnfuseError
+from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.graph import Graph, LayerLike, build_graph
-from bnfuse.verification.backends import BACKENDS, NetOrPaths, Progress, as_net, get_backend
+from bnfuse.verification.backends import (
+    BACKENDS,
+    BackendRun,
+    NetOrPaths,
+    Progress,
+    as_net,
+    get_backend,
+)
 from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
 
 if TYPE_CHECKING:
@@ -216,13 +223,16 @@ class VerifyResult:
 
     ``passed`` is true when every compared blob passed and no output of either net
     is missing from the other. ``blobs`` are in the order their final value was
-    computed in net ``a``; ``first_divergence`` is the first failing one.
+    computed in net ``a``; ``first_divergence`` is the first failing one. ``scope`` is
+    ``"net"`` when both whole nets ran and ``"local"`` when only the layers that differ
+    were checked; ``scope_reason`` then says why the whole nets could not run (empty
+    when the local check was called directly).
 
     Example:
         >>> r = VerifyResult(passed=True, blobs=[], first_divergence=None, topk=[],
         ...                  backend="numpy", tolerances=default_tolerances())
-        >>> r.to_dict()["passed"]
-        True
+        >>> r.to_dict()["passed"], r.to_dict()["scope"]
+        (True, 'net')
     """
 
     passed: bool
@@ -238,6 +248,10 @@ class VerifyResult:
     #: Outputs of one net that the other does not produce (each one fails the check).
     missing_outputs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: ``"net"``: both whole nets were run; ``"local"``: only the layers that differ.
+    scope: str = "net"
+    #: Why a local check was made instead of a whole-net one ("" when it was asked for).
+    scope_reason: str = ""
 
     @property
     def failures(self) -> list[BlobComparison]:
@@ -258,6 +272,8 @@ class VerifyResult:
             "not_compared": [{"name": n, "reason": r} for n, r in self.not_compared],
             "missing_outputs": list(self.missing_outputs),
             "notes": list(self.notes),
+            "scope": self.scope,
+            "scope_reason": self.scope_reason,
         }
 
     def summary(self, max_lines: int = 10) -> str:
@@ -274,6 +290,9 @@ class VerifyResult:
             worst = max(self.blobs, key=lambda b: (not b.passed, _sortable(b.max_rel)))
             lines[0] += (f", largest relative difference {worst.max_rel:.2e} in "
                          f"'{worst.name}' (tolerance {worst.rtol:.1e})")
+        if self.scope_reason:
+            lines.append(f"note: {self.scope_reason}; comparing the changed layers locally "
+                         "instead")
         if self.first_divergence is not None:
             lines.append(f"first divergence: '{self.first_divergence}'")
         for blob in self.failures[:max_lines]:
@@ -517,6 +536,10 @@ def compare_runs(
 # --------------------------------------------------------------------------- verify
 
 
+#: Values of :func:`verify`'s ``fallback``.
+FALLBACKS = ("none", "local")
+
+
 def verify(
     a: NetOrPaths,
     b: NetOrPaths,
@@ -530,6 +553,7 @@ def verify(
     dtype: npt.DTypeLike = np.float32,
     allow_python_layers: bool = False,
     progress: Progress | None = None,
+    fallback: str = "none",
 ) -> VerifyResult:
     """Run nets ``a`` (the reference) and ``b`` on the same inputs and compare every blob.
 
@@ -539,6 +563,17 @@ def verify(
     ``"numpy"``, ``"opencv"`` or ``"pycaffe"``. ``progress(done, total, what)``
     is called as layers run. See the module docstring for the metric and the
     default tolerances.
+
+    ``fallback`` says what to do when the whole-net run raises
+    :class:`~bnfuse.errors.UnsupportedLayerError` (a layer the backend cannot run):
+    ``"none"`` (the default) lets the error through; ``"local"`` checks only the
+    layers that differ between ``a`` and ``b`` instead, with
+    :func:`bnfuse.verification.local.verify_local` (same seed, tolerances, ``dtype``
+    and ``top_k``), and returns its result with ``scope == "local"`` and the error's
+    message as ``scope_reason``. The fallback applies to the numpy backend without
+    explicit ``inputs`` only: the local check runs in numpy on seeded data, so it
+    could not honour another backend or given inputs, and the error is raised then.
+    This is what ``bnfuse verify`` and ``bnfuse fold --verify`` do.
 
     Example:
         >>> import tempfile
@@ -552,13 +587,73 @@ def verify(
         ...                 inputs={"data": data})
         >>> result.passed, result.tolerances.rtol, [b.name for b in result.blobs]
         (True, 0.0002, ['conv1', 'pool1', 'conv2/scale', 'fc', 'prob'])
+        >>> result.scope
+        'net'
+
+        A net with a layer the numpy executor cannot run (here ``ShuffleChannel``) is
+        checked locally with ``fallback="local"``:
+
+        >>> from bnfuse.verification.randweights import random_weights
+        >>> text = b'''
+        ... layer { name: "data" type: "Input" top: "data"
+        ...         input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }
+        ... layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        ...         convolution_param { num_output: 4 kernel_size: 3 } }
+        ... layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+        ... layer { name: "shuffle" type: "ShuffleChannel" bottom: "conv" top: "out"
+        ...         shuffle_channel_param { group: 2 } }
+        ... '''
+        >>> original = random_weights(text, seed=0, unmeasurable="unit")
+        >>> folded = bnfuse.fold_net(random_weights(text, seed=0, unmeasurable="unit")).net
+        >>> checked = verify(original, folded, fallback="local")
+        >>> checked.passed, checked.scope, [blob.name for blob in checked.blobs]
+        (True, 'local', ['conv'])
+        >>> print(checked.summary())  # doctest: +ELLIPSIS
+        PASSED (numpy (local), float32): 1 blobs compared, ...
+        note: layer 'shuffle' has type 'ShuffleChannel', ... locally instead
+        local check: 2 layers of a, 1 of b, 1 region inputs (seeded random data)
     """
     if backend not in BACKENDS:
         raise BnfuseError(f"unknown verification backend {backend!r}; "
                           f"choose one of {', '.join(BACKENDS)}")
+    if fallback not in FALLBACKS:
+        raise BnfuseError(f"unknown verification fallback {fallback!r}; "
+                          f"choose one of {', '.join(FALLBACKS)}")
     run = get_backend(backend)
     tolerances = default_tolerances(dtype, rtol, atol)
     net_a, net_b = as_net(a), as_net(b)
+    try:
+        return _verify_whole(net_a, net_b, run, backend, tolerances, inputs=inputs, seed=seed,
+                             top_k=top_k, dtype=dtype, allow_python_layers=allow_python_layers,
+                             progress=progress)
+    except UnsupportedLayerError as exc:
+        if fallback != "local" or backend != "numpy" or inputs is not None:
+            raise
+        from bnfuse.verification.local import verify_local
+
+        # Nets with layers the executor cannot run (SSD's PriorBox, custom layers) are
+        # still checked: every changed layer is run on random data fed at its boundary.
+        result = verify_local(net_a, net_b, seed=seed, rtol=rtol, atol=atol, dtype=dtype,
+                              top_k=top_k)
+        result.scope_reason = str(exc)
+        return result
+
+
+def _verify_whole(
+    net_a: Net,
+    net_b: Net,
+    run: BackendRun,
+    backend: str,
+    tolerances: Tolerances,
+    *,
+    inputs: Inputs | None,
+    seed: int,
+    top_k: int,
+    dtype: npt.DTypeLike,
+    allow_python_layers: bool,
+    progress: Progress | None,
+) -> VerifyResult:
+    """:func:`verify` on the whole nets, without the fallback."""
     given = _resolve_inputs(net_a, inputs, seed, dtype)
     size_a, size_b = max(1, len(net_a.layers)), max(1, len(net_b.layers))
     total = size_a + size_b + 1
@@ -590,6 +685,7 @@ def verify(
 
 __all__ = [
     "DEPTH_UNIT",
+    "FALLBACKS",
     "WEIGHTED_TYPES",
     "BlobComparison",
     "Inputs",

@@ -294,8 +294,8 @@ def verify_local(
 
     ``changed`` names the layers the fold touched (in either net); by default they
     are found by comparing ``a`` and ``b``. Returns a
-    :class:`~bnfuse.verification.compare.VerifyResult` whose ``backend`` is ``"numpy (local)"``
-    and whose ``notes`` list the region's layers and inputs. Raises
+    :class:`~bnfuse.verification.compare.VerifyResult` whose ``backend`` is ``"numpy (local)"``,
+    whose ``scope`` is ``"local"`` and whose ``notes`` list the region's layers and inputs. Raises
     :class:`~bnfuse.errors.UnsupportedLayerError` when a changed layer itself cannot be
     run or a region input's shape cannot be found (pass ``input_shapes``).
 
@@ -303,8 +303,8 @@ def verify_local(
         >>> import bnfuse
         >>> paths = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
         >>> res = verify_local(bnfuse.load(*paths), bnfuse.fold(*paths).net)
-        >>> res.passed, res.backend
-        (True, 'numpy (local)')
+        >>> res.passed, res.backend, res.scope
+        (True, 'numpy (local)', 'local')
         >>> res.notes[0]  # conv1 ... conv2/scale and relu1, pool1 between them; input: data
         'local check: 8 layers of a, 4 of b, 1 region inputs (seeded random data)'
     """
@@ -328,7 +328,7 @@ def verify_local(
     if not region_a.layers and not region_b.layers:
         return VerifyResult(passed=True, blobs=[], first_divergence=None, topk=[],
                             backend="numpy (local)", tolerances=tolerances,
-                            notes=["local check: no layer changed"])
+                            notes=["local check: no layer changed"], scope="local")
     override = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes = [override, known_shapes(net_a, input_shapes), known_shapes(net_b, input_shapes)]
     feed = _region_feed(region_a, region_b, shapes, seed, dtype)
@@ -339,6 +339,7 @@ def verify_local(
     result = compare_runs(region_a.layers, region_b.layers, values[0], values[1],
                           tolerances=tolerances, backend="numpy (local)", skip=list(feed),
                           top_k=top_k)
+    result.scope = "local"
     result.notes.append(
         f"local check: {len(region_a.layers)} layers of a, {len(region_b.layers)} of b, "
         f"{len(feed)} region inputs (seeded random data)")
