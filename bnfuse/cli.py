@@ -127,20 +127,13 @@ def _default_outputs(prototxt: Path, caffemodel: Path) -> tuple[Path, Path]:
 
 
 def _verify_and_report(out: _Out, a: Any, b: Any, args: argparse.Namespace) -> Any:
-    from bnfuse.errors import UnsupportedLayerError
-    from bnfuse.verification.compare import verify
-    from bnfuse.verification.local import verify_local
+    import bnfuse
 
-    try:
-        result = verify(a, b, backend=args.backend, inputs=args.inputs, seed=args.seed,
-                        rtol=args.rtol, atol=args.atol, progress=out.progress())
-    except UnsupportedLayerError as exc:
-        if args.backend != "numpy" or args.inputs:
-            raise
-        # Nets with layers the executor cannot run (SSD's PriorBox, custom layers) are still
-        # checked: every changed layer is run on random data fed at its boundary.
-        out.say(f"note: {exc}; comparing the changed layers locally instead")
-        result = verify_local(a, b, seed=args.seed, rtol=args.rtol, atol=args.atol)
+    # The library decides everything, the fallback to a local check included, so the
+    # command and bnfuse.verify(..., fallback="local") give the same verdict.
+    result = bnfuse.verify(a, b, backend=args.backend, inputs=args.inputs, seed=args.seed,
+                           rtol=args.rtol, atol=args.atol, progress=out.progress(),
+                           fallback="local")
     out.say(result.summary())
     return result
 

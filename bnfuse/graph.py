@@ -21,8 +21,13 @@ Rules, in net order (the same order Caffe's ``Net::Init`` uses):
   the final versions. An earlier version that nobody reads is simply lost, not
   an output.
 
-Everything is built in one pass, ``O(total bottoms + tops)``; lookups are
-``O(1)`` except :meth:`Graph.version_at` (``O(log versions of that name)``).
+Everything is built in one pass, ``O(total bottoms + tops)``; lookups of one
+version or name are ``O(1)`` (or the length of the answer); the whole-net
+queries (:meth:`Graph.outputs`, :meth:`Graph.depths`, :meth:`Graph.between`)
+are one more pass.
+
+This module is the only place that answers questions about the blob graph:
+the planner, the comparison and the local check all ask a :class:`Graph`.
 
 Example:
     >>> from types import SimpleNamespace as L
@@ -36,8 +41,7 @@ Example:
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,13 +53,16 @@ __all__ = ["BlobVersion", "Graph", "LayerLike", "build_graph"]
 class LayerLike(Protocol):
     """What the graph needs from a layer: its name, type and blob names.
 
-    :class:`bnfuse.net.Layer` fits; so does any object with these attributes.
+    :class:`bnfuse.net.Layer` fits; so does any object with these attributes. The
+    executor's :class:`bnfuse.verification.executor.LayerLike` extends this one with
+    the layer's parameters and weights.
 
     Example:
         >>> from types import SimpleNamespace
-        >>> build_graph([SimpleNamespace(name="a", type="ReLU", bottoms=("x",),
-        ...                              tops=("x",))]).layer_count
-        1
+        >>> g = build_graph([SimpleNamespace(name="a", type="ReLU", bottoms=("x",),
+        ...                                  tops=("x",))])
+        >>> [str(v) for v in g.writes[0]]
+        ['x#1']
     """
 
     @property
@@ -112,9 +119,10 @@ class Graph:
         readers: dict[BlobVersion, list[int]] = {}
         reads: list[tuple[BlobVersion, ...]] = []
         writes: list[tuple[BlobVersion, ...]] = []
-        names: list[str] = []
-        for index, layer in enumerate(layers):
-            names.append(layer.name)
+        # Kept (by reference) so that questions about layers, such as "is it weighted",
+        # can be asked by a caller-given predicate.
+        self._layers: tuple[LayerLike, ...] = tuple(layers)
+        for index, layer in enumerate(self._layers):
             layer_reads: list[BlobVersion] = []
             for bottom in layer.bottoms:
                 history = versions.get(bottom)
@@ -141,38 +149,11 @@ class Graph:
             reads.append(tuple(layer_reads))
             writes.append(tuple(layer_writes))
         self._versions = versions
-        # Per name, the producer index of each version (-1 for a net input): sorted,
-        # because producers grow with the version number, so version_at can bisect.
-        self._write_keys = {
-            name: [-1 if v.producer is None else v.producer for v in history]
-            for name, history in versions.items()
-        }
         self._readers = readers
-        self._names = tuple(names)
         #: ``reads[i]``: the versions layer ``i`` reads, one per bottom.
         self.reads: tuple[tuple[BlobVersion, ...], ...] = tuple(reads)
         #: ``writes[i]``: the versions layer ``i`` writes, one per top.
         self.writes: tuple[tuple[BlobVersion, ...], ...] = tuple(writes)
-
-    @property
-    def layer_count(self) -> int:
-        """Number of layers the graph was built from.
-
-        Example:
-            >>> build_graph([]).layer_count
-            0
-        """
-        return len(self._names)
-
-    def layer_name(self, index: int) -> str:
-        """Name of layer ``index`` (for messages).
-
-        Example:
-            >>> from types import SimpleNamespace as L
-            >>> build_graph([L(name="c", type="ReLU", bottoms=(), tops=("y",))]).layer_name(0)
-            'c'
-        """
-        return self._names[index]
 
     def _known(self, version: BlobVersion) -> list[int]:
         who = self._readers.get(version)
@@ -231,26 +212,34 @@ class Graph:
             raise BnfuseError(f"no blob named {name!r} in the net")
         return history[-1]
 
-    def version_at(self, name: str, layer_index: int) -> BlobVersion | None:
-        """The version of ``name`` that layer ``layer_index`` would read.
+    def writers(self, name: str) -> list[int]:
+        """Indices of the layers that wrote ``name``, in net order, one per write.
 
-        That is the latest version written by a layer before ``layer_index``
-        (or the net input), whether or not the layer actually reads ``name``.
-        ``None`` when nothing of that name exists yet at that point.
+        Empty when no layer writes it (a net input, or a name the net never uses).
 
         Example:
             >>> from types import SimpleNamespace as L
-            >>> g = build_graph([L(name="a", type="ReLU", bottoms=("x",), tops=("x",)),
-            ...                  L(name="b", type="ReLU", bottoms=("x",), tops=("y",))])
-            >>> str(g.version_at("x", 0)), str(g.version_at("x", 1)), g.version_at("y", 1)
-            ('x#0', 'x#1', None)
+            >>> g = build_graph([L(name="c", type="Convolution", bottoms=("x",), tops=("y",)),
+            ...                  L(name="r", type="ReLU", bottoms=("y",), tops=("y",))])
+            >>> g.writers("y"), g.writers("x"), g.writers("nope")
+            ([0, 1], [], [])
+        """
+        return [v.producer for v in self._versions.get(name, ()) if v.producer is not None]
+
+    def last_writer(self, name: str) -> int | None:
+        """Index of the layer whose write ``name`` holds after the whole net ran.
+
+        ``None`` when no layer writes ``name`` (a net input, or a name the net never uses).
+
+        Example:
+            >>> from types import SimpleNamespace as L
+            >>> g = build_graph([L(name="c", type="Convolution", bottoms=("x",), tops=("y",)),
+            ...                  L(name="r", type="ReLU", bottoms=("y",), tops=("y",))])
+            >>> g.last_writer("y"), g.last_writer("x")
+            (1, None)
         """
         history = self._versions.get(name)
-        if not history:
-            return None
-        # The versions written before layer_index are a prefix of the history.
-        position = bisect_left(self._write_keys[name], layer_index)
-        return history[position - 1] if position else None
+        return history[-1].producer if history else None
 
     def is_output(self, version: BlobVersion) -> bool:
         """True when ``version`` is a net output: the final version of its name, read by nobody.
@@ -292,6 +281,70 @@ class Graph:
                     seen.setdefault(v)
         return list(seen)
 
+
+    def depths(self, is_weighted: Callable[[LayerLike], bool]) -> dict[BlobVersion, int]:
+        """For every version, the number of weighted layers on the longest path to it.
+
+        A path runs from the net inputs (depth 0) through the layers' reads and
+        writes; a layer adds 1 to the deepest version it reads when
+        ``is_weighted(layer)`` is true, else 0. Rounding accumulates in weighted
+        layers, which is why the comparison widens its tolerance with this depth.
+
+        Example:
+            >>> from types import SimpleNamespace as L
+            >>> g = build_graph([
+            ...     L(name="c1", type="Convolution", bottoms=("data",), tops=("a",)),
+            ...     L(name="r", type="ReLU", bottoms=("a",), tops=("a",)),
+            ...     L(name="c2", type="Convolution", bottoms=("a",), tops=("b",)),
+            ...     L(name="sum", type="Eltwise", bottoms=("data", "b"), tops=("s",)),
+            ... ])
+            >>> depth = g.depths(lambda layer: layer.type == "Convolution")
+            >>> {str(v): d for v, d in depth.items()}
+            {'data#0': 0, 'a#0': 1, 'a#1': 1, 'b#0': 2, 's#0': 2}
+        """
+        depth: dict[BlobVersion, int] = {v: 0 for v in self.inputs()}
+        for layer, layer_reads, layer_writes in zip(self._layers, self.reads, self.writes,
+                                                    strict=True):
+            value = max((depth[v] for v in layer_reads), default=0)
+            if is_weighted(layer):
+                value += 1
+            for v in layer_writes:
+                depth[v] = value
+        return depth
+
+    def between(self, region: Iterable[int]) -> set[int]:
+        """Layers outside ``region`` that lie on a path from one region layer to another.
+
+        ``region`` holds layer indices. A layer is returned when it reads
+        (directly or through other layers) a version written by a region layer
+        *and* a region layer reads (directly or through other layers) what it
+        writes: the unchanged layers sandwiched between changed ones.
+
+        Example:
+            >>> from types import SimpleNamespace as L
+            >>> g = build_graph([
+            ...     L(name="c1", type="Convolution", bottoms=("data",), tops=("a",)),
+            ...     L(name="r", type="ReLU", bottoms=("a",), tops=("a",)),
+            ...     L(name="p", type="Pooling", bottoms=("a",), tops=("p",)),
+            ...     L(name="c2", type="Convolution", bottoms=("p",), tops=("b",)),
+            ...     L(name="tail", type="ReLU", bottoms=("b",), tops=("out",)),
+            ... ])
+            >>> sorted(g.between({0, 3})), sorted(g.between({0})), sorted(g.between({3}))
+            ([1, 2], [], [])
+        """
+        chosen = set(region)
+        sources = [[v.producer for v in layer_reads if v.producer is not None]
+                   for layer_reads in self.reads]
+        downstream: set[int] = set()
+        for index, layer_sources in enumerate(sources):
+            if index not in chosen and any(s in chosen or s in downstream
+                                           for s in layer_sources):
+                downstream.add(index)
+        upstream: set[int] = set()
+        for index in range(len(sources) - 1, -1, -1):
+            if index in chosen or index in upstream:
+                upstream.update(s for s in sources[index] if s not in chosen)
+        return downstream & upstream
 
 def build_graph(layers: Iterable[LayerLike]) -> Graph:
     """Build the :class:`Graph` of ``layers`` given in net order.

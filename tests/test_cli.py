@@ -220,3 +220,58 @@ def test_public_functions_do_not_hide_their_subpackages() -> None:
                               capture_output=True, text=True, check=False)
         assert done.stdout.strip() == module, done.stderr
     assert importlib.import_module("bnfuse.folding.arith").__name__ == "bnfuse.folding.arith"
+
+
+def _corpus_weights(name: str, target: Path) -> None:
+    """Random weights for a corpus net the numpy executor cannot run whole, as the fold and
+    local-check tests make them: SSD at its declared 300x300 input, ENet with unit
+    statistics for the BNs behind layers the executor cannot run."""
+    from bnfuse.net import save_weights
+    from bnfuse.verification.randweights import random_weights
+
+    prototxt = shared_path("corpus", "prototxt", name)
+    if name.startswith("mobilenet_ssd"):
+        net = random_weights(prototxt, seed=0, input_shapes={"data": (1, 3, 300, 300)})
+    else:
+        net = random_weights(prototxt, seed=0, unmeasurable="unit",
+                             input_shapes={"data": (1, 3, 128, 128)})
+    save_weights(net, target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "rtol", "blocker"), [
+    # SSD's last extra layers are 1x1 maps whose batch-1 statistics make ill-conditioned
+    # BatchNorms (see test_local.test_ssd_fold_verified_locally), hence rtol 1e-2 there.
+    ("mobilenet_ssd_deploy.prototxt", 1e-2, "layer 'conv11_mbox_loc_perm' has type 'Permute'"),
+    ("enet_deploy.prototxt", None, "layer 'drop1_0_3' has type 'Python'"),
+])
+def test_library_and_fold_verify_give_the_same_local_verdict(
+        name: str, rtol: float | None, blocker: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """bnfuse.verify(..., fallback="local") and `bnfuse fold --verify` are one check."""
+    import re
+
+    prototxt = shared_path("corpus", "prototxt", name)
+    weights, out_text, out_model, report = (tmp_path / "w.caffemodel", tmp_path / "f.prototxt",
+                                            tmp_path / "f.caffemodel", tmp_path / "report.json")
+    _corpus_weights(name, weights)
+    code = main(["fold", str(prototxt), str(weights), "-o", str(out_text), "-w", str(out_model),
+                 "--verify", "--json", str(report), *(["--rtol", str(rtol)] if rtol else [])])
+    printed = capsys.readouterr().out
+    from_cli = json.loads(report.read_text())["verify"]
+    library = bnfuse.verify((prototxt, weights), (out_text, out_model), rtol=rtol,
+                            fallback="local")
+    assert code == 0 and library.passed, library.summary()
+    assert from_cli["passed"] is True
+    assert library.scope == from_cli["scope"] == "local"
+    assert library.scope_reason.startswith(blocker)
+    assert from_cli["scope_reason"] == library.scope_reason
+    counts = re.compile(r"local check: (\d+) layers of a, (\d+) of b, (\d+) region inputs")
+    cli_counts, lib_counts = counts.match(from_cli["notes"][0]), counts.match(library.notes[0])
+    assert cli_counts is not None and lib_counts is not None
+    assert cli_counts.groups() == lib_counts.groups()
+    assert int(lib_counts.group(1)) > 100  # the folded regions, not a token check
+    assert len(from_cli["blobs"]) == len(library.blobs) > 30
+    # Everything else agrees too: same inputs, same blobs, same numbers.
+    assert from_cli == json.loads(json.dumps(library.to_dict()))
+    assert library.summary() in printed

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bnfuse.graph import build_graph
 from bnfuse.net import Layer, Net, load
 from bnfuse.verification.compare import (
     compare_values,
     default_tolerances,
     load_inputs,
-    net_outputs,
     verify,
 )
 from bnfuse.verification.randweights import random_weights
@@ -277,6 +277,62 @@ def test_inputs_mapping_npz_and_seed() -> None:
     assert first.blobs[0].max_abs != other.blobs[0].max_abs
 
 
+TWO_INPUTS = b"""
+layer { name: "in" type: "Input" top: "image" top: "bias"
+        input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 }
+                      shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "image" top: "c"
+        convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+layer { name: "sum" type: "Eltwise" bottom: "c" bottom: "bias" top: "out" }
+"""
+
+
+def test_every_path_draws_the_same_seeded_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor, verify() and the local check feed identical arrays for one seed."""
+    import bnfuse
+    from bnfuse.verification import executor
+    from bnfuse.verification.backends import numpy_backend
+    from bnfuse.verification.local import verify_local
+
+    rng = np.random.default_rng(11)  # the draws, written out: image first, then bias
+    expected = {"image": rng.standard_normal((1, 2, 4, 4)).astype(np.float32),
+                "bias": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    original = random_weights(TWO_INPUTS, seed=0)
+    folded = bnfuse.fold_net(random_weights(TWO_INPUTS, seed=0)).net
+    assert [layer.name for layer in folded.layers] == ["in", "conv", "sum"]
+
+    by_executor = executor.forward(original, seed=11)
+
+    fed_to_backend: list[dict[str, np.ndarray]] = []
+
+    def recording_backend(net: object, inputs: dict[str, np.ndarray], **options: object) -> object:
+        fed_to_backend.append(dict(inputs))
+        return numpy_backend.run(net, inputs, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("bnfuse.verification.compare.get_backend", lambda name: recording_backend)
+    assert verify(original, folded, seed=11).passed
+
+    fed_to_region: list[dict[str, np.ndarray]] = []
+    real_forward = executor.forward
+
+    def recording_forward(net: object, inputs: dict[str, np.ndarray], **options: object) -> object:
+        fed_to_region.append(dict(inputs))
+        return real_forward(net, inputs, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(executor, "forward", recording_forward)
+    local = verify_local(original, folded, changed=["conv", "bn", "sum"], seed=11)
+    assert local.passed and "2 region inputs" in local.notes[0]
+
+    assert len(fed_to_backend) == 2 and len(fed_to_region) == 2  # nets a and b, each path
+    for path, values in [("executor", by_executor), *(("verify", fed) for fed in fed_to_backend),
+                         *(("local", fed) for fed in fed_to_region)]:
+        for name, want in expected.items():
+            got = values[name]
+            assert got.dtype == np.float32, (path, name)
+            assert np.array_equal(got, want), (path, name)
+
+
 def test_progress_reports_every_layer() -> None:
     calls: list[tuple[int, int, str]] = []
     prototxt, caffemodel = golden("conv_bn_scale_inplace")
@@ -293,7 +349,7 @@ def test_top_k_on_class_scores() -> None:
     prototxt, caffemodel = golden("v1_legacy_format")  # ends in Softmax "prob"
     result = verify((prototxt, caffemodel), (prototxt, caffemodel), top_k=3)
     assert [(t.name, t.k, t.top1, t.overlap) for t in result.topk] == [("prob", 3, 1.0, 1.0)]
-    assert net_outputs(load(prototxt).layers) == ["prob"]
+    assert [v.name for v in build_graph(load(prototxt).layers).outputs()] == ["prob"]
 
 
 def test_missing_output_fails() -> None:

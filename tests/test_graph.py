@@ -84,9 +84,10 @@ def test_duplicate_name_rewritten_later() -> None:
     assert g.reads[3] == (x1,)
     assert g.is_output(x2) and not g.is_output(x1)
     assert {v.name for v in g.outputs()} == {"x", "z"}
-    assert g.version_at("x", 0) is None
-    assert g.version_at("x", 1) == x0 and g.version_at("x", 3) == x1 and g.version_at("x", 5) == x2
-    assert g.version_at("data", 3) == BlobVersion("data", 0, None)
+    assert g.reads[0] == (BlobVersion("data", 0, None),)
+    assert g.reads[1] == (x0,) and g.reads[4] == (g.writes[1][0],)
+    assert g.writers("x") == [0, 2, 4] and g.last_writer("x") == 4
+    assert g.final_version("x") == x2
 
 
 def test_unread_earlier_version_is_lost_not_an_output() -> None:
@@ -102,7 +103,7 @@ def test_lookup_errors() -> None:
     with pytest.raises(BnfuseError, match="does not belong"):
         g.readers(BlobVersion("y", 7, 0))
     assert g.versions_of("nope") == ()
-    assert g.layer_count == 1 and g.layer_name(0) == "a"
+    assert g.writers("nope") == [] and g.last_writer("nope") is None
 
 
 def test_large_net_is_linear_time() -> None:
@@ -120,6 +121,87 @@ def test_large_net_is_linear_time() -> None:
     elapsed = time.perf_counter() - start
     assert [v.name for v in outputs] == ["c4999"]
     assert elapsed < 2.0  # 20,001 layers; about 0.1 s on the development machine
+
+
+def test_writers_and_last_writer() -> None:
+    g = net(
+        ("conv", "Convolution", ("data",), ("c",)),
+        ("bn", "BatchNorm", ("c",), ("c",)),
+        ("relu", "ReLU", ("c",), ("c",)),
+        ("copy", "Split", ("c",), ("c_a", "c_b")),
+        ("again", "Pooling", ("c_a",), ("c",)),  # the name c once more, from another input
+    )
+    assert g.writers("c") == [0, 1, 2, 4]
+    assert g.last_writer("c") == 4
+    assert g.writers("c_b") == [3] and g.last_writer("c_b") == 3
+    assert g.writers("data") == [] and g.last_writer("data") is None  # a net input
+
+
+def test_inputs_of_a_part_of_a_net() -> None:
+    """The inputs of some layers taken alone: what a region of the local check is fed."""
+    g = net(
+        ("conv2", "Convolution", ("p",), ("b",)),
+        ("sum", "Eltwise", ("b", "skip", "b"), ("s",)),
+        ("relu", "ReLU", ("s",), ("s",)),
+        ("cat", "Concat", ("s", "p"), ("out",)),
+    )
+    assert g.inputs() == [BlobVersion("p", 0, None), BlobVersion("skip", 0, None)]
+
+
+def test_depths_count_weighted_layers_on_the_longest_path() -> None:
+    g = net(
+        ("input", "Input", (), ("data",)),
+        ("conv1", "Convolution", ("data",), ("c1",)),
+        ("bn1", "BatchNorm", ("c1",), ("c1",)),
+        ("relu1", "ReLU", ("c1",), ("c1",)),
+        ("conv2", "Convolution", ("c1",), ("c2",)),
+        ("conv3", "Convolution", ("c2",), ("c3",)),
+        ("sum", "Eltwise", ("c1", "c3"), ("s",)),  # the deeper branch counts
+        ("fc", "InnerProduct", ("s",), ("out",)),
+        ("shallow", "Convolution", ("data",), ("c1",)),  # c1 rewritten, one layer deep
+    )
+    weighted = {"Convolution", "InnerProduct"}
+    depth = g.depths(lambda layer: layer.type in weighted)
+    assert {str(v): d for v, d in depth.items()} == {
+        "data#0": 0, "c1#0": 1, "c1#1": 1, "c1#2": 1, "c2#0": 2, "c3#0": 3, "s#0": 3,
+        "out#0": 4, "c1#3": 1,
+    }
+    assert depth[g.final_version("c1")] == 1
+    assert set(g.depths(lambda layer: False).values()) == {0}
+    # A net input read without an Input layer is depth 0 too.
+    bare = net(("conv", "Convolution", ("x",), ("y",)))
+    assert {str(v): d for v, d in bare.depths(lambda layer: True).items()} == {"x#0": 0,
+                                                                              "y#0": 1}
+
+
+def test_between_finds_the_layers_sandwiched_by_a_region() -> None:
+    g = net(
+        ("input", "Input", (), ("data",)),  # 0: only upstream
+        ("conv1", "Convolution", ("data",), ("a",)),  # 1
+        ("relu1", "ReLU", ("a",), ("a",)),  # 2
+        ("side", "Pooling", ("a",), ("side",)),  # 3: downstream of 1, feeds only 7
+        ("pool", "Pooling", ("a",), ("p",)),  # 4
+        ("conv2", "Convolution", ("p",), ("b",)),  # 5
+        ("relu2", "ReLU", ("b",), ("b",)),  # 6: only downstream
+        ("head", "Convolution", ("side",), ("h",)),  # 7
+    )
+    assert g.between({1, 5}) == {2, 4}
+    assert g.between({1, 7}) == {2, 3}
+    assert g.between({1, 5, 7}) == {2, 3, 4}
+    assert g.between({5, 7}) == set()  # separate branches: nothing lies between them
+    assert g.between({1}) == set() and g.between(set()) == set()
+
+
+def test_between_follows_versions_not_names() -> None:
+    g = net(
+        ("a", "Convolution", ("in",), ("x",)),  # region
+        ("r", "ReLU", ("x",), ("t",)),  # reads a's x, but nothing in the region reads t
+        ("b", "Pooling", ("in",), ("x",)),  # a new x, not computed from a's
+        ("c", "Convolution", ("x",), ("y",)),  # region: reads b's x
+    )
+    assert g.between({0, 3}) == set()
+    assert g.between({0, 1, 3}) == set()
+    assert g.between({0, 2, 3}) == set()
 
 
 # --------------------------------------------------------------------------- property test
@@ -153,10 +235,51 @@ def test_outputs_follow_caffes_available_blob_rule(layers: list[L]) -> None:
     assert {v.name for v in g.outputs()} == available
     for v in g.outputs():
         assert v.producer == last_writer[v.name] and v == g.final_version(v.name)
-    # Every read is of the latest earlier write (or a net input).
+    # Every read is of the latest earlier write (or a net input): replay the history of
+    # each name (None stands for "read before any write") and check each read against it.
+    history: dict[str, list[int | None]] = {}
     for i, layer in enumerate(layers):
         for bottom, version in zip(layer.bottoms, g.reads[i], strict=True):
-            assert version.name == bottom and version == g.version_at(bottom, i)
+            seen = history.setdefault(bottom, [None])
+            assert version == BlobVersion(bottom, len(seen) - 1, seen[-1])
             assert i in g.readers(version)
             producer = g.producer(version)
             assert producer is None or producer < i
+        for top in layer.tops:
+            history.setdefault(top, []).append(i)
+    for name, seen in history.items():
+        assert g.writers(name) == [w for w in seen if w is not None]
+        assert g.last_writer(name) == seen[-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(layers=random_net(), weighted=st.sets(st.integers(0, 24)),
+       region=st.sets(st.integers(0, 24)))
+def test_depths_and_between_agree_with_a_walk_by_name(layers: list[L], weighted: set[int],
+                                                      region: set[int]) -> None:
+    """Walking the layers in order with one entry per name sees each name's latest version."""
+    g = build_graph(layers)
+    marked = {id(layers[i]) for i in weighted if i < len(layers)}
+    depth = g.depths(lambda layer: id(layer) in marked)
+    by_name: dict[str, int] = {}
+    producer: dict[str, int] = {}
+    sources: list[list[int]] = []
+    for i, layer in enumerate(layers):
+        base = max((by_name.get(b, 0) for b in layer.bottoms), default=0)
+        sources.append([producer[b] for b in layer.bottoms if b in producer])
+        for top in layer.tops:
+            by_name[top] = base + (1 if i in weighted else 0)
+            producer[top] = i
+    for name, value in by_name.items():
+        assert depth[g.final_version(name)] == value
+    # Between: reachable from the region going down, and reaching it going up.
+    chosen = {i for i in region if i < len(layers)}
+    down: set[int] = set()
+    for i in range(len(layers)):
+        if i not in chosen and any(s in chosen or s in down for s in sources[i]):
+            down.add(i)
+    up: set[int] = set()
+    for i in reversed(range(len(layers))):
+        if i in chosen or i in up:
+            up.update(s for s in sources[i] if s not in chosen)
+    assert g.between(chosen) == down & up

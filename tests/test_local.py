@@ -129,3 +129,72 @@ def test_region_input_shape_from_weights() -> None:
     result = verify_local(build(), fold_bn(build(), "conv", "bn"))
     assert result.passed, result.summary()
     assert "1 region inputs" in result.notes[0]
+
+
+SHUFFLE = b"""
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "conv" top: "shuffle"
+        shuffle_channel_param { group: 2 } }
+"""
+
+
+def _shuffle_pair() -> tuple[Net, Net]:
+    import bnfuse
+
+    original = random_weights(SHUFFLE, seed=3, unmeasurable="unit")
+    folded = bnfuse.fold_net(random_weights(SHUFFLE, seed=3, unmeasurable="unit")).net
+    assert [layer.name for layer in folded.layers] == ["data", "conv", "shuffle"]
+    return original, folded
+
+
+def test_verify_falls_back_to_the_local_check_when_asked() -> None:
+    original, folded = _shuffle_pair()
+    with pytest.raises(UnsupportedLayerError, match="'shuffle' has type 'ShuffleChannel'"):
+        verify(original, folded)  # fallback="none" by default
+    result = verify(original, folded, fallback="local", seed=4)
+    assert result.passed, result.summary()
+    assert result.scope == "local" and result.backend == "numpy (local)"
+    assert result.scope_reason.startswith("layer 'shuffle' has type 'ShuffleChannel'")
+    assert [blob.name for blob in result.blobs] == ["conv"]
+    lines = result.summary().splitlines()
+    assert lines[1] == (f"note: {result.scope_reason}; comparing the changed layers locally "
+                        "instead")
+    payload = result.to_dict()
+    assert payload["scope"] == "local" and payload["scope_reason"] == result.scope_reason
+    # It is the local check itself, with the same seed: only the reason is added.
+    direct = verify_local(original, folded, seed=4)
+    assert direct.scope == "local" and direct.scope_reason == ""
+    assert dict(payload, scope_reason="") == direct.to_dict()
+
+
+def test_local_fallback_only_replaces_a_numpy_run_on_seeded_inputs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original, folded = _shuffle_pair()
+    data = {"data": np.ones((1, 4, 6, 6), np.float32)}
+    with pytest.raises(UnsupportedLayerError, match="ShuffleChannel"):
+        verify(original, folded, inputs=data, fallback="local")  # given inputs are not random
+
+    def other_backend(net: object, inputs: object, **options: object) -> object:
+        raise UnsupportedLayerError("the other runtime cannot run layer 'shuffle'")
+
+    monkeypatch.setattr("bnfuse.verification.compare.get_backend", lambda name: other_backend)
+    with pytest.raises(UnsupportedLayerError, match="other runtime"):
+        verify(original, folded, backend="opencv", fallback="local")
+
+
+def test_fallback_is_unused_when_the_whole_net_runs_and_must_be_known() -> None:
+    import bnfuse
+    from bnfuse.errors import BnfuseError
+
+    paths = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
+    result = verify(paths, paths, fallback="local")
+    assert result.passed and result.scope == "net" and result.scope_reason == ""
+    assert result.backend == "numpy"
+    with pytest.raises(BnfuseError, match="unknown verification fallback 'global'; choose one "
+                                          "of none, local"):
+        verify(paths, paths, fallback="global")

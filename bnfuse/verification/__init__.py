@@ -2,7 +2,11 @@
 
 ``bnfuse.verification.shapes`` infers every blob's shape from the prototxt alone;
 ``bnfuse.verification.executor`` runs the TEST-phase forward pass in numpy, layer by
-layer, with the arithmetic of BVLC Caffe's CPU layers.
+layer, with the arithmetic of BVLC Caffe's CPU layers; ``bnfuse.verification.inputs``
+draws the seeded random inputs that every check feeds; ``bnfuse.verification.compare``
+(``verify``) compares two whole nets and ``bnfuse.verification.local`` only the layers
+that differ. Questions about the blob graph (outputs, writers, depths) are answered by
+:mod:`bnfuse.graph`.
 
 Example:
     >>> import bnfuse

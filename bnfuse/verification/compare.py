@@ -80,8 +80,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse.errors import BnfuseError
-from bnfuse.verification.backends import BACKENDS, NetOrPaths, Progress, as_net, get_backend
+from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.graph import Graph, LayerLike, build_graph
+from bnfuse.verification.backends import (
+    BACKENDS,
+    BackendRun,
+    NetOrPaths,
+    Progress,
+    as_net,
+    get_backend,
+)
+from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
@@ -214,13 +223,16 @@ class VerifyResult:
 
     ``passed`` is true when every compared blob passed and no output of either net
     is missing from the other. ``blobs`` are in the order their final value was
-    computed in net ``a``; ``first_divergence`` is the first failing one.
+    computed in net ``a``; ``first_divergence`` is the first failing one. ``scope`` is
+    ``"net"`` when both whole nets ran and ``"local"`` when only the layers that differ
+    were checked; ``scope_reason`` then says why the whole nets could not run (empty
+    when the local check was called directly).
 
     Example:
         >>> r = VerifyResult(passed=True, blobs=[], first_divergence=None, topk=[],
         ...                  backend="numpy", tolerances=default_tolerances())
-        >>> r.to_dict()["passed"]
-        True
+        >>> r.to_dict()["passed"], r.to_dict()["scope"]
+        (True, 'net')
     """
 
     passed: bool
@@ -236,6 +248,10 @@ class VerifyResult:
     #: Outputs of one net that the other does not produce (each one fails the check).
     missing_outputs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: ``"net"``: both whole nets were run; ``"local"``: only the layers that differ.
+    scope: str = "net"
+    #: Why a local check was made instead of a whole-net one ("" when it was asked for).
+    scope_reason: str = ""
 
     @property
     def failures(self) -> list[BlobComparison]:
@@ -256,6 +272,8 @@ class VerifyResult:
             "not_compared": [{"name": n, "reason": r} for n, r in self.not_compared],
             "missing_outputs": list(self.missing_outputs),
             "notes": list(self.notes),
+            "scope": self.scope,
+            "scope_reason": self.scope_reason,
         }
 
     def summary(self, max_lines: int = 10) -> str:
@@ -272,6 +290,9 @@ class VerifyResult:
             worst = max(self.blobs, key=lambda b: (not b.passed, _sortable(b.max_rel)))
             lines[0] += (f", largest relative difference {worst.max_rel:.2e} in "
                          f"'{worst.name}' (tolerance {worst.rtol:.1e})")
+        if self.scope_reason:
+            lines.append(f"note: {self.scope_reason}; comparing the changed layers locally "
+                         "instead")
         if self.first_divergence is not None:
             lines.append(f"first divergence: '{self.first_divergence}'")
         for blob in self.failures[:max_lines]:
@@ -332,32 +353,10 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, Array]:
         raise BnfuseError(f"{path}: cannot read inputs as .npz: {exc}") from None
 
 
-def random_inputs(
-    net: Net, *, seed: int = 0, dtype: npt.DTypeLike = np.float32
-) -> dict[str, Array]:
-    """Seeded standard-normal data for every top of the net's ``Input`` layers, in order.
-
-    Example:
-        >>> import bnfuse
-        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
-        >>> {k: (v.shape, str(v.dtype)) for k, v in random_inputs(net, seed=1).items()}
-        {'data': ((1, 3, 32, 32), 'float32')}
-    """
-    from bnfuse.verification.shapes import input_shapes_of
-
-    rng = np.random.default_rng(seed)
-    result: dict[str, Array] = {}
-    for layer in net.layers:
-        if layer.type == "Input":
-            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
-                result[top] = rng.standard_normal(shape).astype(dtype)
-    return result
-
-
 def _resolve_inputs(net: Net, inputs: Inputs | None, seed: int,
                     dtype: npt.DTypeLike) -> dict[str, Array]:
     if inputs is None:
-        return random_inputs(net, seed=seed, dtype=dtype)
+        return seeded_inputs(input_layer_shapes(net.layers), seed, dtype)
     if isinstance(inputs, (str, os.PathLike)):
         loaded = load_inputs(inputs)
     else:
@@ -365,58 +364,15 @@ def _resolve_inputs(net: Net, inputs: Inputs | None, seed: int,
     return {name: np.asarray(value, dtype=dtype) for name, value in loaded.items()}
 
 
-def _names_of(layers: Sequence[Layer]) -> set[str]:
-    return {name for layer in layers for name in (*layer.bottoms, *layer.tops)}
-
-
 # --------------------------------------------------------------------------- graph facts
 
 
-def net_outputs(layers: Sequence[Layer]) -> list[str]:
-    """Blobs written and not read afterwards (Caffe's rule for a net's outputs), in order.
-
-    Example:
-        >>> import bnfuse
-        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
-        >>> net_outputs(net.layers)
-        ['prob']
-        >>> net_outputs(net.layers[:5])  # conv1 is rewritten in place up to relu1
-        ['conv1']
-    """
-    available: dict[str, None] = {}
-    for layer in layers:
-        for name in layer.bottoms:
-            available.pop(name, None)
-        for name in layer.tops:
-            available[name] = None
-    return list(available)
+def _is_weighted(layer: LayerLike) -> bool:
+    return layer.type in WEIGHTED_TYPES
 
 
-def blob_depths(layers: Sequence[Layer]) -> dict[str, int]:
-    """Weighted layers on the longest path from the inputs to each blob's final value.
-
-    Example:
-        >>> import bnfuse
-        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
-        >>> depths = blob_depths(net.layers)  # conv1, conv2 and fc are weighted
-        >>> depths["data"], depths["pool1"], depths["conv2/scale"], depths["prob"]
-        (0, 1, 2, 3)
-    """
-    depth: dict[str, int] = {}
-    for layer in layers:
-        base = max((depth.get(name, 0) for name in layer.bottoms), default=0)
-        value = base + (1 if layer.type in WEIGHTED_TYPES else 0)
-        for name in layer.tops:
-            depth[name] = value
-    return depth
-
-
-def _writers(layers: Sequence[Layer]) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    for layer in layers:
-        for name in layer.tops:
-            result.setdefault(name, []).append(layer.name)
-    return result
+def _writer_names(graph: Graph, layers: Sequence[Layer], name: str) -> list[str]:
+    return [layers[index].name for index in graph.writers(name)]
 
 
 def _moved_reason(name: str, writers_x: list[str], writers_y: list[str],
@@ -518,23 +474,19 @@ def compare_runs(
         >>> res.passed, res.first_divergence, [c.name for c in res.failures]
         (False, 'fc', ['fc'])
     """
+    graph_a, graph_b = build_graph(layers_a), build_graph(layers_b)
     # Inputs are fed identically, so comparing them proves nothing, unless a layer
     # writes over one in place: then its final value is a result like any other.
-    rewritten = {name for layer in layers_a if layer.type != "Input" for name in layer.tops}
-    skipped = set(skip) - rewritten
-    writers_a, writers_b = _writers(layers_a), _writers(layers_b)
+    skipped = {name for name in skip
+               if all(layers_a[i].type == "Input" for i in graph_a.writers(name))}
     by_name_a = {layer.name: layer for layer in layers_a}
     by_name_b = {layer.name: layer for layer in layers_b}
-    depths = blob_depths(layers_a)
+    depths = graph_a.depths(_is_weighted)
     # Order blobs by the position of the layer that wrote their final value in a.
-    final_index: dict[str, int] = {}
-    for index, layer in enumerate(layers_a):
-        for name in layer.tops:
-            final_index[name] = index
-    order = sorted((n for n in values_a if n in final_index),
-                   key=lambda n: (final_index[n], n))
-    outputs_a = [n for n in net_outputs(layers_a) if n not in skipped]
-    outputs_b = [n for n in net_outputs(layers_b) if n not in skipped]
+    final_index = {n: i for n in values_a if (i := graph_a.last_writer(n)) is not None}
+    order = sorted(final_index, key=lambda n: (final_index[n], n))
+    outputs_a = [v.name for v in graph_a.outputs() if v.name not in skipped]
+    outputs_b = [v.name for v in graph_b.outputs() if v.name not in skipped]
     comparisons: list[BlobComparison] = []
     not_compared: list[tuple[str, str]] = []
     topk: list[TopKAgreement] = []
@@ -542,17 +494,19 @@ def compare_runs(
         if name in skipped or name not in values_b:
             continue
         reason = None
-        if name in writers_a and name in writers_b:
-            reason = (_moved_reason(name, writers_a[name], writers_b[name], by_name_b, "a")
-                      or _moved_reason(name, writers_b[name], writers_a[name], by_name_a, "b"))
+        writers_a = _writer_names(graph_a, layers_a, name)
+        writers_b = _writer_names(graph_b, layers_b, name)
+        if writers_a and writers_b:
+            reason = (_moved_reason(name, writers_a, writers_b, by_name_b, "a")
+                      or _moved_reason(name, writers_b, writers_a, by_name_a, "b"))
         if reason is not None:
             not_compared.append((name, reason))
             continue
-        depth = depths.get(name, 0)
+        depth = depths[graph_a.final_version(name)]
         comparison = compare_values(name, values_a[name], values_b[name],
                                     rtol=tolerances.for_depth(depth), atol=tolerances.atol)
         comparison.depth = depth
-        comparison.producer = final_writer(writers_a, name)
+        comparison.producer = layers_a[final_index[name]].name
         comparison.is_output = name in outputs_a
         comparisons.append(comparison)
         if comparison.is_output:
@@ -579,18 +533,11 @@ def compare_runs(
     )
 
 
-def final_writer(writers: Mapping[str, list[str]], name: str) -> str:
-    """The name of the layer that wrote a blob's final value ("" when unknown).
-
-    Example:
-        >>> final_writer({"conv1": ["conv1", "relu1"]}, "conv1")
-        'relu1'
-    """
-    chain = writers.get(name)
-    return chain[-1] if chain else ""
-
-
 # --------------------------------------------------------------------------- verify
+
+
+#: Values of :func:`verify`'s ``fallback``.
+FALLBACKS = ("none", "local")
 
 
 def verify(
@@ -606,6 +553,7 @@ def verify(
     dtype: npt.DTypeLike = np.float32,
     allow_python_layers: bool = False,
     progress: Progress | None = None,
+    fallback: str = "none",
 ) -> VerifyResult:
     """Run nets ``a`` (the reference) and ``b`` on the same inputs and compare every blob.
 
@@ -615,6 +563,17 @@ def verify(
     ``"numpy"``, ``"opencv"`` or ``"pycaffe"``. ``progress(done, total, what)``
     is called as layers run. See the module docstring for the metric and the
     default tolerances.
+
+    ``fallback`` says what to do when the whole-net run raises
+    :class:`~bnfuse.errors.UnsupportedLayerError` (a layer the backend cannot run):
+    ``"none"`` (the default) lets the error through; ``"local"`` checks only the
+    layers that differ between ``a`` and ``b`` instead, with
+    :func:`bnfuse.verification.local.verify_local` (same seed, tolerances, ``dtype``
+    and ``top_k``), and returns its result with ``scope == "local"`` and the error's
+    message as ``scope_reason``. The fallback applies to the numpy backend without
+    explicit ``inputs`` only: the local check runs in numpy on seeded data, so it
+    could not honour another backend or given inputs, and the error is raised then.
+    This is what ``bnfuse verify`` and ``bnfuse fold --verify`` do.
 
     Example:
         >>> import tempfile
@@ -628,13 +587,73 @@ def verify(
         ...                 inputs={"data": data})
         >>> result.passed, result.tolerances.rtol, [b.name for b in result.blobs]
         (True, 0.0002, ['conv1', 'pool1', 'conv2/scale', 'fc', 'prob'])
+        >>> result.scope
+        'net'
+
+        A net with a layer the numpy executor cannot run (here ``ShuffleChannel``) is
+        checked locally with ``fallback="local"``:
+
+        >>> from bnfuse.verification.randweights import random_weights
+        >>> text = b'''
+        ... layer { name: "data" type: "Input" top: "data"
+        ...         input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }
+        ... layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        ...         convolution_param { num_output: 4 kernel_size: 3 } }
+        ... layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+        ... layer { name: "shuffle" type: "ShuffleChannel" bottom: "conv" top: "out"
+        ...         shuffle_channel_param { group: 2 } }
+        ... '''
+        >>> original = random_weights(text, seed=0, unmeasurable="unit")
+        >>> folded = bnfuse.fold_net(random_weights(text, seed=0, unmeasurable="unit")).net
+        >>> checked = verify(original, folded, fallback="local")
+        >>> checked.passed, checked.scope, [blob.name for blob in checked.blobs]
+        (True, 'local', ['conv'])
+        >>> print(checked.summary())  # doctest: +ELLIPSIS
+        PASSED (numpy (local), float32): 1 blobs compared, ...
+        note: layer 'shuffle' has type 'ShuffleChannel', ... locally instead
+        local check: 2 layers of a, 1 of b, 1 region inputs (seeded random data)
     """
     if backend not in BACKENDS:
         raise BnfuseError(f"unknown verification backend {backend!r}; "
                           f"choose one of {', '.join(BACKENDS)}")
+    if fallback not in FALLBACKS:
+        raise BnfuseError(f"unknown verification fallback {fallback!r}; "
+                          f"choose one of {', '.join(FALLBACKS)}")
     run = get_backend(backend)
     tolerances = default_tolerances(dtype, rtol, atol)
     net_a, net_b = as_net(a), as_net(b)
+    try:
+        return _verify_whole(net_a, net_b, run, backend, tolerances, inputs=inputs, seed=seed,
+                             top_k=top_k, dtype=dtype, allow_python_layers=allow_python_layers,
+                             progress=progress)
+    except UnsupportedLayerError as exc:
+        if fallback != "local" or backend != "numpy" or inputs is not None:
+            raise
+        from bnfuse.verification.local import verify_local
+
+        # Nets with layers the executor cannot run (SSD's PriorBox, custom layers) are
+        # still checked: every changed layer is run on random data fed at its boundary.
+        result = verify_local(net_a, net_b, seed=seed, rtol=rtol, atol=atol, dtype=dtype,
+                              top_k=top_k)
+        result.scope_reason = str(exc)
+        return result
+
+
+def _verify_whole(
+    net_a: Net,
+    net_b: Net,
+    run: BackendRun,
+    backend: str,
+    tolerances: Tolerances,
+    *,
+    inputs: Inputs | None,
+    seed: int,
+    top_k: int,
+    dtype: npt.DTypeLike,
+    allow_python_layers: bool,
+    progress: Progress | None,
+) -> VerifyResult:
+    """:func:`verify` on the whole nets, without the fallback."""
     given = _resolve_inputs(net_a, inputs, seed, dtype)
     size_a, size_b = max(1, len(net_a.layers)), max(1, len(net_b.layers))
     total = size_a + size_b + 1
@@ -651,9 +670,9 @@ def verify(
 
     values: list[dict[str, Array]] = []
     for net, offset, size, label in ((net_a, 0, size_a, "a"), (net_b, size_a, size_b, "b")):
-        names = _names_of(net.layers)
+        graph = build_graph(net.layers)
         # A net is fed only the inputs it has (the executor rejects unknown names).
-        feed = {name: value for name, value in given.items() if name in names}
+        feed = {name: value for name, value in given.items() if graph.versions_of(name)}
         # An unedited Net read from files reaches file-based backends as those files.
         values.append(run(net, feed, dtype=dtype, progress=scaled(offset, size, label),
                           allow_python_layers=allow_python_layers))
@@ -666,19 +685,16 @@ def verify(
 
 __all__ = [
     "DEPTH_UNIT",
+    "FALLBACKS",
     "WEIGHTED_TYPES",
     "BlobComparison",
     "Inputs",
     "Tolerances",
     "TopKAgreement",
     "VerifyResult",
-    "blob_depths",
     "compare_runs",
     "compare_values",
     "default_tolerances",
-    "final_writer",
     "load_inputs",
-    "net_outputs",
-    "random_inputs",
     "verify",
 ]

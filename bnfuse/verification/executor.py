@@ -31,16 +31,21 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse import proto
+from bnfuse import graph, proto
 from bnfuse.errors import BnfuseError, ModelMismatchError
+from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
 from bnfuse.verification.layers import LAYER_FORWARD
-from bnfuse.verification.shapes import input_shapes_of, layer_output_shapes
+from bnfuse.verification.shapes import layer_output_shapes
 
 Array = npt.NDArray[Any]
 
 
-class LayerLike(Protocol):
-    """What the executor reads from a layer (``bnfuse.net.Layer`` satisfies it).
+class LayerLike(graph.LayerLike, Protocol):
+    """What the executor reads from a layer: the graph's view plus params and weights.
+
+    It extends :class:`bnfuse.graph.LayerLike` (``name``, ``type``, ``bottoms``,
+    ``tops``) with the two attributes the arithmetic needs. ``bnfuse.net.Layer``
+    satisfies it.
 
     Example:
         >>> from types import SimpleNamespace
@@ -50,22 +55,6 @@ class LayerLike(Protocol):
         >>> forward(net, {"x": [-1.0, 2.0]})["y"].tolist()
         [0.0, 2.0]
     """
-
-    @property
-    def name(self) -> str:
-        """The layer's name."""
-
-    @property
-    def type(self) -> str:
-        """The V2 type string, e.g. ``"Convolution"``."""
-
-    @property
-    def bottoms(self) -> tuple[str, ...]:
-        """Input blob names."""
-
-    @property
-    def tops(self) -> tuple[str, ...]:
-        """Output blob names (equal to a bottom when in place)."""
 
     @property
     def param(self) -> proto.LayerParameter:
@@ -118,8 +107,9 @@ def forward_steps(
     """Run the net layer by layer, yielding ``(layer, {top: value})`` after each one.
 
     ``Input`` layers are steps too (their tops are the inputs used). Inputs missing from
-    ``inputs`` are filled with standard-normal data from ``numpy.random.default_rng(seed)``,
-    drawn in the order the ``Input`` layers declare them. Values are never modified after
+    ``inputs`` are filled by :func:`bnfuse.verification.inputs.seeded_inputs` (standard-normal
+    data from ``numpy.random.default_rng(seed)``), drawn in the order the ``Input`` layers
+    declare them. Values are never modified after
     they are yielded, so earlier versions of an in-place blob stay valid; treat them as
     read-only (identity layers such as Dropout return their bottom itself).
 
@@ -139,16 +129,13 @@ def forward_steps(
     given = {name: np.asarray(value, dtype=work) for name, value in (inputs or {}).items()}
     layers = list(net.layers)
     _check_input_names(layers, given)
-    rng = np.random.default_rng(seed)
+    declared = input_layer_shapes(layers)
+    drawn = seeded_inputs({name: shape for name, shape in declared.items() if name not in given},
+                          seed, work)
     blobs: dict[str, Array] = {}
     for layer in layers:
         if layer.type == "Input":
-            tops = {}
-            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
-                value = given.get(top)
-                if value is None:
-                    value = rng.standard_normal(shape).astype(work)
-                tops[top] = value
+            tops = {top: given[top] if top in given else drawn[top] for top in layer.tops}
         else:
             bottoms = [_bottom(layer, name, blobs, given) for name in layer.bottoms]
             # The shape rules validate the configuration (and reject unknown types) first,
@@ -175,14 +162,8 @@ def _check_input_names(layers: Sequence[LayerLike], given: Mapping[str, Array]) 
     Inputs are the tops of ``Input`` layers and blobs read before any layer produces them;
     a value given for a computed blob would be ignored, so it is refused too.
     """
-    inputs: set[str] = set()
-    produced: set[str] = set()
-    for layer in layers:
-        if layer.type == "Input":
-            inputs.update(layer.tops)
-        else:
-            inputs.update(b for b in layer.bottoms if b not in produced)
-        produced.update(layer.tops)
+    inputs = {v.name for v in graph.build_graph(layers).inputs()}
+    inputs.update(top for layer in layers if layer.type == "Input" for top in layer.tops)
     unknown = sorted(set(given) - inputs)
     if unknown:
         raise ModelMismatchError(

@@ -72,8 +72,10 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.graph import build_graph
 from bnfuse.verification.backends import NetOrPaths, as_net
 from bnfuse.verification.compare import VerifyResult, compare_runs, default_tolerances
+from bnfuse.verification.inputs import seeded_inputs
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
@@ -196,25 +198,6 @@ def changed_layers(a: Net, b: Net) -> list[str]:
     return result
 
 
-def _between(layers: Sequence[Layer], region: set[int]) -> set[int]:
-    """Indices of layers downstream of one region layer and upstream of another."""
-    producer: dict[str, int] = {}
-    downstream: set[int] = set()
-    reads: list[list[int]] = []
-    for i, layer in enumerate(layers):
-        sources = [producer[name] for name in layer.bottoms if name in producer]
-        reads.append(sources)
-        if i not in region and any(s in region or s in downstream for s in sources):
-            downstream.add(i)
-        for name in layer.tops:
-            producer[name] = i
-    upstream: set[int] = set()
-    for i in range(len(layers) - 1, -1, -1):
-        if i in region or i in upstream:
-            upstream.update(s for s in reads[i] if s not in region)
-    return downstream & upstream
-
-
 @dataclass
 class _Region:
     layers: list[Layer]
@@ -225,17 +208,11 @@ def _region(net: Net, names: set[str]) -> _Region:
     from bnfuse.verification.shapes import SUPPORTED_TYPES
 
     index = {i for i, layer in enumerate(net.layers) if layer.name in names}
-    index |= _between(net.layers, index)
+    index |= build_graph(net.layers).between(index)
     chosen = [net.layers[i] for i in sorted(index)
               if net.layers[i].type in SUPPORTED_TYPES and net.layers[i].type != "Input"]
-    written: set[str] = set()
-    inputs: list[str] = []
-    for layer in chosen:
-        for name in layer.bottoms:
-            if name not in written and name not in inputs:
-                inputs.append(name)
-        written.update(layer.tops)
-    return _Region(chosen, inputs)
+    # The region's inputs are the inputs of the net made of the chosen layers alone.
+    return _Region(chosen, [v.name for v in build_graph(chosen).inputs()])
 
 
 def _shape_from_weights(layer: Layer, position: int) -> Shape | None:
@@ -293,6 +270,14 @@ def _input_shape(name: str, shapes: Sequence[Mapping[str, Shape]],
         f"pass input_shapes={{{name!r}: (N, C, H, W)}} to verify_local")
 
 
+def _region_feed(region_a: _Region, region_b: _Region, shapes: Sequence[Mapping[str, Shape]],
+                 seed: int, dtype: npt.DTypeLike) -> dict[str, Array]:
+    """The seeded data fed to both regions: a's inputs, then b's that a does not have."""
+    names = [*region_a.inputs, *(n for n in region_b.inputs if n not in region_a.inputs)]
+    return seeded_inputs({name: _input_shape(name, shapes, (region_a, region_b))
+                          for name in names}, seed, dtype)
+
+
 def verify_local(
     a: NetOrPaths,
     b: NetOrPaths,
@@ -309,8 +294,8 @@ def verify_local(
 
     ``changed`` names the layers the fold touched (in either net); by default they
     are found by comparing ``a`` and ``b``. Returns a
-    :class:`~bnfuse.verification.compare.VerifyResult` whose ``backend`` is ``"numpy (local)"``
-    and whose ``notes`` list the region's layers and inputs. Raises
+    :class:`~bnfuse.verification.compare.VerifyResult` whose ``backend`` is ``"numpy (local)"``,
+    whose ``scope`` is ``"local"`` and whose ``notes`` list the region's layers and inputs. Raises
     :class:`~bnfuse.errors.UnsupportedLayerError` when a changed layer itself cannot be
     run or a region input's shape cannot be found (pass ``input_shapes``).
 
@@ -318,8 +303,8 @@ def verify_local(
         >>> import bnfuse
         >>> paths = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
         >>> res = verify_local(bnfuse.load(*paths), bnfuse.fold(*paths).net)
-        >>> res.passed, res.backend
-        (True, 'numpy (local)')
+        >>> res.passed, res.backend, res.scope
+        (True, 'numpy (local)', 'local')
         >>> res.notes[0]  # conv1 ... conv2/scale and relu1, pool1 between them; input: data
         'local check: 8 layers of a, 4 of b, 1 region inputs (seeded random data)'
     """
@@ -343,14 +328,10 @@ def verify_local(
     if not region_a.layers and not region_b.layers:
         return VerifyResult(passed=True, blobs=[], first_divergence=None, topk=[],
                             backend="numpy (local)", tolerances=tolerances,
-                            notes=["local check: no layer changed"])
+                            notes=["local check: no layer changed"], scope="local")
     override = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes = [override, known_shapes(net_a, input_shapes), known_shapes(net_b, input_shapes)]
-    rng = np.random.default_rng(seed)
-    feed: dict[str, Array] = {}
-    for name in [*region_a.inputs, *(n for n in region_b.inputs if n not in region_a.inputs)]:
-        shape = _input_shape(name, shapes, (region_a, region_b))
-        feed[name] = rng.standard_normal(shape).astype(dtype)
+    feed = _region_feed(region_a, region_b, shapes, seed, dtype)
     values = []
     for region in (region_a, region_b):
         mini = _LayerList(region.layers)
@@ -358,6 +339,7 @@ def verify_local(
     result = compare_runs(region_a.layers, region_b.layers, values[0], values[1],
                           tolerances=tolerances, backend="numpy (local)", skip=list(feed),
                           top_k=top_k)
+    result.scope = "local"
     result.notes.append(
         f"local check: {len(region_a.layers)} layers of a, {len(region_b.layers)} of b, "
         f"{len(feed)} region inputs (seeded random data)")
