@@ -47,6 +47,7 @@ layer { name: "bn1" type: "BN" bottom: "conv1" top: "conv1"
         bn_param { axis: 1 decay: 0.9 } }
 layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
         convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "bn2" type: "BatchNorm" bottom: "conv2" top: "conv2" }
 """
 
 
@@ -123,13 +124,23 @@ def test_legacy_pspnet_fields_give_one_reading(tmp_path: Path) -> None:
     structural = _action(_inspect_json(tmp_path, prototxt), "bn1")
     assert (structural["kind"], structural["reason"]) == ("skipped", reason)
     weights = tmp_path / "random.caffemodel"
-    assert main(["random-weights", str(prototxt), "-w", str(weights), "--quiet"]) == 0
+    # bn1's output cannot be computed (batch statistics), so bn2 gets unit statistics.
+    assert main(["random-weights", str(prototxt), "-w", str(weights), "--quiet",
+                 "--fill-unmeasurable"]) == 0
     net = bnfuse.load(prototxt, weights)
     assert [b.shape for b in net.layer("bn1").blobs] == [(1, 4, 1, 1)] * 4  # PSPNet's layout
     weighted = _action(_inspect_json(tmp_path, prototxt, weights), "bn1")
     assert (weighted["kind"], weighted["reason"]) == ("skipped", reason)
     result = bnfuse.fold(prototxt, weights)
-    assert [(a.kind, a.reason) for a in result.report.actions] == [("skipped", reason)]
+    assert [(a.kind, a.chain) for a in result.report.actions] == [
+        ("skipped", ["bn1"]), ("folded_into_producer", ["bn2"])]
+    assert result.report.actions[0].reason == reason
+    out = tmp_path / "out.prototxt", tmp_path / "out.caffemodel"
+    result.save(*out)
+    # The executor refuses a BN that normalises with batch statistics of an unestablished
+    # formula, so the whole-net run falls back to checking the folded region.
+    check = bnfuse.verify((prototxt, weights), out, fallback="local")
+    assert check.passed and check.scope == "local", check.summary()
 
 
 @pytest.mark.parametrize(

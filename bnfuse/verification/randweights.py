@@ -167,15 +167,18 @@ def random_weights(
     """
     from bnfuse.net import Net, load
     from bnfuse.verification.executor import forward
+    from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
     from bnfuse.verification.local import known_shapes
-    from bnfuse.verification.shapes import SUPPORTED_TYPES, input_shapes_of, param_shapes
+    from bnfuse.verification.shapes import SUPPORTED_TYPES, param_shapes
 
     net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
-    # The measurement batch is drawn exactly as the executor (and verify) draw seeded
-    # inputs, so `forward(net, seed=seed)` replays it; the weights use their own stream.
-    data_rng = np.random.default_rng(seed)
+    # The measurement batch is drawn by the one input generator verify and the executor
+    # use, so `forward(net, seed=seed)` replays it; the weights use their own stream.
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    declared = input_layer_shapes(net.layers)
+    batch = seeded_inputs({name: given.get(name, shape) for name, shape in declared.items()},
+                          seed)
     shapes = known_shapes(net, given)
     # The last layer reading each blob, so values can be dropped once no one needs them.
     last_read: dict[str, int] = {}
@@ -193,8 +196,8 @@ def random_weights(
 
     for index, layer in enumerate(net.layers):
         if layer.type == "Input":
-            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
-                values[top] = data_rng.standard_normal(given.get(top, shape)).astype(np.float32)
+            for top in layer.tops:
+                values[top] = batch[top]
                 blocker.pop(top, None)
             continue
         bottom_shapes = [shapes.get(name) for name in layer.bottoms]
