@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,6 +24,8 @@ from typing import Any, TextIO
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: A bug in bnfuse itself (an :class:`~bnfuse.errors.InternalError`), never a user error.
+EXIT_INTERNAL = 3
 
 
 class _Out:
@@ -347,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["verify", *model, *model, "--quiet"])  # a model against itself: passes
         0
     """
-    from bnfuse.errors import BnfuseError
+    from bnfuse.errors import BnfuseError, InternalError
 
     parser = build_parser()
     try:
@@ -361,9 +364,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = _Out(getattr(args, "quiet", False) or getattr(args, "json", None) == "-")
     try:
         return int(args.handler(args, out))
+    except InternalError as exc:
+        # bnfuse's own invariant failed: the traceback is what a bug report needs.
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        print(f"internal error, please report: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
     except BnfuseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except (RecursionError, AssertionError, AttributeError, IndexError, KeyError, TypeError,
+            ValueError) as exc:
+        # Anything else escaping the library is a bug of bnfuse's, reported as one.
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        print(f"internal error, please report: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -26,7 +26,6 @@ from bnfuse.folding.arith import (
     Affine,
     affine_from_batchnorm,
     affine_from_bias,
-    affine_from_power,
     affine_from_scale,
     affine_problem,
     affine_to_scale_blobs,
@@ -427,7 +426,7 @@ def test_compose_is_apply_then_apply(data: st.DataObject) -> None:
     assert_close(compose(Affine.identity(c), a).apply(x), a.apply(x))
 
 
-def test_scale_bias_power_maps() -> None:
+def test_scale_bias_maps() -> None:
     x = np.arange(6.0).reshape(1, 3, 2)
     assert_close(
         affine_from_scale([2.0, 3.0, 4.0]).apply(x), x * np.array([2.0, 3.0, 4.0]).reshape(1, 3, 1)
@@ -436,9 +435,6 @@ def test_scale_bias_power_maps() -> None:
     assert_close(
         affine_from_bias([1.0, 2.0, 3.0]).apply(x), x + np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
     )
-    assert_close(affine_from_power(0.5, -1.0, 3).apply(x), 0.5 * x - 1)
-    with pytest.raises(UnsupportedLayerError, match="power 2"):
-        affine_from_power(1.0, 0.0, 3, power=2.0)
 
 
 def test_scale_blobs_of_an_affine() -> None:

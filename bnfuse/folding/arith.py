@@ -62,7 +62,6 @@ __all__ = [
     "FloatArray",
     "affine_from_batchnorm",
     "affine_from_bias",
-    "affine_from_power",
     "affine_from_scale",
     "affine_problem",
     "affine_to_scale_blobs",
@@ -457,23 +456,6 @@ def affine_from_bias(beta: npt.ArrayLike, channels: int | None = None) -> Affine
     """
     b = _broadcast(_vector(beta, "Bias blob"), channels, "Bias blob")
     return Affine(np.ones_like(b), b)
-
-
-def affine_from_power(scale: float, shift: float, channels: int, power: float = 1.0) -> Affine:
-    """The affine map of a Power layer ``(shift + scale * x) ** power`` with power 1.
-
-    Any other power is not affine and raises
-    :class:`~bnfuse.errors.UnsupportedLayerError`.
-
-    Example:
-        >>> affine_from_power(2.0, 1.0, channels=2).scale.tolist()
-        [2.0, 2.0]
-    """
-    if power != 1.0:
-        raise UnsupportedLayerError(f"Power layer with power {power} is not an affine map")
-    if channels < 1:
-        raise ModelMismatchError(f"Power layer: channel count must be >= 1, got {channels}")
-    return Affine(np.full(channels, float(scale)), np.full(channels, float(shift)))
 
 
 def affine_to_scale_blobs(

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse import graph, proto
-from bnfuse.errors import BnfuseError, ModelMismatchError
+from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError
 from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
 from bnfuse.verification.layers import LAYER_FORWARD
 from bnfuse.verification.shapes import layer_output_shapes
@@ -147,8 +147,8 @@ def forward_steps(
             tops = {}
             for top, value, shape in zip(layer.tops, values, expected, strict=True):
                 if value.shape != shape or value.dtype != work:
-                    raise BnfuseError(
-                        f"internal error in layer {layer.name!r} (type {layer.type!r}): made "
+                    raise InternalError(
+                        f"layer {layer.name!r} (type {layer.type!r}): the executor made "
                         f"{value.dtype}{value.shape}, expected {work}{shape}"
                     )
                 tops[top] = value
