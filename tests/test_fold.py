@@ -439,3 +439,45 @@ def test_batchnorm_and_scale_of_different_widths_are_skipped_with_the_reason() -
     assert [(a.kind, a.reason) for a in result.report.actions] == [
         ("skipped", "bn + sc: cannot compose affine maps over 3 and 4 channels")]
     assert [layer.name for layer in result.net.layers] == ["data", "conv", "bn", "sc"]
+
+
+# A BatchNorm on the data folded forward into conv1, and conv1's own BatchNorm after it:
+# the shape of cvjena's AlexNet_cvgj deploy net. One run must fold both.
+DATA_BN_NET = """name: "data_bn"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+layer { name: "data/bn" type: "BatchNorm" bottom: "data" top: "data/bn" }
+layer { name: "data/scale" type: "Scale" bottom: "data/bn" top: "data/bn"
+        scale_param { bias_term: true } }
+layer { name: "conv1" type: "Convolution" bottom: "data/bn" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 2 } }
+layer { name: "conv1/bn" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "conv1/scale" type: "Scale" bottom: "conv1" top: "conv1"
+        scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+"""
+
+
+def test_one_run_folds_forward_and_then_into_the_same_producer(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    prototxt, caffemodel = write_model(tmp_path, DATA_BN_NET, {
+        "data/bn": bn_blobs(rng, 3), "data/scale": scale_blobs(rng, 3),
+        "conv1": conv_blobs(rng, 4, 3), "conv1/bn": bn_blobs(rng, 4),
+        "conv1/scale": scale_blobs(rng, 4),
+    })
+    result = bnfuse.fold(prototxt, caffemodel)
+    assert [(a.kind, a.chain, a.target) for a in result.report.actions] == [
+        ("folded_forward", ["data/bn", "data/scale"], ["conv1"]),
+        ("folded_into_producer", ["conv1/bn", "conv1/scale"], ["conv1"]),
+    ]
+    assert [layer.type for layer in result.net.layers] == ["Input", "Convolution", "ReLU"]
+    out = tmp_path / "once.prototxt", tmp_path / "once.caffemodel"
+    result.save(*out)
+    assert bnfuse.verify((prototxt, caffemodel), out).passed
+    # The fixed point: folding the folded model again finds nothing and changes no byte.
+    again = bnfuse.fold(*out)
+    assert again.report.actions == []
+    twice = tmp_path / "twice.prototxt", tmp_path / "twice.caffemodel"
+    again.save(*twice)
+    assert twice[0].read_bytes() == out[0].read_bytes()
+    assert twice[1].read_bytes() == out[1].read_bytes()

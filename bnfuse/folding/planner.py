@@ -171,6 +171,10 @@ class _Planner:
         self.options = options
         self.graph: Graph = build_graph(self.layers)
         self.used: set[int] = set()
+        # Layers that absorbed a forward fold: their output channels are untouched, so
+        # they may still absorb the chain that follows them (one run reaches the fixed
+        # point; the rewrite composes the two folds through its overlay).
+        self.forward_targets: set[int] = set()
 
     # --- chain discovery ------------------------------------------------------
 
@@ -215,7 +219,7 @@ class _Planner:
         producer = self.layers[producer_index]
         if producer.type not in PRODUCER_TYPES:
             return None, f"its producer {producer.name!r} is a {producer.type}, not a linear layer"
-        if producer_index in self.used:
+        if producer_index in self.used and producer_index not in self.forward_targets:
             return None, f"its producer {producer.name!r} is already rewritten by another fold"
         if len(producer.bottoms) != 1 or len(producer.tops) != 1:
             return None, f"producer {producer.name!r} has several bottoms or tops"
@@ -348,6 +352,7 @@ class _Planner:
         producer, why_not_producer = self._producer_problem(chain, affine)
         if producer is not None:
             self.used.add(producer)
+            self.forward_targets.discard(producer)
             return Action(FOLD_INTO_PRODUCER, names, [self.layers[producer].name],
                           affine=affine, chain_layers=layers,
                           target_layers=[self.layers[producer]])
@@ -356,6 +361,7 @@ class _Planner:
             readers, why_not_forward = self._forward_problem(chain, affine)
             if readers:
                 self.used.update(readers)
+                self.forward_targets.update(readers)
                 return Action(FOLD_FORWARD, names, [self.layers[i].name for i in readers],
                               reason=f"not into its producer: {why_not_producer}",
                               affine=affine, chain_layers=layers,
