@@ -51,6 +51,7 @@ from bnfuse.io.prototxt import (
 )
 from bnfuse.io.textmsg import fill_message
 from bnfuse.io.upgrade import UpgradeError, needs_format_upgrade, upgrade_net, upgrade_v1_layer
+from bnfuse.layertypes import CONV_TYPES, DEPTHWISE_TYPES  # defined with the layer registry
 from bnfuse.proto import (
     TEST,
     LayerParameter,
@@ -64,10 +65,6 @@ from bnfuse.proto import (
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 Destination = str | os.PathLike[str]
 
-#: Layer types that are a grouped convolution with one group per input channel (forks).
-DEPTHWISE_TYPES = frozenset({"ConvolutionDepthwise", "DepthwiseConvolution"})
-#: Every convolution-like type: weights ``(Cout, Cin/group, *kernel)``.
-CONV_TYPES = frozenset({"Convolution"}) | DEPTHWISE_TYPES
 # Types whose weights come from convolution_param (blob count and shapes checked on load).
 _CONV_TYPES = CONV_TYPES | {"Deconvolution"}
 

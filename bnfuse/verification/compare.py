@@ -343,7 +343,7 @@ def random_inputs(
         >>> {k: (v.shape, str(v.dtype)) for k, v in random_inputs(net, seed=1).items()}
         {'data': ((1, 3, 32, 32), 'float32')}
     """
-    from bnfuse.verification.shapes import input_shapes_of
+    from bnfuse.layertypes.shapes import input_shapes_of
 
     rng = np.random.default_rng(seed)
     result: dict[str, Array] = {}

@@ -33,8 +33,8 @@ import numpy.typing as npt
 
 from bnfuse import proto
 from bnfuse.errors import BnfuseError, ModelMismatchError
-from bnfuse.verification.layers import LAYER_FORWARD
-from bnfuse.verification.shapes import input_shapes_of, layer_output_shapes
+from bnfuse.layertypes.shapes import input_shapes_of, layer_output_shapes
+from bnfuse.verification.layers import forward_of
 
 Array = npt.NDArray[Any]
 
@@ -156,7 +156,7 @@ def forward_steps(
             expected = layer_output_shapes(layer, [b.shape for b in bottoms])
             # Caffe lets overflow and log(0) produce inf/nan silently; so does the reference.
             with np.errstate(all="ignore"):
-                values = LAYER_FORWARD[layer.type](layer, bottoms, work)
+                values = forward_of(layer)(layer, bottoms, work)
             tops = {}
             for top, value, shape in zip(layer.tops, values, expected, strict=True):
                 if value.shape != shape or value.dtype != work:

@@ -72,6 +72,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.layertypes import executable
 from bnfuse.verification.backends import NetOrPaths, as_net
 from bnfuse.verification.compare import VerifyResult, compare_runs, default_tolerances
 
@@ -93,7 +94,7 @@ def known_shapes(
 ) -> dict[str, Shape]:
     """Every blob shape that can be inferred, walking past layers the verifier does not know.
 
-    Unlike :func:`bnfuse.verification.shapes.infer_shapes`, an unknown layer does not stop
+    Unlike :func:`bnfuse.layertypes.shapes.infer_shapes`, an unknown layer does not stop
     the walk: its tops are simply unknown (except ``Axpy``/``ShuffleChannel``, whose
     output shape is a bottom's), and so is everything computed from them, except an
     ``Eltwise`` whose shape any one known bottom gives.
@@ -112,7 +113,7 @@ def known_shapes(
         >>> known_shapes(net, {"feat": (1, 5, 4, 4)})["out"]
         (1, 5, 4, 4)
     """
-    from bnfuse.verification.shapes import input_shapes_of, layer_output_shapes
+    from bnfuse.layertypes.shapes import input_shapes_of, layer_output_shapes
 
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes: dict[str, Shape] = {}
@@ -222,12 +223,10 @@ class _Region:
 
 
 def _region(net: Net, names: set[str]) -> _Region:
-    from bnfuse.verification.shapes import SUPPORTED_TYPES
-
     index = {i for i, layer in enumerate(net.layers) if layer.name in names}
     index |= _between(net.layers, index)
     chosen = [net.layers[i] for i in sorted(index)
-              if net.layers[i].type in SUPPORTED_TYPES and net.layers[i].type != "Input"]
+              if executable(net.layers[i].type) and net.layers[i].type != "Input"]
     written: set[str] = set()
     inputs: list[str] = []
     for layer in chosen:
@@ -240,7 +239,8 @@ def _region(net: Net, names: set[str]) -> _Region:
 
 def _shape_from_weights(layer: Layer, position: int) -> Shape | None:
     """A plausible shape for bottom ``position`` of ``layer``, read off its weights."""
-    from bnfuse.verification.shapes import CONV_TYPES, conv_geometry
+    from bnfuse.layertypes import CONV_TYPES
+    from bnfuse.layertypes.geometry import conv_geometry
 
     if position != 0 or not layer.blobs:
         return None
@@ -324,7 +324,6 @@ def verify_local(
         'local check: 8 layers of a, 4 of b, 1 region inputs (seeded random data)'
     """
     from bnfuse.verification.executor import forward
-    from bnfuse.verification.shapes import SUPPORTED_TYPES
 
     net_a, net_b = as_net(a), as_net(b)
     names = set(changed) if changed is not None else set(changed_layers(net_a, net_b))
@@ -334,7 +333,7 @@ def verify_local(
         raise BnfuseError(f"changed layers {unknown} are in neither net")
     for net in (net_a, net_b):
         for layer in net.layers:
-            if layer.name in names and layer.type not in SUPPORTED_TYPES:
+            if layer.name in names and not executable(layer.type):
                 raise UnsupportedLayerError(
                     f"layer {layer.name!r} ({layer.type}) changed but the numpy executor cannot "
                     "run it, so the change cannot be verified locally")

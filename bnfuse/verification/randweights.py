@@ -83,7 +83,7 @@ class _Single:
 
 
 def _has_weights(layer: Layer) -> bool:
-    from bnfuse.verification.shapes import CONV_TYPES
+    from bnfuse.layertypes import CONV_TYPES
 
     kind = layer.type
     if kind in CONV_TYPES or kind in ("Deconvolution", "InnerProduct", "BatchNorm", "PReLU"):
@@ -99,7 +99,8 @@ def _he(rng: np.random.Generator, shape: Shape, fan_in: float) -> Array:
 
 def _weights_for(layer: Layer, shapes: list[Shape], rng: np.random.Generator) -> list[Array]:
     """Random (non-BatchNorm) weights of the given shapes for ``layer``."""
-    from bnfuse.verification.shapes import CONV_TYPES, conv_geometry
+    from bnfuse.layertypes import CONV_TYPES
+    from bnfuse.layertypes.geometry import conv_geometry
 
     kind = layer.type
     if not shapes:
@@ -195,10 +196,11 @@ def random_weights(
         >>> [tuple(b.shape) for b in net.layer("c").blobs]
         [(4, 3, 3, 3), (4,)]
     """
+    from bnfuse.layertypes import executable
+    from bnfuse.layertypes.shapes import input_shapes_of, param_shapes
     from bnfuse.net import Net, load
     from bnfuse.verification.executor import forward
     from bnfuse.verification.local import known_shapes
-    from bnfuse.verification.shapes import SUPPORTED_TYPES, input_shapes_of, param_shapes
 
     net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
     # The measurement batch is drawn exactly as the executor (and verify) draw seeded
@@ -228,10 +230,10 @@ def random_weights(
                 blocker.pop(top, None)
             continue
         bottom_shapes = [shapes.get(name) for name in layer.bottoms]
-        runnable = layer.type in SUPPORTED_TYPES and all(n in values for n in layer.bottoms)
-        if layer.type in SUPPORTED_TYPES and all(s is not None for s in bottom_shapes):
+        runnable = executable(layer.type) and all(n in values for n in layer.bottoms)
+        if executable(layer.type) and all(s is not None for s in bottom_shapes):
             wanted = param_shapes(layer, [s for s in bottom_shapes if s is not None])
-        elif layer.type in SUPPORTED_TYPES:
+        elif executable(layer.type):
             wanted = None  # weights exist maybe, but their shape is unknown
         else:
             wanted = []  # a layer the verifier does not know: its weights are left alone
