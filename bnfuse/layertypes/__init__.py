@@ -344,12 +344,33 @@ def _channels_fitting(
     return 1
 
 
+def _bottom_of_rank(layer: LayerLike, actual: list[Shape], start: int, *, batch: int, rank: int,
+                    spatial: int) -> Shape | None:
+    size = spatial
+    while size <= _MAX_PROBE_SPATIAL:
+        def probe(channels: int, size: int = size) -> Shape:
+            return (batch, channels, *(size,) * (rank - 2))
+
+        low = _exact_layout(layer, probe(start))
+        if low is not None:
+            wider = _exact_layout(layer, (batch, start, *(2 * size,) * (rank - 2)))
+            if rank > 2 and wider != low:
+                return None  # the spatial extent trades against the channels: not implied
+            channels = _channels_fitting(layer, actual, probe, start)
+            if channels is not None and _exact_layout(layer, probe(channels)) == actual:
+                return probe(channels)
+        size *= 2
+    return None
+
+
 def implied_bottom(layer: LayerLike, *, batch: int, spatial: int) -> Shape | None:
     """A shape of bottom 0 that ``layer``'s blobs fit exactly, or None when none is found.
 
     The channels come from the weights; the batch is ``batch`` and every spatial axis is
     ``spatial`` (doubled until the layer accepts it). Shapes with 2 spatial axes are tried
-    first, then none, 1 and 3. Used to shape an input no layer before it could.
+    first, then none, 1 and 3; a shape with spatial axes only when the weights do not
+    depend on their extent (an inner product's do: it gets ``(batch, K)``). Used to shape
+    an input no layer before it could.
 
     Example:
         >>> import numpy as np, bnfuse
@@ -366,15 +387,9 @@ def implied_bottom(layer: LayerLike, *, batch: int, spatial: int) -> Shape | Non
     # multiple of whatever they must divide (a convolution's group divides num_output).
     start = math.prod(d for shape in actual for d in shape if d > 0)
     for rank in (4, 2, 3, 5):
-        size = spatial
-        while size <= _MAX_PROBE_SPATIAL:
-            def probe(channels: int, size: int = size, rank: int = rank) -> Shape:
-                return (batch, channels, *(size,) * (rank - 2))
-
-            channels = _channels_fitting(layer, actual, probe, start)
-            if channels is not None and _exact_layout(layer, probe(channels)) == actual:
-                return probe(channels)
-            size *= 2
+        found = _bottom_of_rank(layer, actual, start, batch=batch, rank=rank, spatial=spatial)
+        if found is not None:
+            return found
     return None
 
 

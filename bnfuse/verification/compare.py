@@ -81,6 +81,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError
+from bnfuse.layertypes import accumulates
 from bnfuse.verification.backends import BACKENDS, NetOrPaths, Progress, as_net, get_backend
 
 if TYPE_CHECKING:
@@ -90,9 +91,6 @@ Array = npt.NDArray[Any]
 #: Inputs for :func:`verify`: name -> array, or a ``.npz`` file (keys ``name`` or ``input:name``).
 Inputs = Mapping[str, npt.ArrayLike] | str | os.PathLike[str]
 
-#: Layer types that count towards a blob's depth (their arithmetic accumulates rounding).
-WEIGHTED_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct",
-                            "ConvolutionDepthwise", "DepthwiseConvolution"})
 #: Depth (weighted layers) up to which the default tolerance is not widened.
 DEPTH_UNIT = 5
 
@@ -405,7 +403,8 @@ def blob_depths(layers: Sequence[Layer]) -> dict[str, int]:
     depth: dict[str, int] = {}
     for layer in layers:
         base = max((depth.get(name, 0) for name in layer.bottoms), default=0)
-        value = base + (1 if layer.type in WEIGHTED_TYPES else 0)
+        # Layers that sum products with a weight matrix accumulate rounding.
+        value = base + (1 if accumulates(layer) else 0)
         for name in layer.tops:
             depth[name] = value
     return depth
@@ -666,7 +665,6 @@ def verify(
 
 __all__ = [
     "DEPTH_UNIT",
-    "WEIGHTED_TYPES",
     "BlobComparison",
     "Inputs",
     "Tolerances",

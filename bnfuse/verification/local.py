@@ -72,7 +72,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
-from bnfuse.layertypes import executable
+from bnfuse.layertypes import executable, implied_bottom
 from bnfuse.verification.backends import NetOrPaths, as_net
 from bnfuse.verification.compare import VerifyResult, compare_runs, default_tolerances
 
@@ -239,34 +239,9 @@ def _region(net: Net, names: set[str]) -> _Region:
 
 def _shape_from_weights(layer: Layer, position: int) -> Shape | None:
     """A plausible shape for bottom ``position`` of ``layer``, read off its weights."""
-    from bnfuse.layertypes import CONV_TYPES
-    from bnfuse.layertypes.geometry import conv_geometry
-
-    if position != 0 or not layer.blobs:
+    if position != 0:
         return None
-    weight = np.asarray(layer.blobs[0])
-    if layer.type in CONV_TYPES or layer.type == "Deconvolution":
-        conv = layer.param.convolution_param
-        group = int(conv.group) or 1
-        channels = (int(weight.shape[0]) if layer.type == "Deconvolution"
-                    else int(weight.shape[1]) * group)
-        spatial_axes = max(1, weight.ndim - 2)
-        probe = (FALLBACK_BATCH, channels, *([FALLBACK_SPATIAL] * spatial_axes))
-        try:
-            geometry = conv_geometry(layer, probe)
-            extent = max((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilation,
-                                                        strict=True))
-        except BnfuseError:
-            extent = FALLBACK_SPATIAL
-        size = max(FALLBACK_SPATIAL, extent)
-        return (FALLBACK_BATCH, channels, *([size] * spatial_axes))
-    if layer.type == "InnerProduct":
-        transpose = bool(layer.param.inner_product_param.transpose)
-        return (FALLBACK_BATCH, int(weight.shape[0] if transpose else weight.shape[1]))
-    if layer.type in ("BatchNorm", "PReLU") or (layer.type in ("Scale", "Bias")
-                                                 and weight.ndim == 1):
-        return (FALLBACK_BATCH, int(weight.size), FALLBACK_SPATIAL, FALLBACK_SPATIAL)
-    return None
+    return implied_bottom(layer, batch=FALLBACK_BATCH, spatial=FALLBACK_SPATIAL)
 
 
 def _input_shape(name: str, shapes: Sequence[Mapping[str, Shape]],
