@@ -297,6 +297,19 @@ def test_blob_count_mismatch_at_load(kind: str, params: str, count: int, message
         bnfuse.load(BN_NET.format(kind=kind, params=params).encode(), model)
 
 
+def test_unknown_types_and_unreadable_fields_load_unchecked() -> None:
+    """Only what bnfuse can read is checked: the fold reports an unreadable field later."""
+    from bnfuse.layertypes.batchnorm import detect_layer
+
+    text = b"""layer { name: "p" type: "PriorBox" bottom: "x" top: "y" }
+    layer { name: "bn" type: "BN" bottom: "x" top: "x" bn_param { moving_average: 2 } }"""
+    model = caffemodel_bytes({"p": [np.ones((2, 3))], "bn": [np.ones(3)] * 4})
+    net = bnfuse.load(text, model)
+    assert [b.shape for b in net.layer("bn").blobs] == [(3,)] * 4
+    with pytest.raises(ModelMismatchError, match="moving_average: expected true or false"):
+        detect_layer(net.layer("bn"))
+
+
 def test_bn_with_fields_contradicting_its_count_loads_and_reports_why() -> None:
     """A count some dialect has loads; the fields' contradiction is the dialect's reason."""
     from bnfuse.layertypes.batchnorm import detect_layer

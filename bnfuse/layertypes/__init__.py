@@ -284,17 +284,31 @@ def legacy_shape(
         ...                                                                (1, 1, 1, 3))
         ((3, 12), (3,))
     """
-    layout = weight_layout(layer, blob_count=blob_count)
+    layout = _known_layout(layer, blob_count)
     if index >= len(layout) or not layout[index].rank_known:
         return tuple(shape)
     return squeeze_legacy(shape, len(layout[index].shape))
+
+
+def _known_layout(layer: LayerLike, blob_count: int | None = None) -> list[Blob]:
+    """The params-only layout, or nothing when bnfuse cannot read it.
+
+    That is a type bnfuse does not know, or a BatchNorm field :func:`detect` cannot read:
+    the blobs are then loaded as they are, and whoever needs the dialect (the fold,
+    ``inspect``) reports why.
+    """
+    try:
+        return weight_layout(layer, blob_count=blob_count)
+    except BnfuseError:
+        return []
 
 
 def weight_mismatch(layer: LayerLike) -> str | None:
     """Why ``layer``'s blobs do not fit the shapes its params determine (None: they fit).
 
     Axes that depend on the bottom shapes (``?`` in the message, ``...`` for axes whose
-    number does) are not checked here; the executor checks them.
+    number does) are not checked here; the executor checks them. Nothing is checked for
+    a type bnfuse does not know.
 
     Example:
         >>> import numpy as np, bnfuse
@@ -304,7 +318,7 @@ def weight_mismatch(layer: LayerLike) -> str | None:
         >>> weight_mismatch(net.layer("fc"))
         'blob 1 (bias) should have shape (3,), the caffemodel has (4,)'
     """
-    for index, (want, blob) in enumerate(zip(weight_layout(layer), layer.blobs, strict=False)):
+    for index, (want, blob) in enumerate(zip(_known_layout(layer), layer.blobs, strict=False)):
         shape = tuple(int(d) for d in np.shape(blob))
         if not want.fits(shape):
             return (f"blob {index} ({want.role}) should have shape {want.shape_text}, "
