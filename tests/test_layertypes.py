@@ -157,6 +157,9 @@ def test_prelu_channel_shared_is_one_scalar() -> None:
     ('type: "BatchNorm" batch_norm_param { scale_bias: true }', None,
      [("mean", (4,)), ("variance", (4,)), ("correction", (1,)), ("scale", (4,)),
       ("shift", (4,))]),
+    # NVIDIA text without scale and bias: its 3-blob layout (forknorm guessed 5 blobs here).
+    ('type: "BatchNorm" batch_norm_param { scale_bias: false }', None,
+     [("mean", (4,)), ("variance", (4,)), ("correction", (1,))]),
     ('type: "CuDNNBatchNorm"', 4,
      [("scale", (1, 4, 1, 1)), ("shift", (1, 4, 1, 1)), ("mean", (1, 4, 1, 1)),
       ("variance", (1, 4, 1, 1))]),
@@ -184,7 +187,9 @@ def test_batchnorm_dialects(text: str, count: int | None,
 
 def test_weightless_and_unknown_types() -> None:
     assert layout(one('layer { name: "r" type: "ReLU" bottom: "x" top: "x" }')) == []
-    assert layout(one('layer { name: "b" type: "BNLL" bottom: "x" top: "x" }')) == []
+    bnll = one('layer { name: "b" type: "BNLL" bottom: "x" top: "x" }')
+    # The loader knew BNLL has no blobs while param_shapes refused it: it has none.
+    assert layout(bnll) == [] and param_shapes(bnll, [(1, 2)]) == [] and blob_counts(bnll) == (0,)
     prior = one('layer { name: "p" type: "PriorBox" bottom: "x" top: "y" }')
     with pytest.raises(UnsupportedLayerError, match="does not know the weight layout"):
         weight_layout(prior)
