@@ -218,8 +218,8 @@ def _executor_bench(prototxt: str, caffemodel: str, runs: int) -> dict[str, Any]
     import numpy as np
 
     import bnfuse
+    from bnfuse.layertypes.shapes import input_shapes_of
     from bnfuse.verification.executor import forward
-    from bnfuse.verification.shapes import input_shapes_of
 
     net = bnfuse.load(prototxt, caffemodel)
     shape = input_shapes_of(net.layers[0])[0]

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bnfuse.errors import BnfuseError
 
@@ -282,7 +282,9 @@ class Graph:
         return list(seen)
 
 
-    def depths(self, is_weighted: Callable[[LayerLike], bool]) -> dict[BlobVersion, int]:
+    # The predicate sees the layers the graph was built from, which may carry more than
+    # LayerLike (parameters, weights): it is typed for those, not for the protocol.
+    def depths(self, is_weighted: Callable[[Any], bool]) -> dict[BlobVersion, int]:
         """For every version, the number of weighted layers on the longest path to it.
 
         A path runs from the net inputs (depth 0) through the layers' reads and

@@ -53,6 +53,13 @@ from bnfuse.io.prototxt import (
 )
 from bnfuse.io.textmsg import fill_message
 from bnfuse.io.upgrade import UpgradeError, needs_format_upgrade, upgrade_net, upgrade_v1_layer
+from bnfuse.layertypes import (  # the type names are defined with the layer registry
+    CONV_TYPES,
+    DEPTHWISE_TYPES,
+    blob_counts,
+    legacy_shape,
+    weight_mismatch,
+)
 from bnfuse.proto import (
     TEST,
     LayerParameter,
@@ -65,13 +72,6 @@ from bnfuse.proto import (
 #: What :func:`load` and :func:`save` accept for a file: a path, the bytes, or a file object.
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 Destination = str | os.PathLike[str]
-
-#: Layer types that are a grouped convolution with one group per input channel (forks).
-DEPTHWISE_TYPES = frozenset({"ConvolutionDepthwise", "DepthwiseConvolution"})
-#: Every convolution-like type: weights ``(Cout, Cin/group, *kernel)``.
-CONV_TYPES = frozenset({"Convolution"}) | DEPTHWISE_TYPES
-# Types whose weights come from convolution_param (blob count and shapes checked on load).
-_CONV_TYPES = CONV_TYPES | {"Deconvolution"}
 
 
 #: What each layer attribute is changed with (named in the error for an assignment).
@@ -555,70 +555,21 @@ def layer_included(param: LayerParameter, state: NetState, source: str = "<net>"
     return not any(_state_meets_rule(state, rule) for rule in param.exclude)
 
 
-def _expected_blob_count(param: LayerParameter) -> tuple[int, ...] | None:
+def _expected_blob_count(layer: Layer) -> tuple[int, ...] | None:
     """Blob counts Caffe accepts for a layer, or None when bnfuse does not know the type."""
-    kind = param.type
-    if kind in _CONV_TYPES:
-        return (1 + int(param.convolution_param.bias_term),)
-    if kind == "InnerProduct":
-        return (1 + int(param.inner_product_param.bias_term),)
-    if kind == "BatchNorm":
-        return (3, 5)  # BVLC; NVIDIA Caffe with scale_bias
-    if kind == "Scale":
-        weights = 1 if len(param.bottom) == 1 else 0
-        return (weights + int(param.scale_param.bias_term),)
-    if kind == "Bias":
-        return (1 if len(param.bottom) == 1 else 0,)
-    if kind == "PReLU":
-        return (1,)
-    if kind in {"Input", "ReLU", "Pooling", "Eltwise", "Concat", "Softmax", "Dropout",
-                "Split", "Flatten", "Reshape", "Sigmoid", "TanH", "LRN", "Slice", "Crop",
-                "AbsVal", "Power", "Exp", "Log", "ELU", "Clip", "Swish", "Threshold", "BNLL"}:
-        return (0,)
-    return None
+    return blob_counts(layer)
 
 
 # Blobs stored with Caffe's legacy 4-D dims are given the axes the layer expects.
-def _legacy_shape(param: LayerParameter, index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    kind = param.type
-    if kind == "InnerProduct":
-        ndim = 2 if index == 0 else 1
-    elif kind in _CONV_TYPES:
-        ndim = 4 if index == 0 else 1
-    elif kind in ("BatchNorm", "PReLU"):
-        ndim = 1
-    else:
-        return shape
-    squeezed = list(shape)
-    while len(squeezed) > ndim and squeezed[0] == 1:
-        squeezed.pop(0)
-    return tuple(squeezed)
+def _legacy_shape(layer: Layer, count: int, index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return legacy_shape(layer, index, shape, blob_count=count)
 
 
 def _check_shapes(layer: Layer, source: str) -> None:
     """Check weight shapes that the params alone determine (the rest need bottom shapes)."""
-    param = layer.param
-    if param.type in _CONV_TYPES and layer.blobs:
-        conv = param.convolution_param
-        weight = layer.blobs[0]
-        group = conv.group or 1
-        first = conv.num_output if param.type != "Deconvolution" else None
-        if weight.ndim < 2 or (first is not None and weight.shape[0] != first):
-            raise ModelMismatchError(
-                f"{source}: layer {layer.name!r} ({param.type}) expects weights with "
-                f"{first} output channels, the caffemodel has shape {tuple(weight.shape)}")
-        if param.type == "Deconvolution" and weight.shape[1] * group != conv.num_output:
-            raise ModelMismatchError(
-                f"{source}: layer {layer.name!r} (Deconvolution) has num_output "
-                f"{conv.num_output} and group {group}, but the caffemodel's weights have shape "
-                f"{tuple(weight.shape)}")
-    if param.type in ("Convolution", "Deconvolution", "InnerProduct") and len(layer.blobs) == 2:
-        num_output = (param.inner_product_param.num_output if param.type == "InnerProduct"
-                      else param.convolution_param.num_output)
-        if layer.blobs[1].shape != (num_output,):
-            raise ModelMismatchError(
-                f"{source}: layer {layer.name!r} expects a bias of shape ({num_output},), "
-                f"the caffemodel has {tuple(layer.blobs[1].shape)}")
+    problem = weight_mismatch(layer)
+    if problem is not None:
+        raise ModelMismatchError(f"{source}: layer {layer.name!r} ({layer.type}) {problem}")
 
 
 def _attach_weights(layers: list[Layer], weights: cm.CaffemodelFile, source: str) -> None:
@@ -630,7 +581,7 @@ def _attach_weights(layers: list[Layer], weights: cm.CaffemodelFile, source: str
         target = first_by_name.get(record.name)
         if target is None:
             continue  # source layers with no match are ignored, as in Caffe
-        counts = _expected_blob_count(target.param)
+        counts = _expected_blob_count(target)
         if counts is not None and len(record.blobs) not in counts:
             raise ModelMismatchError(
                 f"{source}: layer {record.name!r} ({target.type}) needs "
@@ -639,7 +590,8 @@ def _attach_weights(layers: list[Layer], weights: cm.CaffemodelFile, source: str
         for j, blob in enumerate(record.blobs):
             array = blob.array()
             if blob.legacy_shape:
-                array = array.reshape(_legacy_shape(target.param, j, tuple(array.shape)))
+                shape = _legacy_shape(target, len(record.blobs), j, tuple(array.shape))
+                array = array.reshape(shape)
             arrays.append(array)
         # Later records of the same name overwrite earlier ones, as in Caffe.
         object.__setattr__(target, "_blobs", tuple(arrays))

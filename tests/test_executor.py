@@ -27,8 +27,8 @@ from google.protobuf import text_format
 
 from bnfuse import proto
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
+from bnfuse.layertypes.shapes import infer_shapes, layer_output_shapes, param_shapes
 from bnfuse.verification.executor import forward, forward_steps
-from bnfuse.verification.shapes import infer_shapes, layer_output_shapes, param_shapes
 
 Array = npt.NDArray[Any]
 

@@ -11,13 +11,9 @@ from google.protobuf import text_format
 
 from bnfuse import proto
 from bnfuse.errors import UnsupportedLayerError
-from bnfuse.verification.layers import LAYER_FORWARD
-from bnfuse.verification.shapes import (
-    SHAPE_RULES,
-    infer_shapes,
-    param_shapes,
-    pooled_size,
-)
+from bnfuse.layertypes import SPECS
+from bnfuse.layertypes.geometry import pooled_size
+from bnfuse.layertypes.shapes import infer_shapes, param_shapes
 
 
 @dataclass
@@ -57,7 +53,8 @@ def net_from_prototxt(text: str) -> Net:
 
 
 def test_every_shape_rule_has_an_implementation() -> None:
-    assert set(SHAPE_RULES) == set(LAYER_FORWARD)
+    shaped = {t for t, spec in SPECS.items() if spec.shape is not None}
+    assert shaped == {t for t, spec in SPECS.items() if spec.forward is not None}
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
-from bnfuse.graph import Graph, LayerLike, build_graph
+from bnfuse.graph import Graph, build_graph
+from bnfuse.layertypes import accumulates
 from bnfuse.verification.backends import (
     BACKENDS,
     BackendRun,
@@ -99,9 +100,6 @@ Array = npt.NDArray[Any]
 #: Inputs for :func:`verify`: name -> array, or a ``.npz`` file (keys ``name`` or ``input:name``).
 Inputs = Mapping[str, npt.ArrayLike] | str | os.PathLike[str]
 
-#: Layer types that count towards a blob's depth (their arithmetic accumulates rounding).
-WEIGHTED_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct",
-                            "ConvolutionDepthwise", "DepthwiseConvolution"})
 #: Depth (weighted layers) up to which the default tolerance is not widened.
 DEPTH_UNIT = 5
 
@@ -367,10 +365,6 @@ def _resolve_inputs(net: Net, inputs: Inputs | None, seed: int,
 # --------------------------------------------------------------------------- graph facts
 
 
-def _is_weighted(layer: LayerLike) -> bool:
-    return layer.type in WEIGHTED_TYPES
-
-
 def _writer_names(graph: Graph, layers: Sequence[Layer], name: str) -> list[str]:
     return [layers[index].name for index in graph.writers(name)]
 
@@ -481,7 +475,7 @@ def compare_runs(
                if all(layers_a[i].type == "Input" for i in graph_a.writers(name))}
     by_name_a = {layer.name: layer for layer in layers_a}
     by_name_b = {layer.name: layer for layer in layers_b}
-    depths = graph_a.depths(_is_weighted)
+    depths = graph_a.depths(accumulates)
     # Order blobs by the position of the layer that wrote their final value in a.
     final_index = {n: i for n in values_a if (i := graph_a.last_writer(n)) is not None}
     order = sorted(final_index, key=lambda n: (final_index[n], n))
@@ -686,7 +680,6 @@ def _verify_whole(
 __all__ = [
     "DEPTH_UNIT",
     "FALLBACKS",
-    "WEIGHTED_TYPES",
     "BlobComparison",
     "Inputs",
     "Tolerances",

@@ -26,64 +26,19 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse import graph, proto
+from bnfuse import graph
 from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError
+from bnfuse.layertypes._base import LayerLike, NetLike
+from bnfuse.layertypes.shapes import layer_output_shapes
 from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
-from bnfuse.verification.layers import LAYER_FORWARD
-from bnfuse.verification.shapes import layer_output_shapes
+from bnfuse.verification.layers import forward_of
 
 Array = npt.NDArray[Any]
-
-
-class LayerLike(graph.LayerLike, Protocol):
-    """What the executor reads from a layer: the graph's view plus params and weights.
-
-    It extends :class:`bnfuse.graph.LayerLike` (``name``, ``type``, ``bottoms``,
-    ``tops``) with the two attributes the arithmetic needs. ``bnfuse.net.Layer``
-    satisfies it.
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> relu = SimpleNamespace(name="relu", type="ReLU", bottoms=("x",), tops=("y",),
-        ...                        param=proto.LayerParameter(type="ReLU"), blobs=[])
-        >>> net = SimpleNamespace(layers=[relu])
-        >>> forward(net, {"x": [-1.0, 2.0]})["y"].tolist()
-        [0.0, 2.0]
-    """
-
-    @property
-    def param(self) -> proto.LayerParameter:
-        """The typed layer parameters."""
-
-    @property
-    def blobs(self) -> Sequence[Array]:
-        """Weight blobs (may be read-only views)."""
-
-
-class NetLike(Protocol):
-    """Anything with the TEST-phase layers in order (``bnfuse.net.Net`` satisfies it).
-
-    Example:
-        >>> import bnfuse
-        >>> from types import SimpleNamespace
-        >>> net = bnfuse.load(b'''
-        ... layer { name: "data" type: "Input" top: "data"
-        ...         input_param { shape { dim: 1 dim: 4 } } }
-        ... layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }
-        ... ''')
-        >>> like = SimpleNamespace(layers=net.layers)  # any object with ``layers`` will do
-        >>> forward(like, {"data": [[-1.0, 2.0, -3.0, 4.0]]})["data"].tolist()
-        [[0.0, 2.0, 0.0, 4.0]]
-    """
-
-    @property
-    def layers(self) -> Sequence[LayerLike]:
-        """The layers in execution order."""
 
 
 #: Called after each layer with the layer and the values of its tops.
@@ -143,7 +98,7 @@ def forward_steps(
             expected = layer_output_shapes(layer, [b.shape for b in bottoms])
             # Caffe lets overflow and log(0) produce inf/nan silently; so does the reference.
             with np.errstate(all="ignore"):
-                values = LAYER_FORWARD[layer.type](layer, bottoms, work)
+                values = forward_of(layer)(layer, bottoms, work)
             tops = {}
             for top, value, shape in zip(layer.tops, values, expected, strict=True):
                 if value.shape != shape or value.dtype != work:

@@ -59,7 +59,7 @@ def seeded_inputs(
 def input_layer_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape]:
     """The declared shape of every top of the ``Input`` layers, in net order.
 
-    A bad declaration raises what :func:`bnfuse.verification.shapes.input_shapes_of`
+    A bad declaration raises what :func:`bnfuse.layertypes.shapes.input_shapes_of`
     raises. A top declared twice keeps its last shape, at its first position.
 
     Example:
@@ -72,7 +72,7 @@ def input_layer_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape]:
         >>> input_layer_shapes(net.layers)
         {'image': (1, 3, 4, 4), 'mask': (1, 1, 4, 4)}
     """
-    from bnfuse.verification.shapes import input_shapes_of
+    from bnfuse.layertypes.shapes import input_shapes_of
 
     shapes: dict[str, Shape] = {}
     for layer in layers:

@@ -16,7 +16,8 @@ Example:
     >>> net = bnfuse.load(b'''layer { name: "relu" type: "ReLU" bottom: "x" top: "x"
     ...                           relu_param { negative_slope: 0.1 } }''')
     >>> x = np.array([[-2.0, 0.0, 3.0]], np.float32)
-    >>> LAYER_FORWARD["ReLU"](net.layer("relu"), [x], np.dtype(np.float32))
+    >>> relu = net.layer("relu")
+    >>> forward_of(relu)(relu, [x], np.dtype(np.float32))
     [array([[-0.2,  0. ,  3. ]], dtype=float32)]
 """
 
@@ -31,12 +32,11 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
-from bnfuse.verification.norms import norm_forward
-from bnfuse.verification.shapes import (
+from bnfuse.layertypes import SPECS, spec_of, squeeze_legacy
+from bnfuse.layertypes.geometry import (
     POOL_AVE,
     POOL_MAX,
     ROUND_CEIL,
-    SHAPE_RULES,
     ConvGeometry,
     PoolGeometry,
     canonical_axis,
@@ -44,12 +44,13 @@ from bnfuse.verification.shapes import (
     conv_geometry,
     count,
     crop_offsets,
-    param_shapes,
     pool_geometry,
     pooled_size,
     scale_operand_shape,
     slice_layout,
 )
+from bnfuse.layertypes.shapes import layer_output_shapes, param_shapes, unsupported_type
+from bnfuse.verification.norms import norm_forward
 
 if TYPE_CHECKING:
     from bnfuse.verification.executor import LayerLike
@@ -65,9 +66,7 @@ _CAFFE_MAX_INIT = float(np.finfo(np.float32).min)
 
 def _legacy_equal(actual: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     """Caffe accepts a 4-D legacy blob whose missing leading axes are 1: (1,1,N,K) ~ (N,K)."""
-    if len(actual) != 4 or len(expected) > 4:
-        return False
-    return actual == (1,) * (4 - len(expected)) + expected
+    return len(actual) == 4 and squeeze_legacy(actual, len(expected)) == expected
 
 
 def layer_weights(
@@ -271,12 +270,8 @@ def _inner_product(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any])
 # --------------------------------------------------------------------------- normalisation
 
 
-def _fork_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
-    return [norm_forward(layer, bottoms[0], dtype)]
-
-
 def _batch_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
-    # Blob count and shapes are checked against the dialect's layout first.
+    # Every BatchNorm dialect: blob count and shapes are checked against its layout first.
     layer_weights(layer, _shapes(bottoms), dtype)
     return [norm_forward(layer, bottoms[0], dtype)]
 
@@ -571,7 +566,7 @@ def _slice(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list
 
 def _reshaped(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
     # Flatten and Reshape: the top shape comes from the shared shape rules.
-    (shape,) = SHAPE_RULES[layer.type](layer, _shapes(bottoms))
+    (shape,) = layer_output_shapes(layer, _shapes(bottoms))
     return [bottoms[0].reshape(shape)]
 
 
@@ -592,48 +587,31 @@ def _softmax(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> li
     return [e / e.sum(axis=axis, keepdims=True)]
 
 
-#: Forward implementation per supported layer type (``Input`` is handled by the executor).
-LAYER_FORWARD: dict[str, LayerForward] = {
-    "Convolution": _convolution,
-    "ConvolutionDepthwise": _convolution,
-    "DepthwiseConvolution": _convolution,
-    "Deconvolution": _convolution,
-    "InnerProduct": _inner_product,
-    "BatchNorm": _batch_norm,
-    "BN": _fork_norm,
-    "CuDNNBatchNorm": _fork_norm,
-    "Scale": _scale,
-    "Bias": _bias,
-    "ReLU": _relu,
-    "PReLU": _prelu,
-    "ELU": _elu,
-    "Sigmoid": _sigmoid,
-    "TanH": _tanh,
-    "AbsVal": _absval,
-    "Power": _power,
-    "Exp": _exp,
-    "Log": _log,
-    "Clip": _clip,
-    "Swish": _swish,
-    "Threshold": _threshold,
-    "Dropout": _identity,
-    "Split": _identity,
-    "Pooling": _pooling,
-    "Eltwise": _eltwise,
-    "Concat": _concat,
-    "Slice": _slice,
-    "Flatten": _reshaped,
-    "Reshape": _reshaped,
-    "Crop": _crop,
-    "Softmax": _softmax,
-    "LRN": _lrn,
+# The registry names each type's forward function; resolved once, by name.
+_FORWARDS: dict[str, LayerForward] = {
+    spec.forward: globals()[spec.forward] for spec in SPECS.values() if spec.forward is not None
 }
 
+
+def forward_of(layer: LayerLike) -> LayerForward:
+    """The forward function the registry names for ``layer``'s type.
+
+    Raises :class:`~bnfuse.errors.UnsupportedLayerError` for a type the executor cannot
+    run (``Input`` too: the executor feeds it).
+
+    Example: see the module docstring.
+    """
+    spec = spec_of(layer.type)
+    if spec is None or spec.forward is None:
+        raise unsupported_type(layer)
+    return _FORWARDS[spec.forward]
+
+
 __all__ = [
-    "LAYER_FORWARD",
     "LayerForward",
     "conv_forward",
     "deconv_forward",
+    "forward_of",
     "layer_weights",
     "pool_forward",
 ]

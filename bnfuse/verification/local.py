@@ -73,6 +73,7 @@ import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.graph import build_graph
+from bnfuse.layertypes import executable, implied_bottom
 from bnfuse.verification.backends import NetOrPaths, as_net
 from bnfuse.verification.compare import VerifyResult, compare_runs, default_tolerances
 from bnfuse.verification.inputs import seeded_inputs
@@ -95,7 +96,7 @@ def known_shapes(
 ) -> dict[str, Shape]:
     """Every blob shape that can be inferred, walking past layers the verifier does not know.
 
-    Unlike :func:`bnfuse.verification.shapes.infer_shapes`, an unknown layer does not stop
+    Unlike :func:`bnfuse.layertypes.shapes.infer_shapes`, an unknown layer does not stop
     the walk: its tops are simply unknown (except ``Axpy``/``ShuffleChannel``, whose
     output shape is a bottom's), and so is everything computed from them, except an
     ``Eltwise`` whose shape any one known bottom gives.
@@ -114,7 +115,7 @@ def known_shapes(
         >>> known_shapes(net, {"feat": (1, 5, 4, 4)})["out"]
         (1, 5, 4, 4)
     """
-    from bnfuse.verification.shapes import input_shapes_of, layer_output_shapes
+    from bnfuse.layertypes.shapes import input_shapes_of, layer_output_shapes
 
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes: dict[str, Shape] = {}
@@ -205,45 +206,19 @@ class _Region:
 
 
 def _region(net: Net, names: set[str]) -> _Region:
-    from bnfuse.verification.shapes import SUPPORTED_TYPES
-
     index = {i for i, layer in enumerate(net.layers) if layer.name in names}
     index |= build_graph(net.layers).between(index)
     chosen = [net.layers[i] for i in sorted(index)
-              if net.layers[i].type in SUPPORTED_TYPES and net.layers[i].type != "Input"]
+              if executable(net.layers[i].type) and net.layers[i].type != "Input"]
     # The region's inputs are the inputs of the net made of the chosen layers alone.
     return _Region(chosen, [v.name for v in build_graph(chosen).inputs()])
 
 
 def _shape_from_weights(layer: Layer, position: int) -> Shape | None:
     """A plausible shape for bottom ``position`` of ``layer``, read off its weights."""
-    from bnfuse.verification.shapes import CONV_TYPES, conv_geometry
-
-    if position != 0 or not layer.blobs:
+    if position != 0:
         return None
-    weight = np.asarray(layer.blobs[0])
-    if layer.type in CONV_TYPES or layer.type == "Deconvolution":
-        conv = layer.param.convolution_param
-        group = int(conv.group) or 1
-        channels = (int(weight.shape[0]) if layer.type == "Deconvolution"
-                    else int(weight.shape[1]) * group)
-        spatial_axes = max(1, weight.ndim - 2)
-        probe = (FALLBACK_BATCH, channels, *([FALLBACK_SPATIAL] * spatial_axes))
-        try:
-            geometry = conv_geometry(layer, probe)
-            extent = max((k - 1) * d + 1 for k, d in zip(geometry.kernel, geometry.dilation,
-                                                        strict=True))
-        except BnfuseError:
-            extent = FALLBACK_SPATIAL
-        size = max(FALLBACK_SPATIAL, extent)
-        return (FALLBACK_BATCH, channels, *([size] * spatial_axes))
-    if layer.type == "InnerProduct":
-        transpose = bool(layer.param.inner_product_param.transpose)
-        return (FALLBACK_BATCH, int(weight.shape[0] if transpose else weight.shape[1]))
-    if layer.type in ("BatchNorm", "PReLU") or (layer.type in ("Scale", "Bias")
-                                                 and weight.ndim == 1):
-        return (FALLBACK_BATCH, int(weight.size), FALLBACK_SPATIAL, FALLBACK_SPATIAL)
-    return None
+    return implied_bottom(layer, batch=FALLBACK_BATCH, spatial=FALLBACK_SPATIAL)
 
 
 def _input_shape(name: str, shapes: Sequence[Mapping[str, Shape]],
@@ -309,7 +284,6 @@ def verify_local(
         'local check: 8 layers of a, 4 of b, 1 region inputs (seeded random data)'
     """
     from bnfuse.verification.executor import forward
-    from bnfuse.verification.shapes import SUPPORTED_TYPES
 
     net_a, net_b = as_net(a), as_net(b)
     names = set(changed) if changed is not None else set(changed_layers(net_a, net_b))
@@ -319,7 +293,7 @@ def verify_local(
         raise BnfuseError(f"changed layers {unknown} are in neither net")
     for net in (net_a, net_b):
         for layer in net.layers:
-            if layer.name in names and layer.type not in SUPPORTED_TYPES:
+            if layer.name in names and not executable(layer.type):
                 raise UnsupportedLayerError(
                     f"layer {layer.name!r} ({layer.type}) changed but the numpy executor cannot "
                     "run it, so the change cannot be verified locally")

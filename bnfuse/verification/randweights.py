@@ -58,7 +58,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.layertypes import has_weights, weight_layout
 from bnfuse.layertypes.batchnorm import NORM_TYPES, detect_layer
+from bnfuse.layertypes.geometry import conv_geometry
 from bnfuse.verification.norms import norm_blobs
 
 if TYPE_CHECKING:
@@ -83,61 +85,44 @@ class _Single:
     layers: list[Layer]
 
 
-def _has_weights(layer: Layer) -> bool:
-    from bnfuse.verification.shapes import CONV_TYPES
-
-    kind = layer.type
-    if kind in CONV_TYPES or kind in ("Deconvolution", "InnerProduct", "BatchNorm", "PReLU"):
-        return True
-    return kind in ("Scale", "Bias") and (len(layer.bottoms) == 1
-                                          or bool(layer.param.scale_param.bias_term))
-
-
 def _he(rng: np.random.Generator, shape: Shape, fan_in: float) -> Array:
     std = float(np.sqrt(2.0 / max(fan_in, 1.0)))
     return (rng.standard_normal(shape) * std).astype(np.float32)
 
 
-def _weights_for(layer: Layer, shapes: list[Shape], rng: np.random.Generator) -> list[Array]:
-    """Random (non-BatchNorm) weights of the given shapes for ``layer``."""
-    from bnfuse.verification.shapes import CONV_TYPES, conv_geometry
+def _fan_in(layer: Layer, weight: Shape) -> float:
+    """Inputs summed into one output value, for the He scale of a weight matrix."""
+    if layer.type == "InnerProduct":
+        transpose = bool(layer.param.inner_product_param.transpose)
+        return float(weight[0] if transpose else weight[1])
+    if layer.type == "Deconvolution":
+        group = int(layer.param.convolution_param.group) or 1
+        kernel = float(np.prod(weight[2:]))
+        stride = 1.0
+        try:
+            probe = (1, weight[0], *([8] * (len(weight) - 2)))
+            stride = float(np.prod(conv_geometry(layer, probe).stride))
+        except BnfuseError:
+            pass
+        return weight[0] / group * kernel / stride
+    return float(np.prod(weight[1:]))
 
-    kind = layer.type
-    if not shapes:
-        return []
-    if kind in CONV_TYPES or kind in {"Deconvolution", "InnerProduct"}:
-        weight = shapes[0]
-        if kind == "InnerProduct":
-            transpose = bool(layer.param.inner_product_param.transpose)
-            fan_in = float(weight[0] if transpose else weight[1])
-        elif kind == "Deconvolution":
-            group = int(layer.param.convolution_param.group) or 1
-            kernel = float(np.prod(weight[2:]))
-            stride = 1.0
-            try:
-                probe = (1, weight[0], *([8] * (len(weight) - 2)))
-                stride = float(np.prod(conv_geometry(layer, probe).stride))
-            except BnfuseError:
-                pass
-            fan_in = weight[0] / group * kernel / stride
-        else:
-            fan_in = float(np.prod(weight[1:]))
-        blobs = [_he(rng, weight, fan_in)]
-        blobs += [(rng.standard_normal(s) * BIAS_STD).astype(np.float32) for s in shapes[1:]]
-        return blobs
-    if kind == "Scale":
-        has_weights = len(layer.bottoms) == 1
-        blobs = []
-        for i, shape in enumerate(shapes):
-            if i == 0 and has_weights:
-                blobs.append(rng.uniform(*SCALE_GAMMA, size=shape).astype(np.float32))
-            else:
-                blobs.append((rng.standard_normal(shape) * SCALE_BETA_STD).astype(np.float32))
-        return blobs
-    if kind == "PReLU":
-        return [rng.uniform(*PRELU_SLOPE, size=shapes[0]).astype(np.float32)]
-    # Bias and anything else with weights: small values around 0.
-    return [(rng.standard_normal(s) * SCALE_BETA_STD).astype(np.float32) for s in shapes]
+
+def _weights_for(layer: Layer, shapes: list[Shape], rng: np.random.Generator) -> list[Array]:
+    """Random (non-BatchNorm) weights of the given shapes for ``layer``, by blob role."""
+    blobs = []
+    for blob, shape in zip(weight_layout(layer), shapes, strict=True):
+        if blob.role == "weight":
+            blobs.append(_he(rng, shape, _fan_in(layer, shape)))
+        elif blob.role == "bias":
+            blobs.append((rng.standard_normal(shape) * BIAS_STD).astype(np.float32))
+        elif blob.role == "scale":
+            blobs.append(rng.uniform(*SCALE_GAMMA, size=shape).astype(np.float32))
+        elif blob.role == "slope":
+            blobs.append(rng.uniform(*PRELU_SLOPE, size=shape).astype(np.float32))
+        else:  # shift (Scale, Bias) and anything else: small values around 0
+            blobs.append((rng.standard_normal(shape) * SCALE_BETA_STD).astype(np.float32))
+    return blobs
 
 
 def random_weights(
@@ -165,11 +150,12 @@ def random_weights(
         >>> [tuple(b.shape) for b in net.layer("c").blobs]
         [(4, 3, 3, 3), (4,)]
     """
+    from bnfuse.layertypes import executable
+    from bnfuse.layertypes.shapes import param_shapes
     from bnfuse.net import Net, load
     from bnfuse.verification.executor import forward
     from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
     from bnfuse.verification.local import known_shapes
-    from bnfuse.verification.shapes import SUPPORTED_TYPES, param_shapes
 
     net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
     # The measurement batch is drawn by the one input generator verify and the executor
@@ -201,15 +187,15 @@ def random_weights(
                 blocker.pop(top, None)
             continue
         bottom_shapes = [shapes.get(name) for name in layer.bottoms]
-        runnable = layer.type in SUPPORTED_TYPES and all(n in values for n in layer.bottoms)
-        if layer.type in SUPPORTED_TYPES and all(s is not None for s in bottom_shapes):
+        runnable = executable(layer.type) and all(n in values for n in layer.bottoms)
+        if executable(layer.type) and all(s is not None for s in bottom_shapes):
             wanted = param_shapes(layer, [s for s in bottom_shapes if s is not None])
-        elif layer.type in SUPPORTED_TYPES:
+        elif executable(layer.type):
             wanted = None  # weights exist maybe, but their shape is unknown
         else:
             wanted = []  # a layer the verifier does not know: its weights are left alone
         if wanted is None:
-            if unmeasurable == "error" and _has_weights(layer):
+            if unmeasurable == "error" and has_weights(layer):
                 raise UnsupportedLayerError(
                     f"layer {layer.name!r} ({layer.type}): its input shape depends on layer "
                     f"{blocked_by(layer)}, which the numpy executor does not support; "

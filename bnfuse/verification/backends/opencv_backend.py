@@ -118,7 +118,7 @@ def run(
         >>> bool(np.allclose(blobs["prob"], reference["prob"], atol=1e-5))
         True
     """
-    from bnfuse.verification.shapes import infer_shapes
+    from bnfuse.layertypes.shapes import infer_shapes
 
     del allow_python_layers
     if np.dtype(dtype) != np.dtype(np.float32):

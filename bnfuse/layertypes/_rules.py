@@ -1,0 +1,360 @@
+"""Each layer type's rules: output shapes from bottom shapes, weight blobs from params.
+
+The registry (:data:`bnfuse.layertypes.SPECS`) names one shape rule and one weight layout
+per layer type; this module holds them. A shape rule validates the configuration and
+returns the top shapes. A weight layout returns the blobs Caffe creates for the layer, in
+order, as :class:`~bnfuse.layertypes.Blob` (role and shape); it is exact when given the
+bottom shapes and has ``None`` for what depends on them otherwise. Only the BatchNorm
+dialects also depend on how many blobs the layer holds, and they ask
+:func:`bnfuse.layertypes.batchnorm.detect_layer`, the one place that decides a dialect.
+
+Example:
+    >>> import bnfuse
+    >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+    >>> [str(b) for b in conv_weights(net.layer("conv2"), None, 0)]  # group 2, with bias
+    ['weight (32, ?, ...)', 'bias (32,)']
+    >>> [str(b) for b in conv_weights(net.layer("conv2"), [(1, 16, 16, 16)], 0)]
+    ['weight (32, 8, 3, 3)', 'bias (32,)']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from bnfuse.layertypes._base import DEPTHWISE_TYPES, Blob, Dim, LayerLike, Shape, unsupported
+from bnfuse.layertypes.batchnorm import detect_layer
+from bnfuse.layertypes.geometry import (
+    POOL_MAX,
+    canonical_axis,
+    concat_axis,
+    conv_geometry,
+    count,
+    crop_offsets,
+    pool_geometry,
+    scale_operand_shape,
+    slice_layout,
+)
+
+# --------------------------------------------------------------------------- output shapes
+
+
+def conv_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    if len(bottoms) != len(layer.tops):
+        raise unsupported(layer, "needs one top per bottom")
+    result = []
+    for shape in bottoms:
+        if tuple(shape) != tuple(bottoms[0]):
+            raise unsupported(layer, "all bottoms must have the same shape")
+        g = conv_geometry(layer, shape)
+        spatial = g.output_spatial(shape[g.axis + 1 :], deconv=layer.type == "Deconvolution")
+        result.append((*shape[: g.axis], g.num_output, *spatial))
+    return result
+
+
+def pool_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    g = pool_geometry(layer, bottoms[0])
+    out = (*bottoms[0][:2], *g.output)
+    if len(layer.tops) == 1:
+        return [out]
+    # Caffe allows a second top only for MAX pooling: the argmax mask (SegNet's upsampling).
+    if len(layer.tops) != 2 or g.method != POOL_MAX:
+        raise unsupported(layer, "only MAX pooling may have a second (mask) top")
+    return [out, out]
+
+
+def elementwise_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    if len(bottoms) != 1 or len(layer.tops) != 1:
+        raise unsupported(layer, "needs exactly one bottom and one top")
+    return [tuple(bottoms[0])]
+
+
+def copies_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    return [tuple(bottoms[0])] * len(layer.tops)
+
+
+def scale_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    scale_operand_shape(layer, bottoms)
+    return [tuple(bottoms[0])]
+
+
+def inner_product_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    ip = layer.param.inner_product_param
+    axis = canonical_axis(layer, int(ip.axis), len(bottoms[0]))
+    return [(*bottoms[0][:axis], int(ip.num_output))]
+
+
+def eltwise_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    if any(tuple(b) != tuple(bottoms[0]) for b in bottoms):
+        raise unsupported(layer, f"bottom shapes differ: {[tuple(b) for b in bottoms]}")
+    ep = layer.param.eltwise_param
+    if len(ep.coeff) not in (0, len(bottoms)):
+        raise unsupported(layer, f"{len(ep.coeff)} coeffs for {len(bottoms)} bottoms")
+    return [tuple(bottoms[0])]
+
+
+def concat_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    first = tuple(bottoms[0])
+    axis = concat_axis(layer, len(first))
+    total = 0
+    for b in bottoms:
+        if len(b) != len(first) or b[:axis] != first[:axis] or b[axis + 1 :] != first[axis + 1 :]:
+            raise unsupported(layer, f"bottom {tuple(b)} cannot join {first} on axis {axis}")
+        total += b[axis]
+    return [(*first[:axis], total, *first[axis + 1 :])]
+
+
+def slice_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    shape = tuple(bottoms[0])
+    axis, sizes = slice_layout(layer, shape)
+    return [(*shape[:axis], s, *shape[axis + 1 :]) for s in sizes]
+
+
+def flatten_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    fp = layer.param.flatten_param
+    shape = tuple(bottoms[0])
+    start = canonical_axis(layer, int(fp.axis), len(shape))
+    end = canonical_axis(layer, int(fp.end_axis), len(shape))
+    if end < start:
+        raise unsupported(layer, f"end_axis {end} is before axis {start}")
+    return [(*shape[:start], count(shape, start, end + 1), *shape[end + 1 :])]
+
+
+def reshape_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    rp = layer.param.reshape_param
+    shape = tuple(bottoms[0])
+    ndim = len(shape)
+    dims = [int(d) for d in rp.shape.dim]
+    # Reshape's axis indexes the gaps between axes, so -1 means "after the last one".
+    start = int(rp.axis)
+    start = start + ndim + 1 if start < 0 else start
+    if not 0 <= start <= ndim:
+        raise unsupported(layer, f"axis {rp.axis} is out of range for a {ndim}-D bottom")
+    num_axes = int(rp.num_axes)
+    if num_axes < -1:
+        raise unsupported(layer, f"num_axes must be >= -1, got {num_axes}")
+    end = ndim if num_axes == -1 else start + num_axes
+    if end > ndim:
+        raise unsupported(layer, f"axis + num_axes exceeds the bottom's {ndim} axes")
+    middle: list[int] = []
+    inferred: int | None = None
+    for i, d in enumerate(dims):
+        if d == 0:
+            if start + i >= ndim:
+                raise unsupported(layer, f"dim {i} copies axis {start + i} that does not exist")
+            middle.append(shape[start + i])
+        elif d == -1:
+            if inferred is not None:
+                raise unsupported(layer, "more than one -1 dim")
+            inferred = i
+            middle.append(1)
+        elif d > 0:
+            middle.append(d)
+        else:
+            raise unsupported(layer, f"dim {d} is invalid (use > 0, 0 or -1)")
+    top = [*shape[:start], *middle, *shape[end:]]
+    total = count(shape)
+    known = count(top)
+    if inferred is not None:
+        if known == 0 or total % known:
+            raise unsupported(layer, f"cannot infer a dim: {total} values into {tuple(top)}")
+        top[start + inferred] = total // known
+    if count(top) != total:
+        raise unsupported(layer, f"{total} values do not fit shape {tuple(top)}")
+    return [tuple(top)]
+
+
+def crop_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    if len(bottoms) != 2:
+        raise unsupported(layer, "needs two bottoms (the blob and the reference)")
+    shape, reference = tuple(bottoms[0]), tuple(bottoms[1])
+    crop_offsets(layer, shape, reference)
+    axis = canonical_axis(layer, int(layer.param.crop_param.axis), len(shape))
+    return [(*shape[:axis], *reference[axis:])]
+
+
+def lrn_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    if len(bottoms[0]) != 4:
+        raise unsupported(layer, f"LRN needs a 4-D bottom, got {tuple(bottoms[0])}")
+    size = int(layer.param.lrn_param.local_size)
+    if size <= 0 or size % 2 == 0:
+        raise unsupported(layer, f"local_size must be odd and positive, got {size}")
+    return [tuple(bottoms[0])]
+
+
+def softmax_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    canonical_axis(layer, int(layer.param.softmax_param.axis), len(bottoms[0]))
+    return [tuple(bottoms[0])]
+
+
+def same_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    return [tuple(bottoms[0])]
+
+
+# --------------------------------------------------------------------------- weight layouts
+
+
+def _written_kernel(cp: Any) -> tuple[int, ...] | None:
+    """The kernel extents when the params alone fix the number of spatial axes."""
+    if cp.HasField("kernel_h") and cp.HasField("kernel_w"):
+        return int(cp.kernel_h), int(cp.kernel_w)
+    if len(cp.kernel_size) > 1:
+        return tuple(int(k) for k in cp.kernel_size)
+    return None  # one kernel_size is repeated over however many spatial axes the bottom has
+
+
+def conv_weights(layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count: int) -> list[Blob]:
+    """Convolution ``(Cout, Cin/group, *kernel)``, Deconvolution ``(Cin, Cout/group, *kernel)``,
+    then the bias ``(Cout,)`` when ``bias_term``. Depthwise types have one group per channel.
+
+    Example: see the module docstring.
+    """
+    cp = layer.param.convolution_param
+    deconv = layer.type == "Deconvolution"
+    if bottoms:
+        g = conv_geometry(layer, bottoms[0])
+        per_group = g.num_output // g.group if deconv else g.channels // g.group
+        first = g.channels if deconv else g.num_output
+        weight = Blob("weight", (first, per_group, *g.kernel))
+        return [weight, Blob("bias", (g.num_output,))] if g.bias_term else [weight]
+    num_output, group = int(cp.num_output), int(cp.group)
+    kernel = _written_kernel(cp)
+    known: tuple[Dim, ...]
+    if deconv:
+        valid = group > 0 and num_output % group == 0
+        known = (None, num_output // group if valid else None)
+    else:
+        known = (num_output, 1 if layer.type in DEPTHWISE_TYPES else None)
+    weight = Blob("weight", (*known, *(kernel or ())), rank_known=kernel is not None)
+    return [weight, Blob("bias", (num_output,))] if cp.bias_term else [weight]
+
+
+def inner_product_weights(
+    layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count: int
+) -> list[Blob]:
+    """``(num_output, K)``, ``(K, num_output)`` when ``transpose``, then the bias.
+
+    ``K`` is the bottom's size from ``axis`` on.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "fc" type: "InnerProduct" bottom: "x"
+        ...   top: "y" inner_product_param { num_output: 10 axis: 2 transpose: true } }''')
+        >>> [str(b) for b in inner_product_weights(net.layer("fc"), [(2, 3, 4, 5)], 0)]
+        ['weight (20, 10)', 'bias (10,)']
+    """
+    ip = layer.param.inner_product_param
+    n = int(ip.num_output)
+    k = None
+    if bottoms:
+        k = count(bottoms[0], canonical_axis(layer, int(ip.axis), len(bottoms[0])))
+    weight = Blob("weight", (k, n) if ip.transpose else (n, k))
+    return [weight, Blob("bias", (n,))] if ip.bias_term else [weight]
+
+
+class _NormView:
+    """A layer as :func:`detect_layer` reads it, holding ``blob_count`` blobs.
+
+    The loader asks for the layout before it attaches the blobs; a layer built in code
+    has no prototxt text, so its typed param gives the fields.
+    """
+
+    def __init__(self, layer: LayerLike, blob_count: int) -> None:
+        self.type = layer.type
+        self.blobs = range(blob_count)
+        self._layer = layer
+
+    def fields_of(self, group: str) -> dict[str, object]:
+        fields_of = getattr(self._layer, "fields_of", None)
+        if callable(fields_of):
+            return dict(fields_of(group))
+        param = self._layer.param
+        if group not in param.DESCRIPTOR.fields_by_name or not param.HasField(group):
+            return {}
+        return {field.name: value for field, value in getattr(param, group).ListFields()}
+
+
+# Stands for the channel count in a dialect's blob shapes when the bottom is unknown.
+_CHANNELS = -1
+
+
+def norm_weights(layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count: int) -> list[Blob]:
+    """The blobs of the layer's BatchNorm dialect (none when the dialect is unknown).
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "bn" type: "BatchNorm" bottom: "x" top: "x" }')
+        >>> [str(b) for b in norm_weights(net.layer("bn"), None, 5)]  # NVIDIA, scale_bias
+        ['mean (?,)', 'variance (?,)', 'correction (1,)', 'scale (?,)', 'shift (?,)']
+    """
+    dialect = detect_layer(_NormView(layer, blob_count))
+    channels = _CHANNELS
+    if bottoms:
+        shape = bottoms[0]
+        channels = shape[1] if len(shape) > 1 else 1
+    shapes = dialect.blob_shapes(channels)
+    return [Blob(role, tuple(None if d == _CHANNELS else d for d in shape))
+            for role, shape in zip(dialect.roles, shapes, strict=True)]
+
+
+def _two_bottoms(layer: LayerLike, bottoms: Sequence[Shape] | None) -> bool:
+    return max(len(layer.bottoms), len(bottoms or ())) > 1
+
+
+def _operand(layer: LayerLike, bottoms: Sequence[Shape] | None, role: str) -> Blob:
+    """The factor a Scale/Bias layer broadcasts: bottom 1, or ``bottom[axis:axis+num_axes]``."""
+    two = _two_bottoms(layer, bottoms)
+    if bottoms and len(bottoms) >= (2 if two else 1):
+        return Blob(role, scale_operand_shape(layer, bottoms[: 2 if two else 1])[1])
+    p = layer.param.scale_param if layer.type == "Scale" else layer.param.bias_param
+    num_axes = int(p.num_axes)
+    if two or num_axes < 0:  # bottom 1's shape, or up to the bottom's last axis
+        return Blob(role, (), rank_known=False)
+    return Blob(role, (None,) * num_axes)
+
+
+def scale_weights(layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count: int) -> list[Blob]:
+    """The factor (unless bottom 1 is the factor), then the shift when ``bias_term``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "s" type: "Scale" bottom: "x" top: "x"
+        ...   scale_param { bias_term: true } }''')
+        >>> [str(b) for b in scale_weights(net.layer("s"), [(1, 8, 4, 4)], 0)]
+        ['scale (8,)', 'shift (8,)']
+    """
+    operand = _operand(layer, bottoms, "scale")
+    blobs = [] if _two_bottoms(layer, bottoms) else [operand]
+    return [*blobs, replace(operand, role="shift")] if layer.param.scale_param.bias_term else blobs
+
+
+def bias_weights(layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count: int) -> list[Blob]:
+    """The shift, unless bottom 1 is the shift.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "b" type: "Bias" bottom: "x" top: "x" }')
+        >>> [str(b) for b in bias_weights(net.layer("b"), None, 0)]
+        ['shift (?,)']
+    """
+    return [] if _two_bottoms(layer, bottoms) else [_operand(layer, bottoms, "shift")]
+
+
+def prelu_weights(layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count: int) -> list[Blob]:
+    """One slope per channel (axis 1), or a single 0-D slope when ``channel_shared``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "p" type: "PReLU" bottom: "x" top: "x"
+        ...   prelu_param { channel_shared: true } }''')
+        >>> [str(b) for b in prelu_weights(net.layer("p"), [(1, 8, 4, 4)], 0)]
+        ['slope ()']
+    """
+    if layer.param.prelu_param.channel_shared:
+        return [Blob("slope", ())]
+    channels = None
+    if bottoms:
+        shape = bottoms[0]
+        channels = shape[1] if len(shape) > 1 else 1
+    return [Blob("slope", (channels,))]
