@@ -50,7 +50,7 @@ from bnfuse.layertypes.geometry import (
     slice_layout,
 )
 from bnfuse.layertypes.shapes import layer_output_shapes, param_shapes, unsupported_type
-from bnfuse.verification.norms import norm_forward
+from bnfuse.verification.norms import norm_dialect, norm_forward
 
 if TYPE_CHECKING:
     from bnfuse.verification.executor import LayerLike
@@ -271,7 +271,9 @@ def _inner_product(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any])
 
 
 def _batch_norm(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
-    # Every BatchNorm dialect: blob count and shapes are checked against its layout first.
+    # Every BatchNorm dialect: one the executor cannot run is refused with its reason,
+    # then blob count and shapes are checked against the dialect's layout.
+    norm_dialect(layer)
     layer_weights(layer, _shapes(bottoms), dtype)
     return [norm_forward(layer, bottoms[0], dtype)]
 

@@ -39,12 +39,14 @@ Array = npt.NDArray[Any]
 __all__ = ["norm_blobs", "norm_dialect", "norm_forward"]
 
 
+
 def _where(layer: LayerLike) -> str:
     return f"layer {layer.name!r} (type {layer.type!r})"
 
 
 def norm_dialect(layer: LayerLike) -> Dialect:
-    """The layer's dialect, or :class:`~bnfuse.errors.UnsupportedLayerError` naming the layer.
+    """The layer's dialect when the executor can run it, else
+    :class:`~bnfuse.errors.UnsupportedLayerError` naming the layer and the reason.
 
     Example:
         >>> import bnfuse
@@ -57,6 +59,10 @@ def norm_dialect(layer: LayerLike) -> Dialect:
     except BnfuseError as exc:
         raise UnsupportedLayerError(f"{_where(layer)}: {exc}") from None
     if dialect.name == "unknown":
+        raise UnsupportedLayerError(f"{_where(layer)}: {dialect.reason}")
+    if dialect.statistics == "batch" and dialect.name != "bvlc":
+        # Batch statistics with a formula bnfuse has not established (SegNet LEARN,
+        # PSPNet's older revision without moving_average): refuse rather than guess.
         raise UnsupportedLayerError(f"{_where(layer)}: {dialect.reason}")
     return dialect
 
@@ -104,8 +110,6 @@ def norm_forward(layer: LayerLike, x: Array, dtype: np.dtype[Any]) -> Array:
         return y.reshape(x.shape)
     eps = dtype.type(BVLC_DEFAULT_EPS if dialect.eps is None else dialect.eps)
     if dialect.statistics == "batch":
-        if dialect.name != "bvlc":
-            raise UnsupportedLayerError(f"{_where(layer)}: {dialect.reason}")
         mean, var = _batch_statistics(xr, dtype)
     elif dialect.has("factor"):
         # BVLC: statistics stored times the factor f; a zero factor gives zero statistics.
