@@ -474,7 +474,6 @@ def test_no_second_table_of_layer_types() -> None:
     import bnfuse.verification.executor
     import bnfuse.verification.local
     import bnfuse.verification.randweights
-
     from bnfuse.layertypes.batchnorm import NORM_TYPES
 
     modules = [forward_module, bnfuse.verification.executor, bnfuse.verification.compare,
