@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnfuse.errors import BnfuseError
+from bnfuse.errors import UpgradeError
 from bnfuse.proto import (
     BlobShape,
     LayerParameter,
@@ -186,10 +186,6 @@ _DATA_TRANSFORM_PARAMS = {
     "IMAGE_DATA": "image_data_param",
     "WINDOW_DATA": "window_data_param",
 }
-
-
-class UpgradeError(BnfuseError):
-    """An old-format net that Caffe itself could not upgrade either."""
 
 
 def _copy_value(dst_msg: Any, name: str, value: Any) -> None:
