@@ -607,6 +607,7 @@ def test_syntax_errors_name_place_and_expectation(
     err = info.value
     assert (err.source, err.line, err.column, err.detail) == ("net.prototxt", line, column, message)
     assert str(err) == f"net.prototxt:{line}:{column}: {message}"
+    assert (err.path, err.layer) == ("net.prototxt", None)
 
 
 def test_columns_count_characters_after_crlf_and_tabs() -> None:

@@ -172,8 +172,21 @@ def test_values_that_do_not_fit_raise_schema_errors(text: str, words: str) -> No
 
 def test_source_override_names_the_file() -> None:
     doc = Document.parse("name: 1")
-    with pytest.raises(PrototxtSchemaError, match=r"^deploy\.prototxt:1:7: field 'name'"):
+    with pytest.raises(PrototxtSchemaError, match=r"^deploy\.prototxt:1:7: field 'name'") as info:
         fill_message(doc.root, LayerParameter(), source="deploy.prototxt")
+    assert (info.value.path, info.value.line, info.value.column) == ("deploy.prototxt", 1, 7)
+    assert info.value.detail == "field 'name' (string) cannot hold '1': expected a quoted string"
+
+
+def test_schema_errors_of_values_carry_file_line_and_column() -> None:
+    doc = Document.parse("a: 1\nname: 'x'\n  type:  7\n", source="n.prototxt")
+    with pytest.raises(PrototxtSchemaError) as info:
+        fill_message(doc.root, LayerParameter())
+    assert (info.value.path, info.value.line, info.value.column) == ("n.prototxt", 3, 10)
+    with pytest.raises(PrototxtSchemaError) as info:
+        doc.root.scalar("name").as_int()  # type: ignore[union-attr]
+    assert str(info.value) == "n.prototxt:2:7: expected an integer, found \"'x'\""
+    assert (info.value.path, info.value.line, info.value.column) == ("n.prototxt", 2, 7)
 
 
 def test_format_value_for_fields() -> None:

@@ -117,10 +117,9 @@ _FALLBACK_V1_FIELDS = frozenset({2, 3, 4, 5, 7, 8, 32, 33, 35, 1001, 1002})
 _FALLBACK_NET_FIELDS = frozenset({1, 3, 4, 5, 6, 7, 8})
 
 _CORRUPT_HINT = "the file is truncated or corrupt; copy or download it again"
-_TEXT_HINT = (
-    "this looks like a prototxt (text), not a binary caffemodel; "
-    "pass the prototxt as the first argument and the .caffemodel as the second"
-)
+_TEXT_DETAIL = "this looks like a prototxt (text), not a binary caffemodel"
+_TEXT_HINT = "pass the prototxt as the first argument and the .caffemodel as the second"
+_EMPTY_HINT = "pass the .caffemodel written by Caffe"
 
 #: Ranges shorter than this are written from the memory map; longer ones are
 #: copied by the kernel (copy_file_range), which skips user space entirely.
@@ -128,16 +127,6 @@ _KERNEL_COPY_MIN = 1 << 20
 
 BlobEncoding = Literal["data", "double_data", "raw_data", "none"]
 BlobFormat = Literal["data", "double_data", "raw_float16", "raw_float32", "raw_float64"]
-
-
-class _ScanError(Exception):
-    """Internal: a problem found while indexing; turned into CaffemodelError with the file name."""
-
-    def __init__(self, offset: int, detail: str, hint: str = _CORRUPT_HINT) -> None:
-        super().__init__(detail)
-        self.offset = offset
-        self.detail = detail
-        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -518,7 +507,9 @@ class CaffemodelFile:
 
     def _require_open(self) -> memoryview:
         if self._view is None:
-            raise CaffemodelError(f"{self.source}: the caffemodel was closed; read it again")
+            raise CaffemodelError(
+                f"{self.source}: the caffemodel was closed; read it again", path=self.source
+            )
         return self._view
 
     def fileno(self) -> int | None:
@@ -711,10 +702,11 @@ def _scan_blob(
             has_legacy = True
         elif number == _B_DATA and wire == WIRETYPE_LENGTH_DELIMITED:
             if (ve - vs) % 4:
-                raise _ScanError(
+                raise _corrupt(
                     pos,
                     f"{where}: packed float data of {ve - vs} bytes "
                     "is not a whole number of floats",
+                    layer=layer,
                 )
             data.append(_Segment(vs, (ve - vs) // 4, 4))
         elif number == _B_DATA and wire == WIRETYPE_FIXED32:
@@ -728,10 +720,11 @@ def _scan_blob(
             data.append(_Segment(vs, 1, 4))
         elif number == _B_DOUBLE_DATA and wire == WIRETYPE_LENGTH_DELIMITED:
             if (ve - vs) % 8:
-                raise _ScanError(
+                raise _corrupt(
                     pos,
                     f"{where}: packed double data of {ve - vs} bytes "
                     "is not a whole number of doubles",
+                    layer=layer,
                 )
             doubles.append(_Segment(vs, (ve - vs) // 8, 8))
         elif number == _B_DOUBLE_DATA and wire == WIRETYPE_FIXED64:
@@ -753,10 +746,12 @@ def _scan_blob(
     # Caffe's Blob::FromProto prefers the legacy 4-D fields when any is present.
     shape = tuple(legacy) if has_legacy else tuple(dims)
     if any(d < 0 for d in shape):
-        raise _ScanError(field_start, f"{where}: negative dimension in shape {shape}")
+        raise _corrupt(field_start, f"{where}: negative dimension in shape {shape}", layer=layer)
     if len(shape) > 32:
         # Caffe's kMaxBlobAxes; numpy itself stops at 64 axes with a ValueError.
-        raise _ScanError(field_start, f"{where}: shape has {len(shape)} axes, Caffe allows 32")
+        raise _corrupt(
+            field_start, f"{where}: shape has {len(shape)} axes, Caffe allows 32", layer=layer
+        )
 
     n_data = sum(s.count for s in data)
     n_double = sum(s.count for s in doubles)
@@ -765,17 +760,19 @@ def _scan_blob(
     segments: tuple[_Segment, ...]
     if raw is not None and (raw[1] > raw[0] or (n_data == 0 and n_double == 0)):
         if raw_type not in RAW_DATA_TYPES:
-            raise _ScanError(
+            raise _corrupt(
                 field_start,
                 f"{where}: raw_data_type {raw_type} is not a float type (DOUBLE, FLOAT, FLOAT16)",
-                "bnfuse reads only float weights",
+                layer=layer,
+                hint="bnfuse reads only float weights",
             )
         dtype = RAW_DATA_TYPES[raw_type]
         nbytes = raw[1] - raw[0]
         if nbytes % dtype.itemsize:
-            raise _ScanError(
+            raise _corrupt(
                 field_start,
                 f"{where}: raw_data of {nbytes} bytes is not a whole number of {dtype.name} values",
+                layer=layer,
             )
         encoding, segments = (
             "raw_data",
@@ -795,7 +792,7 @@ def _scan_blob(
             detail = f"{where}: shape {shape} needs {count} values but the blob stores none"
         else:
             detail = f"{where}: shape {shape} needs {count} values but the blob stores {stored}"
-        raise _ScanError(field_start, detail)
+        raise _corrupt(field_start, detail, layer=layer)
     # Empty segments carry no bytes; dropping them keeps the single-view fast path.
     segments = tuple(s for s in segments if s.count)
     return BlobRecord(
@@ -869,11 +866,37 @@ def _scan_layer(
     return record
 
 
+def _corrupt(
+    offset: int, detail: str, *, layer: str | None = None, hint: str = _CORRUPT_HINT
+) -> CaffemodelError:
+    """A problem the indexer found at ``offset``; read_caffemodel adds the file's name."""
+    return CaffemodelError.at(offset, detail, layer=layer, hint=hint)
+
+
+def _naming_the_file(error: CaffemodelError, file: CaffemodelFile) -> CaffemodelError:
+    """The error raised while indexing ``file``, rebuilt from its fields with the file's name."""
+    if error.path is not None or error.offset is None or error.detail is None:
+        return error
+    if error.hint is not None:  # found by the indexer, which knows what to suggest
+        return CaffemodelError.at(
+            error.offset, error.detail, path=file.source, hint=error.hint, layer=error.layer
+        )
+    # A wire-level failure (bnfuse.io.wire knows nothing of the file): text, or damage.
+    if _looks_like_text(file._require_open()):
+        return CaffemodelError.at(0, _TEXT_DETAIL, path=file.source, hint=_TEXT_HINT)
+    return CaffemodelError.at(
+        error.offset,
+        f"{error.detail} (the file is {file.size} bytes)",
+        path=file.source,
+        hint=_CORRUPT_HINT,
+    )
+
+
 def _index(file: CaffemodelFile) -> None:
     """Fill ``file.layers`` and ``file.top_fields`` by walking the top-level message."""
     view = file._require_open()
     if file.size == 0:
-        raise _ScanError(0, "the file is empty", "pass the .caffemodel written by Caffe")
+        raise _corrupt(0, "the file is empty", hint=_EMPTY_HINT)
     seen_v1 = seen_v2 = False
     for field in iter_fields(view):
         if field.wire_type == WIRETYPE_LENGTH_DELIMITED and field.number in (
@@ -886,10 +909,10 @@ def _index(file: CaffemodelFile) -> None:
             else:
                 seen_v1 = True
             if seen_v1 and seen_v2:
-                raise _ScanError(
+                raise _corrupt(
                     field.field_start,
                     "the net mixes V1 'layers' and V2 'layer' records, which Caffe refuses",
-                    "re-save the model with one format",
+                    hint="re-save the model with one format",
                 )
             if not file.layers:
                 file.layer_slot = len(file.top_fields)
@@ -911,7 +934,8 @@ def _open_source(
         try:
             return CaffemodelFile(src, source=name or "<bytes>")
         except (TypeError, ValueError) as exc:
-            raise CaffemodelError(f"{name or '<bytes>'}: cannot read the buffer: {exc}") from None
+            source = name or "<bytes>"
+            raise CaffemodelError(f"{source}: cannot read the buffer: {exc}", path=source) from None
     if isinstance(src, (str, os.PathLike)):
         path = os.fsdecode(os.fspath(src))
         source = name or path
@@ -919,7 +943,8 @@ def _open_source(
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
             raise CaffemodelError(
-                f"{source}: cannot open the caffemodel: {exc.strerror or exc}; check the path"
+                f"{source}: cannot open the caffemodel: {exc.strerror or exc}; check the path",
+                path=source,
             ) from None
         return _from_fd(fd, source, path)
     if hasattr(src, "read"):
@@ -944,17 +969,17 @@ def _read_stream(stream: IO[bytes], source: str) -> bytes:
     try:
         data = stream.read()
     except (OSError, ValueError) as exc:
-        raise CaffemodelError(f"{source}: cannot read the caffemodel: {exc}") from None
+        raise CaffemodelError(f"{source}: cannot read the caffemodel: {exc}", path=source) from None
     if not isinstance(data, (bytes, bytearray)):
-        raise CaffemodelError(f"{source}: the file object returned text; open it in binary mode")
+        raise CaffemodelError(
+            f"{source}: the file object returned text; open it in binary mode", path=source
+        )
     return bytes(data)
 
 
 def _from_data(data: bytes, source: str, path: str | None) -> CaffemodelFile:
     if not data:
-        raise CaffemodelError(
-            f"{source}: byte 0: the file is empty; pass the .caffemodel written by Caffe"
-        )
+        raise CaffemodelError.at(0, "the file is empty", path=source, hint=_EMPTY_HINT)
     return CaffemodelFile(data, source=source, path=path)
 
 
@@ -963,7 +988,9 @@ def _from_fd(fd: int, source: str, path: str | None) -> CaffemodelFile:
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
-            raise CaffemodelError(f"{source}: is a folder; pass the .caffemodel file inside it")
+            raise CaffemodelError(
+                f"{source}: is a folder; pass the .caffemodel file inside it", path=source
+            )
         mapped: mmap.mmap | None = None
         if stat.S_ISREG(info.st_mode) and info.st_size > 0:
             try:
@@ -977,7 +1004,7 @@ def _from_fd(fd: int, source: str, path: str | None) -> CaffemodelFile:
     except OSError as exc:
         os.close(fd)
         raise CaffemodelError(
-            f"{source}: cannot read the caffemodel: {exc.strerror or exc}"
+            f"{source}: cannot read the caffemodel: {exc.strerror or exc}", path=source
         ) from None
     except BaseException:
         os.close(fd)
@@ -1008,25 +1035,17 @@ def read_caffemodel(
     """
     file = _open_source(src, name)
     try:
-        view = file._require_open()
         try:
             _index(file)
-        except _ScanError as exc:
-            raise CaffemodelError(
-                f"{file.source}: byte {exc.offset}: {exc.detail}; {exc.hint}"
-            ) from None
         except CaffemodelError as exc:
-            if _looks_like_text(view):
-                raise CaffemodelError(f"{file.source}: byte 0: {_TEXT_HINT}") from None
-            raise CaffemodelError(
-                f"{file.source}: {exc} (the file is {file.size} bytes); {_CORRUPT_HINT}"
-            ) from None
+            raise _naming_the_file(exc, file) from None
         except (ValueError, IndexError, OverflowError, TypeError, BufferError) as exc:
             raise CaffemodelError(
-                f"{file.source}: cannot index the caffemodel: {exc}; {_CORRUPT_HINT}"
+                f"{file.source}: cannot index the caffemodel: {exc}; {_CORRUPT_HINT}",
+                path=file.source,
             ) from None
-        if not file.layers and _looks_like_text(view):
-            raise CaffemodelError(f"{file.source}: byte 0: {_TEXT_HINT}")
+        if not file.layers and _looks_like_text(file._require_open()):
+            raise CaffemodelError.at(0, _TEXT_DETAIL, path=file.source, hint=_TEXT_HINT)
     except BaseException:
         file.close()
         raise

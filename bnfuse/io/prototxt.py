@@ -472,7 +472,7 @@ class ScalarValue(_Positioned):
     # -- decoding ----------------------------------------------------------------------
 
     def _fail(self, message: str) -> NoReturn:
-        raise PrototxtSchemaError(f"{self.source}:{self.line}:{self.column}: {message}")
+        raise PrototxtSchemaError.at(self.source, self.line, self.column, message)
 
     def _parts(self) -> list[str]:
         """The string literals of a (possibly concatenated) string value, quotes included."""

@@ -140,7 +140,7 @@ def _fail(
     where: FieldNode | ScalarValue | MessageNode, source: str | None, message: str
 ) -> PrototxtSchemaError:
     name = source if source is not None else where.source
-    return PrototxtSchemaError(f"{name}:{where.line}:{where.column}: {message}")
+    return PrototxtSchemaError.at(name, where.line, where.column, message)
 
 
 def _fill(

@@ -67,8 +67,12 @@ class Field(NamedTuple):
 
 
 def _fail(offset: int, detail: str) -> NoReturn:
-    """Raise the one error this module raises, with the offset first."""
-    raise CaffemodelError(f"byte {offset}: {detail}")
+    """Raise the one error this module raises, at ``offset``.
+
+    These helpers do not know the file they read: the caller that does (the
+    caffemodel reader) builds its own error from ``offset`` and ``detail``.
+    """
+    raise CaffemodelError.at(offset, detail)
 
 
 def read_varint(buf: Buffer, pos: int, end: int | None = None) -> tuple[int, int]:
