@@ -639,6 +639,42 @@ def test_nesting_limit_is_a_clean_syntax_error() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# No global side effects
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_parsing_leaves_the_garbage_collector_as_it_was(enabled: bool) -> None:
+    import gc
+
+    text = "layer { name: 'a' p { q: [1, 2] } }\n" * 2000
+    before_thresholds = gc.get_threshold()
+    was_enabled = gc.isenabled()
+    seen: list[bool] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        seen.append(gc.isenabled())
+
+    (gc.enable if enabled else gc.disable)()
+    gc.callbacks.append(watch)
+    try:
+        doc = Document.parse(text)
+        collections = len(seen)  # before an assertion's own allocations add any
+        assert gc.isenabled() is enabled
+        assert gc.get_threshold() == before_thresholds
+        # Enabled, the collector runs during the parse (2000 layers make far more objects
+        # than the first generation's threshold): it was not switched off meanwhile.
+        assert (collections > 0) is enabled
+        assert doc.render() == text
+        with pytest.raises(PrototxtSyntaxError):
+            Document.parse(text + "}")
+        assert gc.isenabled() is enabled
+        assert gc.get_threshold() == before_thresholds
+    finally:
+        gc.callbacks.remove(watch)
+        (gc.enable if was_enabled else gc.disable)()
+
+
+# --------------------------------------------------------------------------------------
 # Speed
 
 

@@ -41,7 +41,6 @@ Example:
 
 from __future__ import annotations
 
-import gc
 import math
 import re
 import struct
@@ -1605,15 +1604,7 @@ class Document:
             ...
             bnfuse.errors.PrototxtSyntaxError: net.prototxt:1:8: unexpected end of file: ...
         """
-        # The tree is full of parent links (cycles), so the collector would scan
-        # it again and again while it grows; one pass afterwards is enough.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return cls(_parse_tokens(_Tokens(text, source)), source)
-        finally:
-            if enabled:
-                gc.enable()
+        return cls(_parse_tokens(_Tokens(text, source)), source)
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Document:
