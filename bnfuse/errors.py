@@ -25,6 +25,24 @@ from __future__ import annotations
 
 from typing import Any
 
+#: How many characters of a file's own text a message quotes at most, by default.
+EXCERPT_CHARS = 40
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` quoted for a message: its ``repr``, cut to ``limit`` characters with ``...``.
+
+    Files can hold a megabyte-long name or number; messages stay one short line.
+    (A helper for the modules that build messages, not part of the error family.)
+
+    Example:
+        >>> excerpt("conv1"), excerpt("9" * 100, 12)
+        ("'conv1'", "'999999999...'")
+    """
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return repr(text)
+
 
 def _rebuild(cls: type[BnfuseError], args: tuple[Any, ...], state: dict[str, Any]) -> BnfuseError:
     """Unpickle an error without calling its ``__init__`` (whose signature may differ)."""

@@ -33,15 +33,20 @@ from __future__ import annotations
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from bnfuse.errors import PrototxtSchemaError
+from bnfuse.errors import PrototxtSchemaError, excerpt
 from bnfuse.io.prototxt import (
     FieldNode,
     Identifier,
     ListValue,
     MessageNode,
+    ScalarKind,
     ScalarValue,
     format_float,
 )
+
+# How C++ TextFormat reads a literal is the lexer's knowledge; textmsg reads plain
+# scalar fields from their text with it, without building their ScalarValue.
+from bnfuse.io.prototxt._lexer import literal_bool, literal_float, literal_int, string_bytes
 
 __all__ = ["fill_message", "format_value", "is_repeated", "type_name"]
 
@@ -136,8 +141,13 @@ def fill_message(node: MessageNode, message: Message, *, source: str | None = No
     return list(unknown)
 
 
+def _shown(path: str) -> str:
+    """A field path quoted for a message (names in a file can be any length)."""
+    return excerpt(path, 160)
+
+
 def _fail(
-    where: FieldNode | ScalarValue | MessageNode, source: str | None, message: str
+    where: FieldNode | ScalarValue | MessageNode | ListValue, source: str | None, message: str
 ) -> PrototxtSchemaError:
     name = source if source is not None else where.source
     return PrototxtSchemaError.at(name, where.line, where.column, message)
@@ -164,11 +174,13 @@ def _fill(
                 raise _fail(
                     field,
                     source,
-                    f"field '{path}' is set more than once, but it is not repeated",
+                    f"field {_shown(path)} is set more than once, but it is not repeated",
                 )
-            if isinstance(field.value, ListValue):
+            if field.is_list:
                 raise _fail(
-                    field, source, f"field '{path}' is not repeated, so it cannot take a list [...]"
+                    field,
+                    source,
+                    f"field {_shown(path)} is not repeated, so it cannot take a list [...]",
                 )
         seen.add(field.name)
         if fd.type in _MESSAGE_TYPES:
@@ -177,8 +189,8 @@ def _fill(
                     raise _fail(
                         value,
                         source,
-                        f"field '{path}' is a message ({type_name(fd)}), "
-                        f"expected '{{ ... }}', found {value.raw!r}",
+                        f"field {_shown(path)} is a message ({type_name(fd)}), "
+                        f"expected '{{ ... }}', found {excerpt(value.raw)}",
                     )
                 if repeated:
                     container = getattr(message, field.name)
@@ -191,68 +203,87 @@ def _fill(
                     sub_prefix = path + "."
                 _fill(value, sub, sub_prefix, source, unknown)
             continue
-        for value in field.values:
-            if isinstance(value, MessageNode):
-                raise _fail(
-                    value,
-                    source,
-                    f"field '{path}' is a {type_name(fd)}, not a message",
-                )
-            converted = _convert(fd, value, path, source)
-            if repeated:
-                getattr(message, field.name).append(converted)
-            else:
-                setattr(message, field.name, converted)
+        token = field.raw_scalar()
+        if token is not None:
+            # A plain scalar field is read from its text: no ScalarValue is built for it.
+            values = [_convert(fd, token[0], token[1], field, path, source)]
+        else:
+            values = [
+                _convert(fd, v.raw, v.kind, v, path, source)
+                for v in _scalar_elements(field, fd, path, source)
+            ]
+        if repeated:
+            getattr(message, field.name).extend(values)
+        else:
+            setattr(message, field.name, values[0])
 
 
-def _convert(
-    fd: FieldDescriptor, value: ScalarValue, path: str, source: str | None
+def _scalar_elements(
+    field: FieldNode, fd: FieldDescriptor, path: str, source: str | None
+) -> list[ScalarValue]:
+    """The elements of a list (or a message) written where ``fd`` wants scalars."""
+    out: list[ScalarValue] = []
+    for value in field.values:
+        if isinstance(value, MessageNode):
+            raise _fail(value, source, f"field {_shown(path)} is a {type_name(fd)}, not a message")
+        out.append(value)
+    return out
+
+
+def _convert(  # noqa: PLR0917 - private helper, one call site
+    fd: FieldDescriptor,
+    raw: str,
+    kind: ScalarKind,
+    where: FieldNode | ScalarValue,
+    path: str,
+    source: str | None,
 ) -> int | float | bool | str | bytes:
     """The Python value of one token for field ``fd``, by C++ TextFormat's rules."""
-    kind = fd.type
+    field_type = fd.type
 
     def bad(why: str) -> PrototxtSchemaError:
+        # Only now is the value's node built (for its line and column).
+        value = where.value if isinstance(where, FieldNode) else where
         return _fail(
-            value, source, f"field '{path}' ({type_name(fd)}) cannot hold {value.raw!r}: {why}"
+            value,
+            source,
+            f"field {_shown(path)} ({type_name(fd)}) cannot hold {excerpt(raw)}: {why}",
         )
 
-    if kind in _INT_RANGES:
-        number = value.int_or_none()
+    if field_type in _INT_RANGES:
+        number = literal_int(raw, kind)
         if number is None:
             raise bad("expected an integer")
-        low, high = _INT_RANGES[kind]
+        low, high = _INT_RANGES[field_type]
         if not low <= number <= high:
             raise bad(f"out of range [{low}, {high}]")
         return number
-    if kind in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
-        real = value.float_or_none()
+    if field_type in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
+        real = literal_float(raw, kind)
         if real is None:
             raise bad("expected a decimal number, inf or nan")
         return real
-    if kind == _FD.TYPE_BOOL:
-        if value.kind == "identifier" and value.raw in ("true", "True", "t"):
-            return True
-        if value.kind == "identifier" and value.raw in ("false", "False", "f"):
-            return False
-        if value.int_or_none() in (0, 1):
-            return value.int_or_none() == 1
-        raise bad("expected true or false")
-    if kind == _FD.TYPE_ENUM:
+    if field_type == _FD.TYPE_BOOL:
+        truth = literal_bool(raw, kind)
+        if truth is None:
+            raise bad("expected true or false")
+        return truth
+    if field_type == _FD.TYPE_ENUM:
         enum = fd.enum_type
-        if value.kind == "identifier":
-            entry = enum.values_by_name.get(value.raw)
+        if kind == "identifier":
+            entry = enum.values_by_name.get(raw)
         else:
-            number = value.int_or_none()
+            number = literal_int(raw, kind)
             entry = enum.values_by_number.get(number) if number is not None else None
         if entry is None:
             names = ", ".join(v.name for v in enum.values)
             raise bad(f"not a value of enum {enum.name} ({names})")
         return int(entry.number)
-    if kind in (_FD.TYPE_STRING, _FD.TYPE_BYTES):
-        if value.kind != "string":
+    if field_type in (_FD.TYPE_STRING, _FD.TYPE_BYTES):
+        if kind != "string":
             raise bad("expected a quoted string")
-        data = value.as_bytes()
-        if kind == _FD.TYPE_BYTES:
+        data = string_bytes(raw)
+        if field_type == _FD.TYPE_BYTES:
             return data
         try:
             return data.decode("utf-8")
