@@ -328,11 +328,6 @@ class LayerRecord:
         view = self._file._require_open()
         return b"".join(_part_bytes(view, p) for p in self._parts)
 
-    def _blob_offset(self) -> int:
-        """Length of the header bytes that precede the first blob in the record."""
-        first_blob = self.blobs[0].start if self.blobs else self.end
-        return sum(_part_size(p) for p in self._parts if p.start < first_blob)
-
     def header(self) -> LayerParameter | V1LayerParameter:
         """The record's non-blob fields decoded with bnfuse's schema: a new message per call.
 
@@ -394,42 +389,6 @@ class LayerRecord:
             [[1.0, 1.0]]
         """
         return [blob.array() for blob in self.blobs]
-
-    def with_blobs(
-        self,
-        blobs: Sequence[np.ndarray],
-        formats: Sequence[BlobFormat | BlobRecord | None] | None = None,
-    ) -> NewLayer:
-        """A :class:`NewLayer` with this record's exact header bytes and new blobs.
-
-        Blobs go where this record had its first blob, and each new blob keeps
-        the encoding of the blob it replaces (same index) unless ``formats``
-        says otherwise, so replacing arrays by equal ones reproduces the record
-        byte for byte.
-
-        Example:
-            >>> from bnfuse.proto import LayerParameter
-            >>> import numpy as np
-            >>> data = NewLayer(LayerParameter(name="a"), [np.ones(2, np.float32)]).to_bytes()
-            >>> rec = read_caffemodel(data).layers[0]
-            >>> rec.with_blobs(rec.arrays()).to_bytes() == data
-            True
-        """
-        if self.is_v0:
-            raise OutputError(
-                f"layer '{self.name}': a V0 (2013 format) record cannot be given new blobs; "
-                "upgrade the net to the current format first"
-            )
-        if formats is None:
-            formats = [self.blobs[i] if i < len(self.blobs) else None for i in range(len(blobs))]
-        return NewLayer(
-            self.header_bytes(),
-            list(blobs),
-            formats=list(formats),
-            version=self.version,
-            blob_offset=self._blob_offset(),
-            name=self.name,
-        )
 
     def __repr__(self) -> str:
         return (

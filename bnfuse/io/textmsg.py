@@ -13,10 +13,6 @@ keeps them byte for byte).  A value that does not fit its field raises
 :class:`~bnfuse.errors.PrototxtSchemaError` naming ``file:line:column``, the
 field and the value.
 
-:func:`format_value` is the way back for new text: the token a Python value
-gets in a given field (enum names bare, strings quoted, float32 fields in the
-shortest form that reads back to the same float32).
-
 Example:
     >>> from google.protobuf import descriptor_pb2
     >>> from bnfuse.io.prototxt import Document
@@ -36,19 +32,17 @@ from google.protobuf.message import Message
 from bnfuse.errors import PrototxtSchemaError, excerpt
 from bnfuse.io.prototxt import (
     FieldNode,
-    Identifier,
     ListValue,
     MessageNode,
     ScalarKind,
     ScalarValue,
-    format_float,
 )
 
 # How C++ TextFormat reads a literal is the lexer's knowledge; textmsg reads plain
 # scalar fields from their text with it, without building their ScalarValue.
 from bnfuse.io.prototxt._lexer import literal_bool, literal_float, literal_int, string_bytes
 
-__all__ = ["fill_message", "format_value", "is_repeated", "type_name"]
+__all__ = ["fill_message", "is_repeated", "type_name"]
 
 _FD = FieldDescriptor
 
@@ -98,8 +92,8 @@ def is_repeated(field: FieldDescriptor) -> bool:
         True
     """
     flag = getattr(field, "is_repeated", None)
-    if flag is not None:
-        return bool(flag)
+    if isinstance(flag, bool):
+        return flag
     return bool(field.label == _FD.LABEL_REPEATED)
 
 
@@ -289,72 +283,4 @@ def _convert(  # noqa: PLR0917 - private helper, one call site
             return data.decode("utf-8")
         except UnicodeDecodeError:
             raise bad("the string is not valid UTF-8") from None
-    raise bad("unsupported field type")
-
-
-def format_value(
-    field: FieldDescriptor, value: str | int | float | bool | bytes | Identifier
-) -> ScalarValue:
-    """The token a Python value gets in ``field``: the reverse of :func:`fill_message`.
-
-    Enum values are written as their names (given as a name, an
-    :class:`~bnfuse.io.prototxt.Identifier` or a number), strings and bytes
-    quoted, float fields in the shortest text that reads back to the same
-    float32, double fields to the same double.
-
-    Example:
-        >>> from google.protobuf import descriptor_pb2
-        >>> fields = descriptor_pb2.FieldDescriptorProto.DESCRIPTOR.fields_by_name
-        >>> pairs = [("label", 3), ("type", "TYPE_FLOAT"), ("name", "x"), ("number", 7)]
-        >>> [format_value(fields[n], v).raw for n, v in pairs]
-        ['LABEL_REPEATED', 'TYPE_FLOAT', '"x"', '7']
-    """
-    kind = field.type
-
-    def bad(why: str) -> PrototxtSchemaError:
-        return PrototxtSchemaError(
-            f"field '{field.name}' ({type_name(field)}) cannot hold {value!r}: {why}"
-        )
-
-    if kind in _MESSAGE_TYPES:
-        raise bad("it is a message; give its items as a list of (name, value) pairs")
-    if kind == _FD.TYPE_ENUM:
-        enum = field.enum_type
-        if isinstance(value, Identifier):
-            value = value.name
-        if isinstance(value, str):
-            entry = enum.values_by_name.get(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            entry = enum.values_by_number.get(value)
-        else:
-            entry = None
-        if entry is None:
-            raise bad(f"not a value of enum {enum.name}")
-        return ScalarValue.from_python(Identifier(entry.name))
-    if kind == _FD.TYPE_BOOL:
-        if not isinstance(value, bool):
-            raise bad("expected True or False")
-        return ScalarValue.from_python(value)
-    if kind in _INT_RANGES:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("expected an int")
-        low, high = _INT_RANGES[kind]
-        if not low <= value <= high:
-            raise bad(f"out of range [{low}, {high}]")
-        return ScalarValue.from_python(value)
-    if kind in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("expected a float")
-        text = format_float(float(value), single=kind == _FD.TYPE_FLOAT)
-        return ScalarValue(text, "identifier" if text in ("inf", "nan") else "number")
-    if kind == _FD.TYPE_STRING:
-        if not isinstance(value, str) or isinstance(value, Identifier):
-            raise bad("expected a str")
-        return ScalarValue.from_python(value)
-    if kind == _FD.TYPE_BYTES:
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        if not isinstance(value, bytes):
-            raise bad("expected bytes")
-        return ScalarValue.from_python(value)
     raise bad("unsupported field type")

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnfuse.errors import UpgradeError
+from bnfuse.io.textmsg import is_repeated
 from bnfuse.proto import (
     BlobShape,
     LayerParameter,
@@ -193,18 +194,10 @@ def _copy_value(dst_msg: Any, name: str, value: Any) -> None:
     field = dst_msg.DESCRIPTOR.fields_by_name[name]
     if field.type == field.TYPE_MESSAGE:
         getattr(dst_msg, name).CopyFrom(value)
-    elif _is_repeated(field):
+    elif is_repeated(field):
         getattr(dst_msg, name).append(value)
     else:
         setattr(dst_msg, name, value)
-
-
-def _is_repeated(field: Any) -> bool:
-    # FieldDescriptor.label is deprecated on new runtimes; is_repeated is missing on old ones.
-    flag = getattr(field, "is_repeated", None)
-    if isinstance(flag, bool):
-        return flag
-    return bool(field.label == field.LABEL_REPEATED)
 
 
 def upgrade_v0_layer(old: V1LayerParameter) -> V1LayerParameter:
