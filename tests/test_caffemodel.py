@@ -918,7 +918,7 @@ def test_failure_mid_write_leaves_previous_output(
     def fail(piece: object) -> memoryview:
         raise error
 
-    monkeypatch.setattr(cm, "_array_bytes", fail)
+    monkeypatch.setattr(cm._writer, "_array_bytes", fail)
     data = src.read_bytes()
     with read_caffemodel(src) as model:
         entries = [_reencoded(r, data) if r.blobs else r for r in model.layers]
