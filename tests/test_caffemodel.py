@@ -552,6 +552,19 @@ def test_errors_carry_file_offset_and_layer_as_fields() -> None:
     assert str(info.value).startswith("cut.caffemodel: byte 0: field 100 claims ")
 
 
+def test_a_huge_layer_name_is_quoted_short() -> None:
+    proto = BlobProto(data=[1.0])
+    proto.shape.dim.extend([2])
+    name = "n\x1b" * 50_000  # long, with terminal escapes
+    data = _layer_bytes(LayerParameter(name=name), [proto.SerializeToString()])
+    with pytest.raises(CaffemodelError) as info:
+        read_caffemodel(data, name="w.caffemodel")
+    message = str(info.value)
+    assert len(message) < 250 and "\x1b" not in message and "\n" not in message
+    assert "layer 'n\\x1bn\\x1b" in message and "...' blob 0: shape (2,) needs 2 values" in message
+    assert info.value.layer == name
+
+
 def test_blob_without_data() -> None:
     empty_shape = BlobProto()
     empty_shape.shape.dim.extend([0, 3])

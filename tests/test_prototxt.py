@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bnfuse.errors import PrototxtSchemaError, PrototxtSyntaxError
+from bnfuse.errors import InternalError, PrototxtSchemaError, PrototxtSyntaxError
 from bnfuse.io.prototxt import (
     MAX_DEPTH,
     MAX_LITERAL_CHARS,
@@ -504,6 +504,29 @@ def test_add_rejects_bad_arguments() -> None:
         conv.add("bad name", 1)
     with pytest.raises(PrototxtSchemaError, match="not both"):
         conv.add("x", 1, after=conv.first("name"), before=conv.first("name"))
+
+
+def test_hand_made_values_are_checked_before_they_are_written() -> None:
+    doc = Document.parse(MULTI)
+    conv = _layer(doc, "conv1")
+    before = doc.render()
+    for raw in ("1 b: 2", "'open", "1 2", ""):
+        with pytest.raises(PrototxtSyntaxError):
+            conv.add("x", ScalarValue(raw, "number"))
+        with pytest.raises(PrototxtSyntaxError):
+            conv.first("name").set_value(ScalarValue(raw, "string"))  # type: ignore[union-attr]
+    assert doc.render() == before
+    assert conv.add("x", ScalarValue("-inf", "identifier")).value.kind == "number"  # type: ignore[union-attr]
+
+
+def test_an_edit_that_writes_bad_text_is_an_internal_error() -> None:
+    from bnfuse.io.prototxt._parser import parse_fragment
+
+    assert parse_fragment("a: 1").render() == "a: 1"
+    with pytest.raises(InternalError, match="an edit wrote 2 fields instead of one"):
+        parse_fragment("a: 1 b: 2")
+    with pytest.raises(InternalError, match="an edit wrote text that does not parse"):
+        parse_fragment("a: {")
 
 
 def test_edits_round_trip_through_parse() -> None:

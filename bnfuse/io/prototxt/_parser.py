@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from bnfuse.errors import excerpt
+from bnfuse.errors import InternalError, PrototxtSyntaxError, excerpt
 from bnfuse.io.prototxt._lexer import (
     EOF,
     MAX_LITERAL_CHARS,
@@ -310,11 +310,18 @@ def _fail_in_list(tokens: Tokens, i: int, wanted: str, frame: _Frame, why: str =
 
 
 def parse_fragment(text: str) -> FieldNode:
-    """Parse the text of one new field; it has no position (not from the source)."""
-    root = parse_tokens(Tokens(text, "<new>"), keep_positions=False)
-    (field,) = root.fields
-    field.parent = None
-    return field
+    """Parse the text of one new field; it has no position (not from the source).
+
+    The text is what an edit wrote for one field, so anything else is bnfuse's bug.
+    """
+    try:
+        fields = parse_tokens(Tokens(text, "<new>"), keep_positions=False).fields
+    except PrototxtSyntaxError as exc:
+        raise InternalError(f"an edit wrote text that does not parse: {exc}") from exc
+    if len(fields) != 1:
+        raise InternalError(f"an edit wrote {len(fields)} fields instead of one: {excerpt(text)}")
+    fields[0].parent = None
+    return fields[0]
 
 
 class Document:

@@ -166,14 +166,15 @@ class ScalarValue(_Positioned):
     @classmethod
     def from_python(cls, value: NewScalar) -> ScalarValue:
         """The token for a Python value: ``str``/``bytes`` quoted, ``bool`` as ``true``/``false``,
-        ``float`` in shortest round-trip form, :class:`Identifier` bare.
+        ``float`` in shortest round-trip form, :class:`Identifier` bare; a
+        :class:`ScalarValue` is copied once checked to be one valid value (:meth:`from_token`).
 
         Example:
             >>> [ScalarValue.from_python(v).raw for v in ("x", 3, 1e-05, True)]
             ['"x"', '3', '1e-05', 'true']
         """
         if isinstance(value, ScalarValue):
-            return cls(value.raw, value.kind)
+            return cls.from_token(value.raw)
         if isinstance(value, Identifier):
             if not IDENT_RE.match(value.name):
                 raise PrototxtSchemaError(f"{excerpt(value.name)} is not a valid identifier")
