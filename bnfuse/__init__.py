@@ -30,6 +30,7 @@ from bnfuse.errors import (
     PrototxtSyntaxError,
     ReadOnlyLayerError,
     UnsupportedLayerError,
+    UpgradeError,
 )
 from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
 from bnfuse.folding.planner import Action
@@ -73,6 +74,7 @@ __all__ = [
     "PrototxtSyntaxError",
     "ReadOnlyLayerError",
     "UnsupportedLayerError",
+    "UpgradeError",
     "VerifyResult",
     "__version__",
     "example_path",

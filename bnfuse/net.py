@@ -176,7 +176,7 @@ class Layer:
         public = name.lstrip("_")
         method = _EDIT_METHOD.get(public)
         hint = f"use {method} to change {public}" if method else "change it through Net methods"
-        raise ReadOnlyLayerError(f"layer {self._name!r} is read-only: {hint}")
+        raise ReadOnlyLayerError(f"layer {self._name!r} is read-only: {hint}", layer=self._name)
 
     def __delattr__(self, name: str) -> None:
         self.__setattr__(name, None)
@@ -487,7 +487,8 @@ class Net:
             if layer.param.SerializeToString(deterministic=True) != layer._param_bytes:
                 raise BnfuseError(
                     f"layer {layer.name!r}: its param was changed in place, which saving "
-                    "would lose; use Net.set_field or Net.clear_field to edit a layer")
+                    "would lose; use Net.set_field or Net.clear_field to edit a layer",
+                    layer=layer.name)
 
 
 # --- reading ---------------------------------------------------------------
@@ -549,7 +550,7 @@ def layer_included(param: LayerParameter, state: NetState, source: str = "<net>"
     if param.include and param.exclude:
         raise PrototxtSchemaError(
             f"{source}: layer {param.name!r} has both include and exclude rules; "
-            "Caffe accepts only one kind per layer")
+            "Caffe accepts only one kind per layer", path=source, layer=param.name)
     if param.include:
         return any(_state_meets_rule(state, rule) for rule in param.include)
     return not any(_state_meets_rule(state, rule) for rule in param.exclude)
@@ -628,7 +629,7 @@ def _parse_prototxt(
     try:
         notes = upgrade_net(net_param)
     except UpgradeError as exc:
-        raise UpgradeError(f"{source}: {exc}") from None
+        raise UpgradeError(f"{source}: {exc}", path=source) from None
     upgraded_text = text_format.MessageToString(net_param)
     return Document.parse(upgraded_text, source=source), net_param, notes, text
 
@@ -644,7 +645,7 @@ def _input_layer(net_param: NetParameter, source: str) -> LayerParameter | None:
     try:
         upgrade_net(probe)
     except UpgradeError as exc:
-        raise UpgradeError(f"{source}: {exc}") from None
+        raise UpgradeError(f"{source}: {exc}", path=source) from None
     return probe.layer[0] if probe.layer else None
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 
-from bnfuse.errors import PrototxtSchemaError, PrototxtSyntaxError
+from bnfuse.errors import InternalError, PrototxtSchemaError, PrototxtSyntaxError
 from bnfuse.io.prototxt import (
     MAX_DEPTH,
+    MAX_LITERAL_CHARS,
     Document,
     Identifier,
     ListValue,
@@ -18,6 +20,8 @@ from bnfuse.io.prototxt import (
     format_float,
     quote_string,
 )
+from bnfuse.io.textmsg import fill_message
+from bnfuse.proto import NetParameter
 from tests.conftest import corpus_prototxts, golden_cases, shared_path
 
 # --------------------------------------------------------------------------------------
@@ -502,6 +506,29 @@ def test_add_rejects_bad_arguments() -> None:
         conv.add("x", 1, after=conv.first("name"), before=conv.first("name"))
 
 
+def test_hand_made_values_are_checked_before_they_are_written() -> None:
+    doc = Document.parse(MULTI)
+    conv = _layer(doc, "conv1")
+    before = doc.render()
+    for raw in ("1 b: 2", "'open", "1 2", ""):
+        with pytest.raises(PrototxtSyntaxError):
+            conv.add("x", ScalarValue(raw, "number"))
+        with pytest.raises(PrototxtSyntaxError):
+            conv.first("name").set_value(ScalarValue(raw, "string"))  # type: ignore[union-attr]
+    assert doc.render() == before
+    assert conv.add("x", ScalarValue("-inf", "identifier")).value.kind == "number"  # type: ignore[union-attr]
+
+
+def test_an_edit_that_writes_bad_text_is_an_internal_error() -> None:
+    from bnfuse.io.prototxt._parser import parse_fragment
+
+    assert parse_fragment("a: 1").render() == "a: 1"
+    with pytest.raises(InternalError, match="an edit wrote 2 fields instead of one"):
+        parse_fragment("a: 1 b: 2")
+    with pytest.raises(InternalError, match="an edit wrote text that does not parse"):
+        parse_fragment("a: {")
+
+
 def test_edits_round_trip_through_parse() -> None:
     doc = Document.parse(MULTI)
     _layer(doc, "bn1").add("batch_norm_param", [("eps", 1e-3)])
@@ -607,6 +634,7 @@ def test_syntax_errors_name_place_and_expectation(
     err = info.value
     assert (err.source, err.line, err.column, err.detail) == ("net.prototxt", line, column, message)
     assert str(err) == f"net.prototxt:{line}:{column}: {message}"
+    assert (err.path, err.layer) == ("net.prototxt", None)
 
 
 def test_columns_count_characters_after_crlf_and_tabs() -> None:
@@ -635,6 +663,172 @@ def test_nesting_limit_is_a_clean_syntax_error() -> None:
         PrototxtSyntaxError, match="expected ',' or ']' in the list of 'a', found ':'"
     ):
         Document.parse("a: [a: [1]]")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'a: "' + '\\"' * 20,  # a string of escaped quotes that never closes
+        "a: '" + "\\'" * 20,
+        '"\\' * 20,  # a quote at every other character, none of them closing a string
+        "a: '" + "x\"" * 20,
+    ],
+    ids=["escaped-double", "escaped-single", "quote-backslash", "other-quotes"],
+)
+def test_unterminated_strings_are_split_in_linear_time(line: str) -> None:
+    # Each unterminated literal used to be retried from each of its quotes: quadratic,
+    # a 1 MB line took hours. Linear: 8 times the text costs about 8 times the time, not
+    # 64. (Sizes stay small so that quadratic code fails in seconds; past ~500 kB the
+    # regex engine's own memory makes even linear scanning grow faster than the text.)
+    prefix, unit = line[: line.index(line[-2:])], line[-2:]
+
+    def seconds(repeat: int) -> float:
+        text = prefix + unit * repeat + "\n"
+        best = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            with pytest.raises(PrototxtSyntaxError) as info:
+                Document.parse(text, source="long.prototxt")
+            best = min(best, time.perf_counter() - start)
+        assert info.value.detail == "unterminated string literal (strings cannot span lines)"
+        return best
+
+    small = seconds(2_000)
+    large = seconds(16_000)
+    assert large < 20 * small, (small, large)
+    # A line of 1 MB fails cleanly (quadratic code would run for hours here).
+    with pytest.raises(PrototxtSyntaxError, match=r"^m\.prototxt:1:\d: unterminated string"):
+        Document.parse(prefix + unit * 500_000 + "\n", source="m.prototxt")
+
+
+def test_a_long_terminated_string_of_escapes_reads_back() -> None:
+    text = 'a: "' + '\\"' * 100_000 + '"\n'
+    doc = Document.parse(text)
+    assert doc.render() == text
+    assert doc.root.scalar("a").as_bytes() == b'"' * 100_000  # type: ignore[union-attr]
+
+
+def test_number_literals_longer_than_the_limit_are_syntax_errors() -> None:
+    assert MAX_LITERAL_CHARS == 1000
+    fits = "a: " + "1" * MAX_LITERAL_CHARS
+    assert Document.parse(fits).root.scalar("a").as_int() == int("1" * MAX_LITERAL_CHARS)  # type: ignore[union-attr]
+    digits = "7" * 5000  # past Python's own 4300-digit limit of int()
+    with pytest.raises(PrototxtSyntaxError) as info:
+        Document.parse(f"layer {{\n  b: -{digits}\n}}\n", source="big.prototxt")
+    error = info.value
+    assert (error.path, error.line, error.column) == ("big.prototxt", 2, 7)
+    assert error.detail == (
+        "number literal of 5000 characters, longer than the 1000 allowed: "
+        "'7777777777777777777777777777777777777...'"
+    )
+    with pytest.raises(PrototxtSyntaxError, match="number literal of 1001 characters"):
+        Document.parse("a: [1, " + "2" * (MAX_LITERAL_CHARS + 1) + "]")
+
+
+def test_values_made_by_hand_never_reach_int_limits() -> None:
+    with pytest.raises(PrototxtSchemaError, match="an integer of 16610 bits is too long"):
+        ScalarValue.from_python(10**5000)
+    with pytest.raises(PrototxtSchemaError, match=r"^<new>:0:0: expected an integer, found '99"):
+        ScalarValue("9" * 5000, "number").as_int()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "n" * 100_000 + " 5",  # a name followed by neither ':' nor '{'
+        "layer { " + "n" * 100_000 + ": ",  # end of file after a long name
+        "a: 1" + "x" * 100_000,  # a number glued to a long word
+        "a: 0" + "9" * 900,  # a long non-octal number with a leading zero
+        "p { " + "q" * 100_000 + " { a: 1 ] }",  # the wrong bracket in a long-named message
+        "d: [1, 2 " + "z" * 100_000 + "]",
+        "a: '" + "x" * 100_000 + "\\q'",  # an invalid escape at the end of a long string
+    ],
+)
+def test_syntax_errors_quote_little_of_the_text(text: str) -> None:
+    with pytest.raises(PrototxtSyntaxError) as info:
+        Document.parse(text, source="n.prototxt")
+    assert len(str(info.value)) < 200, str(info.value)
+
+
+def test_reading_errors_quote_little_of_the_text() -> None:
+    doc = Document.parse("a: '" + "x" * 100_000 + "'\n" + "m" * 100_000 + " { }\n")
+    with pytest.raises(PrototxtSchemaError) as info:
+        doc.root.scalar("a").as_int()  # type: ignore[union-attr]
+    assert len(str(info.value)) < 100
+    with pytest.raises(PrototxtSchemaError) as info:
+        doc.root.scalar("m" * 100_000)
+    assert len(str(info.value)) < 100
+
+
+# --------------------------------------------------------------------------------------
+# Plain scalar fields hold their text until read
+
+
+def test_scalar_fields_build_their_value_when_first_read() -> None:
+    import gc
+
+    text = "layer { name: 'c' type: \"Convolution\" p { n: 64 b: true e: -1e-5 } }\n" * 200
+
+    def scalar_values() -> int:
+        gc.collect()
+        return sum(isinstance(o, ScalarValue) for o in gc.get_objects())
+
+    before = scalar_values()
+    doc = Document.parse(text)
+    assert doc.render() == text
+    fill_message(doc.root, NetParameter())  # bnfuse.load reads every field this way
+    assert scalar_values() == before
+    layer = doc.root.messages("layer")[0]
+    field = layer.first("name")
+    assert field is not None
+    assert field.raw_scalar() == ("'c'", "string")
+    value = field.value
+    assert value is field.value  # built once, then kept
+    assert isinstance(value, ScalarValue) and value.parent is field
+    assert (value.raw, value.kind, value.text()) == ("'c'", "string", "c")
+    assert (value.line, value.column) == (1, 15)
+    e = layer.message("p").first("e")  # type: ignore[union-attr]
+    assert e is not None and e.raw_scalar() == ("-1e-5", "number")
+    assert e.value.as_float() == -1e-5  # type: ignore[union-attr]
+    field.set_value("c2")
+    assert field.raw_scalar() == ("'c2'", "string")
+    assert doc.render().startswith("layer { name: 'c2' type:")
+
+
+# --------------------------------------------------------------------------------------
+# No global side effects
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_parsing_leaves_the_garbage_collector_as_it_was(enabled: bool) -> None:
+    import gc
+
+    text = "layer { name: 'a' p { q: [1, 2] } }\n" * 2000
+    before_thresholds = gc.get_threshold()
+    was_enabled = gc.isenabled()
+    seen: list[bool] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        seen.append(gc.isenabled())
+
+    (gc.enable if enabled else gc.disable)()
+    gc.callbacks.append(watch)
+    try:
+        doc = Document.parse(text)
+        collections = len(seen)  # before an assertion's own allocations add any
+        assert gc.isenabled() is enabled
+        assert gc.get_threshold() == before_thresholds
+        # Enabled, the collector runs during the parse (2000 layers make far more objects
+        # than the first generation's threshold): it was not switched off meanwhile.
+        assert (collections > 0) is enabled
+        assert doc.render() == text
+        with pytest.raises(PrototxtSyntaxError):
+            Document.parse(text + "}")
+        assert gc.isenabled() is enabled
+        assert gc.get_threshold() == before_thresholds
+    finally:
+        gc.callbacks.remove(watch)
+        (gc.enable if was_enabled else gc.disable)()
 
 
 # --------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import text_format
 
 from bnfuse.errors import PrototxtSchemaError
-from bnfuse.io.prototxt import Document, Identifier, MessageNode
-from bnfuse.io.textmsg import fill_message, format_value, is_repeated, type_name
+from bnfuse.io.prototxt import Document, MessageNode
+from bnfuse.io.textmsg import fill_message, is_repeated, type_name
 from bnfuse.proto import LayerParameter, NetParameter
 from tests.conftest import corpus_prototxts, shared_path
 
@@ -172,74 +172,21 @@ def test_values_that_do_not_fit_raise_schema_errors(text: str, words: str) -> No
 
 def test_source_override_names_the_file() -> None:
     doc = Document.parse("name: 1")
-    with pytest.raises(PrototxtSchemaError, match=r"^deploy\.prototxt:1:7: field 'name'"):
+    with pytest.raises(PrototxtSchemaError, match=r"^deploy\.prototxt:1:7: field 'name'") as info:
         fill_message(doc.root, LayerParameter(), source="deploy.prototxt")
+    assert (info.value.path, info.value.line, info.value.column) == ("deploy.prototxt", 1, 7)
+    assert info.value.detail == "field 'name' (string) cannot hold '1': expected a quoted string"
 
 
-def test_format_value_for_fields() -> None:
-    conv = LayerParameter.DESCRIPTOR.fields_by_name["convolution_param"].message_type
-    pool = LayerParameter.DESCRIPTOR.fields_by_name["pooling_param"].message_type
-    bn = LayerParameter.DESCRIPTOR.fields_by_name["batch_norm_param"].message_type
-    assert format_value(LAYER_FIELDS["name"], 'conv "1"').raw == '"conv \\"1\\""'
-    assert format_value(LAYER_FIELDS["phase"], "TEST").raw == "TEST"
-    assert format_value(LAYER_FIELDS["phase"], 0).raw == "TRAIN"
-    assert format_value(pool.fields_by_name["pool"], Identifier("AVE")).raw == "AVE"
-    assert format_value(conv.fields_by_name["num_output"], 64).raw == "64"
-    assert format_value(conv.fields_by_name["bias_term"], True).raw == "true"
-    # float32 fields: the shortest text that reads back to the same float32.
-    stored = LayerParameter(batch_norm_param={"eps": 1e-5}).batch_norm_param.eps
-    assert stored != 1e-5
-    assert format_value(bn.fields_by_name["eps"], stored).raw == "1e-05"
-    assert format_value(bn.fields_by_name["eps"], 0.001).raw == "0.001"
-    assert format_value(bn.fields_by_name["eps"], math.inf).raw == "inf"
-    assert format_value(LAYER_FIELDS["loss_weight"], 1).raw == "1.0"
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "words"),
-    [
-        (
-            "phase",
-            "TESTING",
-            "field 'phase' (Phase) cannot hold 'TESTING': not a value of enum Phase",
-        ),
-        ("name", 3, "field 'name' (string) cannot hold 3: expected a str"),
-        (
-            "propagate_down",
-            1,
-            "field 'propagate_down' (bool) cannot hold 1: expected True or False",
-        ),
-        ("convolution_param", 1, "it is a message"),
-        ("loss_weight", "1", "expected a float"),
-    ],
-)
-def test_format_value_rejects_values_that_do_not_fit(field: str, value: object, words: str) -> None:
+def test_schema_errors_of_values_carry_file_line_and_column() -> None:
+    doc = Document.parse("a: 1\nname: 'x'\n  type:  7\n", source="n.prototxt")
     with pytest.raises(PrototxtSchemaError) as info:
-        format_value(LAYER_FIELDS[field], value)  # type: ignore[arg-type]
-    assert words in str(info.value)
-
-
-def test_format_value_range_checks_ints() -> None:
-    conv = LAYER_FIELDS["convolution_param"].message_type
-    with pytest.raises(PrototxtSchemaError, match=r"out of range \[0, 4294967295\]"):
-        format_value(conv.fields_by_name["num_output"], -1)
-
-
-def test_new_text_from_format_value_reads_back() -> None:
-    doc = Document.parse('layer {\n  name: "bn"\n  type: "BatchNorm"\n}\n')
-    layer = doc.root.message("layer")
-    assert layer is not None
-    bn = LAYER_FIELDS["batch_norm_param"].message_type.fields_by_name
-    layer.add("phase", format_value(LAYER_FIELDS["phase"], "TEST"), after=layer.first("type"))
-    layer.add("batch_norm_param", [("eps", format_value(bn["eps"], 1e-3))])
-    message = LayerParameter()
-    assert fill_message(Document.parse(doc.render()).root.messages("layer")[0], message) == []
-    assert message.phase == 1
-    assert message.batch_norm_param.eps == pytest.approx(1e-3)
-    assert doc.render() == (
-        'layer {\n  name: "bn"\n  type: "BatchNorm"\n  phase: TEST\n'
-        "  batch_norm_param {\n    eps: 0.001\n  }\n}\n"
-    )
+        fill_message(doc.root, LayerParameter())
+    assert (info.value.path, info.value.line, info.value.column) == ("n.prototxt", 3, 10)
+    with pytest.raises(PrototxtSchemaError) as info:
+        doc.root.scalar("name").as_int()  # type: ignore[union-attr]
+    assert str(info.value) == "n.prototxt:2:7: expected an integer, found \"'x'\""
+    assert (info.value.path, info.value.line, info.value.column) == ("n.prototxt", 2, 7)
 
 
 def test_descriptor_helpers() -> None:

@@ -17,11 +17,9 @@ from bnfuse.io.wire import (
     encode_tag,
     encode_varint,
     iter_fields,
-    len_field_size,
     read_field,
     read_varint,
     to_signed64,
-    varint_size,
 )
 from bnfuse.proto import BlobProto, BlobShape, NetParameter
 
@@ -41,7 +39,6 @@ from bnfuse.proto import BlobProto, BlobShape, NetParameter
 def test_varint_known_encodings(value: int, encoded: bytes) -> None:
     assert encode_varint(value) == encoded
     assert read_varint(encoded, 0) == (value, len(encoded))
-    assert varint_size(value) == len(encoded)
 
 
 def test_negative_varint_is_ten_bytes_twos_complement() -> None:
@@ -88,8 +85,6 @@ def test_tags_and_headers() -> None:
     assert encode_tag(100, 2) == b"\xa2\x06"
     assert encode_tag(5, 5) == b"\x2d"
     assert encode_len_header(7, 300) == b"\x3a\xac\x02"
-    assert len_field_size(7, 300) == 3 + 300
-    assert len_field_size(100, 10) == 2 + 1 + 10
 
 
 def test_iter_fields_every_wire_type() -> None:
@@ -180,7 +175,6 @@ def test_works_on_memoryview_and_mmap(tmp_path: Path) -> None:
 def test_varint_round_trip(value: int) -> None:
     encoded = encode_varint(value)
     assert read_varint(b"\x00" + encoded, 1) == (value, 1 + len(encoded))
-    assert varint_size(value) == len(encoded)
 
 
 @given(st.binary(max_size=64))

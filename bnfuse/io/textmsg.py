@@ -13,10 +13,6 @@ keeps them byte for byte).  A value that does not fit its field raises
 :class:`~bnfuse.errors.PrototxtSchemaError` naming ``file:line:column``, the
 field and the value.
 
-:func:`format_value` is the way back for new text: the token a Python value
-gets in a given field (enum names bare, strings quoted, float32 fields in the
-shortest form that reads back to the same float32).
-
 Example:
     >>> from google.protobuf import descriptor_pb2
     >>> from bnfuse.io.prototxt import Document
@@ -35,17 +31,20 @@ from collections.abc import Collection
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from bnfuse.errors import PrototxtSchemaError
+from bnfuse.errors import PrototxtSchemaError, excerpt
 from bnfuse.io.prototxt import (
     FieldNode,
-    Identifier,
     ListValue,
     MessageNode,
+    ScalarKind,
     ScalarValue,
-    format_float,
 )
 
-__all__ = ["fill_message", "format_value", "is_repeated", "type_name"]
+# How C++ TextFormat reads a literal is the lexer's knowledge; textmsg reads plain
+# scalar fields from their text with it, without building their ScalarValue.
+from bnfuse.io.prototxt._lexer import literal_bool, literal_float, literal_int, string_bytes
+
+__all__ = ["fill_message", "is_repeated", "type_name"]
 
 _FD = FieldDescriptor
 
@@ -95,8 +94,8 @@ def is_repeated(field: FieldDescriptor) -> bool:
         True
     """
     flag = getattr(field, "is_repeated", None)
-    if flag is not None:
-        return bool(flag)
+    if isinstance(flag, bool):
+        return flag
     return bool(field.label == _FD.LABEL_REPEATED)
 
 
@@ -143,11 +142,16 @@ def fill_message(node: MessageNode, message: Message, *, source: str | None = No
     return list(unknown)
 
 
+def _shown(path: str) -> str:
+    """A field path quoted for a message (names in a file can be any length)."""
+    return excerpt(path, 160)
+
+
 def _fail(
-    where: FieldNode | ScalarValue | MessageNode, source: str | None, message: str
+    where: FieldNode | ScalarValue | MessageNode | ListValue, source: str | None, message: str
 ) -> PrototxtSchemaError:
     name = source if source is not None else where.source
-    return PrototxtSchemaError(f"{name}:{where.line}:{where.column}: {message}")
+    return PrototxtSchemaError.at(name, where.line, where.column, message)
 
 
 def _fill(
@@ -175,11 +179,13 @@ def _fill(
                 raise _fail(
                     field,
                     source,
-                    f"field '{path}' is set more than once, but it is not repeated",
+                    f"field {_shown(path)} is set more than once, but it is not repeated",
                 )
-            if isinstance(field.value, ListValue):
+            if field.is_list:
                 raise _fail(
-                    field, source, f"field '{path}' is not repeated, so it cannot take a list [...]"
+                    field,
+                    source,
+                    f"field {_shown(path)} is not repeated, so it cannot take a list [...]",
                 )
         seen.add(field.name)
         if fd.type in _MESSAGE_TYPES:
@@ -188,8 +194,8 @@ def _fill(
                     raise _fail(
                         value,
                         source,
-                        f"field '{path}' is a message ({type_name(fd)}), "
-                        f"expected '{{ ... }}', found {value.raw!r}",
+                        f"field {_shown(path)} is a message ({type_name(fd)}), "
+                        f"expected '{{ ... }}', found {excerpt(value.raw)}",
                     )
                 if repeated:
                     container = getattr(message, field.name)
@@ -202,139 +208,90 @@ def _fill(
                     sub_prefix = path + "."
                 _fill(value, sub, sub_prefix, source, unknown)
             continue
-        for value in field.values:
-            if isinstance(value, MessageNode):
-                raise _fail(
-                    value,
-                    source,
-                    f"field '{path}' is a {type_name(fd)}, not a message",
-                )
-            converted = _convert(fd, value, path, source)
-            if repeated:
-                getattr(message, field.name).append(converted)
-            else:
-                setattr(message, field.name, converted)
+        token = field.raw_scalar()
+        if token is not None:
+            # A plain scalar field is read from its text: no ScalarValue is built for it.
+            values = [_convert(fd, token[0], token[1], field, path, source)]
+        else:
+            values = [
+                _convert(fd, v.raw, v.kind, v, path, source)
+                for v in _scalar_elements(field, fd, path, source)
+            ]
+        if repeated:
+            getattr(message, field.name).extend(values)
+        else:
+            setattr(message, field.name, values[0])
 
 
-def _convert(
-    fd: FieldDescriptor, value: ScalarValue, path: str, source: str | None
+def _scalar_elements(
+    field: FieldNode, fd: FieldDescriptor, path: str, source: str | None
+) -> list[ScalarValue]:
+    """The elements of a list (or a message) written where ``fd`` wants scalars."""
+    out: list[ScalarValue] = []
+    for value in field.values:
+        if isinstance(value, MessageNode):
+            raise _fail(value, source, f"field {_shown(path)} is a {type_name(fd)}, not a message")
+        out.append(value)
+    return out
+
+
+def _convert(  # noqa: PLR0917 - private helper, one call site
+    fd: FieldDescriptor,
+    raw: str,
+    kind: ScalarKind,
+    where: FieldNode | ScalarValue,
+    path: str,
+    source: str | None,
 ) -> int | float | bool | str | bytes:
     """The Python value of one token for field ``fd``, by C++ TextFormat's rules."""
-    kind = fd.type
+    field_type = fd.type
 
     def bad(why: str) -> PrototxtSchemaError:
+        # Only now is the value's node built (for its line and column).
+        value = where.value if isinstance(where, FieldNode) else where
         return _fail(
-            value, source, f"field '{path}' ({type_name(fd)}) cannot hold {value.raw!r}: {why}"
+            value,
+            source,
+            f"field {_shown(path)} ({type_name(fd)}) cannot hold {excerpt(raw)}: {why}",
         )
 
-    if kind in _INT_RANGES:
-        number = value.int_or_none()
+    if field_type in _INT_RANGES:
+        number = literal_int(raw, kind)
         if number is None:
             raise bad("expected an integer")
-        low, high = _INT_RANGES[kind]
+        low, high = _INT_RANGES[field_type]
         if not low <= number <= high:
             raise bad(f"out of range [{low}, {high}]")
         return number
-    if kind in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
-        real = value.float_or_none()
+    if field_type in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
+        real = literal_float(raw, kind)
         if real is None:
             raise bad("expected a decimal number, inf or nan")
         return real
-    if kind == _FD.TYPE_BOOL:
-        if value.kind == "identifier" and value.raw in ("true", "True", "t"):
-            return True
-        if value.kind == "identifier" and value.raw in ("false", "False", "f"):
-            return False
-        if value.int_or_none() in (0, 1):
-            return value.int_or_none() == 1
-        raise bad("expected true or false")
-    if kind == _FD.TYPE_ENUM:
+    if field_type == _FD.TYPE_BOOL:
+        truth = literal_bool(raw, kind)
+        if truth is None:
+            raise bad("expected true or false")
+        return truth
+    if field_type == _FD.TYPE_ENUM:
         enum = fd.enum_type
-        if value.kind == "identifier":
-            entry = enum.values_by_name.get(value.raw)
+        if kind == "identifier":
+            entry = enum.values_by_name.get(raw)
         else:
-            number = value.int_or_none()
+            number = literal_int(raw, kind)
             entry = enum.values_by_number.get(number) if number is not None else None
         if entry is None:
             names = ", ".join(v.name for v in enum.values)
             raise bad(f"not a value of enum {enum.name} ({names})")
         return int(entry.number)
-    if kind in (_FD.TYPE_STRING, _FD.TYPE_BYTES):
-        if value.kind != "string":
+    if field_type in (_FD.TYPE_STRING, _FD.TYPE_BYTES):
+        if kind != "string":
             raise bad("expected a quoted string")
-        data = value.as_bytes()
-        if kind == _FD.TYPE_BYTES:
+        data = string_bytes(raw)
+        if field_type == _FD.TYPE_BYTES:
             return data
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             raise bad("the string is not valid UTF-8") from None
-    raise bad("unsupported field type")
-
-
-def format_value(
-    field: FieldDescriptor, value: str | int | float | bool | bytes | Identifier
-) -> ScalarValue:
-    """The token a Python value gets in ``field``: the reverse of :func:`fill_message`.
-
-    Enum values are written as their names (given as a name, an
-    :class:`~bnfuse.io.prototxt.Identifier` or a number), strings and bytes
-    quoted, float fields in the shortest text that reads back to the same
-    float32, double fields to the same double.
-
-    Example:
-        >>> from google.protobuf import descriptor_pb2
-        >>> fields = descriptor_pb2.FieldDescriptorProto.DESCRIPTOR.fields_by_name
-        >>> pairs = [("label", 3), ("type", "TYPE_FLOAT"), ("name", "x"), ("number", 7)]
-        >>> [format_value(fields[n], v).raw for n, v in pairs]
-        ['LABEL_REPEATED', 'TYPE_FLOAT', '"x"', '7']
-    """
-    kind = field.type
-
-    def bad(why: str) -> PrototxtSchemaError:
-        return PrototxtSchemaError(
-            f"field '{field.name}' ({type_name(field)}) cannot hold {value!r}: {why}"
-        )
-
-    if kind in _MESSAGE_TYPES:
-        raise bad("it is a message; give its items as a list of (name, value) pairs")
-    if kind == _FD.TYPE_ENUM:
-        enum = field.enum_type
-        if isinstance(value, Identifier):
-            value = value.name
-        if isinstance(value, str):
-            entry = enum.values_by_name.get(value)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            entry = enum.values_by_number.get(value)
-        else:
-            entry = None
-        if entry is None:
-            raise bad(f"not a value of enum {enum.name}")
-        return ScalarValue.from_python(Identifier(entry.name))
-    if kind == _FD.TYPE_BOOL:
-        if not isinstance(value, bool):
-            raise bad("expected True or False")
-        return ScalarValue.from_python(value)
-    if kind in _INT_RANGES:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("expected an int")
-        low, high = _INT_RANGES[kind]
-        if not low <= value <= high:
-            raise bad(f"out of range [{low}, {high}]")
-        return ScalarValue.from_python(value)
-    if kind in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("expected a float")
-        text = format_float(float(value), single=kind == _FD.TYPE_FLOAT)
-        return ScalarValue(text, "identifier" if text in ("inf", "nan") else "number")
-    if kind == _FD.TYPE_STRING:
-        if not isinstance(value, str) or isinstance(value, Identifier):
-            raise bad("expected a str")
-        return ScalarValue.from_python(value)
-    if kind == _FD.TYPE_BYTES:
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        if not isinstance(value, bytes):
-            raise bad("expected bytes")
-        return ScalarValue.from_python(value)
     raise bad("unsupported field type")

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bnfuse.errors import BnfuseError
+from bnfuse.errors import UpgradeError, excerpt
+from bnfuse.io.textmsg import is_repeated
 from bnfuse.proto import (
     BlobShape,
     LayerParameter,
@@ -188,27 +189,15 @@ _DATA_TRANSFORM_PARAMS = {
 }
 
 
-class UpgradeError(BnfuseError):
-    """An old-format net that Caffe itself could not upgrade either."""
-
-
 def _copy_value(dst_msg: Any, name: str, value: Any) -> None:
     """Set ``dst_msg.name`` from a value of the matching (scalar, repeated or message) field."""
     field = dst_msg.DESCRIPTOR.fields_by_name[name]
     if field.type == field.TYPE_MESSAGE:
         getattr(dst_msg, name).CopyFrom(value)
-    elif _is_repeated(field):
+    elif is_repeated(field):
         getattr(dst_msg, name).append(value)
     else:
         setattr(dst_msg, name, value)
-
-
-def _is_repeated(field: Any) -> bool:
-    # FieldDescriptor.label is deprecated on new runtimes; is_repeated is missing on old ones.
-    flag = getattr(field, "is_repeated", None)
-    if isinstance(flag, bool):
-        return flag
-    return bool(field.label == field.LABEL_REPEATED)
 
 
 def upgrade_v0_layer(old: V1LayerParameter) -> V1LayerParameter:
@@ -232,7 +221,7 @@ def upgrade_v0_layer(old: V1LayerParameter) -> V1LayerParameter:
         new.name = v0.name
     if v0.HasField("type"):
         if kind not in V0_TYPES:
-            raise UpgradeError(f"V0 layer {v0.name!r} has unknown type {kind!r}")
+            raise UpgradeError(f"V0 layer {excerpt(v0.name)} has unknown type {excerpt(kind)}")
         new.type = V1LayerParameter.LayerType.Value(V0_TYPES[kind])  # type: ignore[assignment]
     new.blobs.extend(v0.blobs)
     new.blobs_lr.extend(v0.blobs_lr)
@@ -267,14 +256,16 @@ def _merge_v0_padding(net: NetParameter) -> None:
         copy.CopyFrom(entry)
         for j, blob in enumerate(entry.bottom):
             if blob not in last_writer:
-                raise UpgradeError(f"V0 layer {entry.layer.name!r} reads unknown blob {blob!r}")
+                raise UpgradeError(
+                    f"V0 layer {excerpt(entry.layer.name)} reads unknown blob {excerpt(blob)}"
+                )
             source_index = last_writer[blob]
             if source_index < 0 or net.layers[source_index].layer.type != "padding":
                 continue
             if entry.layer.type not in ("conv", "pool"):
                 raise UpgradeError(
-                    f"V0 padding layer feeds {entry.layer.name!r} of type "
-                    f"{entry.layer.type!r}; only conv and pool can absorb padding"
+                    f"V0 padding layer feeds {excerpt(entry.layer.name)} of type "
+                    f"{excerpt(entry.layer.type)}; only conv and pool can absorb padding"
                 )
             source = net.layers[source_index]
             copy.layer.pad = source.layer.pad
@@ -314,7 +305,7 @@ def upgrade_v1_layer(old: V1LayerParameter) -> LayerParameter:
         ('InnerProduct', [(1.0, 1.0), (2.0, 0.0)])
     """
     if old.HasField("layer"):
-        raise UpgradeError(f"layer {old.name!r} still holds a V0 layer; upgrade it first")
+        raise UpgradeError(f"layer {excerpt(old.name)} still holds a V0 layer; upgrade it first")
     new = LayerParameter(bottom=list(old.bottom), top=list(old.top))
     if old.HasField("name"):
         new.name = old.name

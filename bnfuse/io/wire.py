@@ -67,8 +67,12 @@ class Field(NamedTuple):
 
 
 def _fail(offset: int, detail: str) -> NoReturn:
-    """Raise the one error this module raises, with the offset first."""
-    raise CaffemodelError(f"byte {offset}: {detail}")
+    """Raise the one error this module raises, at ``offset``.
+
+    These helpers do not know the file they read: the caller that does (the
+    caffemodel reader) builds its own error from ``offset`` and ``detail``.
+    """
+    raise CaffemodelError.at(offset, detail)
 
 
 def read_varint(buf: Buffer, pos: int, end: int | None = None) -> tuple[int, int]:
@@ -171,16 +175,6 @@ def iter_fields(buf: Buffer, start: int = 0, end: int | None = None) -> Iterator
         pos = field.value_end
 
 
-def varint_size(value: int) -> int:
-    """Number of bytes :func:`encode_varint` produces for ``value`` (0 <= value < 2**64).
-
-    Example:
-        >>> varint_size(127), varint_size(128), varint_size(2**63)
-        (1, 2, 10)
-    """
-    return max(1, (value.bit_length() + 6) // 7)
-
-
 def encode_varint(value: int) -> bytes:
     """Encode an unsigned varint; negative numbers are written as 64-bit two's complement.
 
@@ -222,16 +216,6 @@ def encode_len_header(number: int, length: int) -> bytes:
     return encode_tag(number, WIRETYPE_LENGTH_DELIMITED) + encode_varint(length)
 
 
-def len_field_size(number: int, length: int) -> int:
-    """Total size of a length-delimited field (tag, length prefix, payload).
-
-    Example:
-        >>> len_field_size(7, 1000) == len(encode_len_header(7, 1000)) + 1000
-        True
-    """
-    return varint_size((number << 3) | WIRETYPE_LENGTH_DELIMITED) + varint_size(length) + length
-
-
 __all__ = [
     "MAX_VARINT_BYTES",
     "WIRETYPE_END_GROUP",
@@ -246,9 +230,7 @@ __all__ = [
     "encode_tag",
     "encode_varint",
     "iter_fields",
-    "len_field_size",
     "read_field",
     "read_varint",
     "to_signed64",
-    "varint_size",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 DESCRIPTION = ("BlobShape.dim repeated 999 times: numpy refused the reshape with "
                "'maximum supported dimension for an ndarray is currently 64' (ValueError)")
 FOUND_BY = "fuzz.run seed 7 input 220 (golden/scale_factor_zero; tree: repeat field 1 x1000)"
-FIXED_IN = "bnfuse/io/caffemodel.py _scan_blob: more than 32 axes (Caffe's kMaxBlobAxes) refused"
+FIXED_IN = "bnfuse/io/caffemodel/_index.py _scan_blob: over 32 axes (Caffe's kMaxBlobAxes) refused"
 EXPECT = "CaffemodelError"
 
 PROTOTXT = b'layer { name: "sc" type: "Scale" bottom: "x" top: "x" }\n'

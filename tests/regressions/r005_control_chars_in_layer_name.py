@@ -6,7 +6,7 @@ DESCRIPTION = ("A blob error in a layer whose name (from the damaged file) holds
                "'\\x1b[31m': the CaffemodelError message was printed over two lines with the "
                "escape sequence raw, breaking the one-line rule and the user's terminal")
 FOUND_BY = "bounded fuzz seed 2024 input 6566 (golden/global_stats_off; nested garbage)"
-FIXED_IN = "bnfuse/io/caffemodel.py _scan_blob: the layer name is shown with repr()"
+FIXED_IN = "bnfuse/io/caffemodel/_index.py _scan_blob: the layer name is shown with errors.excerpt"
 EXPECT = "CaffemodelError"
 
 PROTOTXT = b'layer { name: "sc" type: "Scale" bottom: "x" top: "x" }\n'
