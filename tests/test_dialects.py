@@ -173,6 +173,15 @@ def test_the_layout_written_without_weights_reads_back_the_same(
     assert detect(layer_type, fields, len(structural.roles)) == structural
 
 
+def test_fields_are_read_with_the_text_parsers_literal_rules() -> None:
+    # protobuf's text format accepts a float suffix and these spellings of booleans.
+    assert detect("BatchNorm", {"eps": "1e-3f"}, 3).eps == float(np.float32(1e-3))
+    assert detect("BN", {"moving_average": "True", "var_eps": "1e-9F"}, 4).foldable
+    assert not detect("BatchNorm", {"use_global_stats": "f"}, 3).foldable
+    with pytest.raises(bnfuse.ModelMismatchError, match="expected a number, got 'abc'"):
+        detect("BatchNorm", {"eps": "abc"}, 3)
+
+
 def test_nvidia_ignores_use_global_stats_in_test() -> None:
     # NVIDIA Caffe's TEST branch always uses blobs[0] and blobs[1]; BVLC's honours the flag.
     nvidia = detect("BatchNorm", {"use_global_stats": "false"}, 5)

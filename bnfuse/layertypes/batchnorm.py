@@ -69,6 +69,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
+from bnfuse.io.prototxt._lexer import literal_bool, literal_float
 
 __all__ = [
     "BVLC_DEFAULT_EPS",
@@ -277,26 +278,31 @@ def _written_fields(layer: _NormLayer, group: str) -> dict[str, object]:
 
 
 def _as_bool(value: object, field: str) -> bool:
+    """A ``bool`` field as C++'s text parser reads it (``true``, ``t``, ``1``, ...)."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in ("true", "t", "1"):
-        return True
-    if text in ("false", "f", "0"):
-        return False
-    raise ModelMismatchError(f"{field}: expected true or false, got {str(value)[:40]!r}")
+    text = str(value).strip()
+    parsed = literal_bool(text, "identifier" if text[:1].isalpha() else "number")
+    if parsed is None:
+        raise ModelMismatchError(f"{field}: expected true or false, got {text[:40]!r}")
+    return parsed
 
 
 def _as_float(value: object, field: str) -> float:
-    """A ``float`` proto field as Caffe holds it: parsed, then rounded to float32."""
+    """A ``float`` proto field as Caffe holds it: parsed as C++ reads it, then float32."""
     if isinstance(value, bool):
         raise ModelMismatchError(f"{field}: expected a number, got {value!r}")
-    try:
-        # str() first: values come as text from a prototxt or as numbers from protobuf.
-        number = float(str(value))
-    except ValueError:
-        raise ModelMismatchError(f"{field}: expected a number, got {str(value)[:40]!r}") \
-            from None
+    if isinstance(value, (int, float)):
+        number: float | None = float(value)
+    else:
+        # Text from a prototxt: the same literal rules as the text parser (1e-5f, inf, ...).
+        text = str(value).strip()
+        try:
+            number = literal_float(text, "number")
+        except ValueError:
+            number = None
+        if number is None:
+            raise ModelMismatchError(f"{field}: expected a number, got {text[:40]!r}")
     # eps and var_eps are `float` fields: the C++ layer reads float32(value), so 1e-5 is
     # 9.99999974738e-06 there, in float and in double precision alike.
     with np.errstate(over="ignore"):
