@@ -431,9 +431,9 @@ def interruptible() -> Iterator[None]:
     try:
         yield
     except Interrupted as exc:
+        ours = exc.signum in taken
         _restore(taken)
-        if exc.signum in taken:
-            taken = {}
+        if ours:
             # The default action, now that the cleanup is done: the process ends by
             # the signal, exactly as without bnfuse's handler.
             os.kill(os.getpid(), exc.signum)

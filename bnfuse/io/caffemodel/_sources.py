@@ -449,7 +449,7 @@ def _open_source(
     if hasattr(src, "read"):
         raw_name = getattr(src, "name", None)
         stream_path = raw_name if isinstance(raw_name, str) and os.path.isfile(raw_name) else None
-        source = name or (display_path(stream_path) if stream_path else None) or "<stream>"
+        source = name or (display_path(raw_name) if isinstance(raw_name, str) else "<stream>")
         info: os.stat_result | None = None
         try:
             own_fd = src.fileno()
