@@ -2,6 +2,11 @@
 
 This is the only module that prints or exits. Library errors become one line
 ``error: ...`` and exit code 1; usage errors exit 2 (argparse's convention).
+SIGINT, SIGTERM and SIGHUP end the command with one line and exit code
+``128 + signal number``, after the temp files of any output being written were
+removed (:func:`bnfuse.io.guard.install_handlers`); caffemodels being read are
+held with a read lease so that another process changing one stops the command
+cleanly (:func:`bnfuse.io.guard.watch_inputs`).
 
 Example:
     >>> from bnfuse.cli import main
@@ -56,16 +61,29 @@ class _Out:
         return draw
 
 
-def _write_json(payload: Any, target: str) -> None:
-    """Write JSON to stdout (``-``) or atomically to a file."""
+def _write_json(payload: Any, target: str, inputs: Sequence[str | Path] = ()) -> None:
+    """Write JSON to stdout (``-``) or through the guarded writer to a file that is
+    none of ``inputs``."""
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
     if target == "-":
         sys.stdout.write(text)
         return
     from bnfuse.io.atomic import atomic_write
 
-    with atomic_write(Path(target)) as handle:
+    with atomic_write(Path(target), inputs=inputs) as handle:
         handle.write(text.encode("utf-8"))
+
+
+def _check_outputs(outputs: Sequence[tuple[str, str | Path]], inputs: Sequence[str | Path]) -> None:
+    """Refuse, before any work, outputs that are inputs, not regular files, or one file.
+
+    ``outputs`` are (label, path) pairs; ``--json -`` (standard output) is no file.
+    """
+    from bnfuse.io.guard import check_destinations
+
+    files = [(label, path) for label, path in outputs if str(path) != "-"]
+    check_destinations([path for _, path in files], inputs=inputs,
+                       labels=[label for label, _ in files])
 
 
 def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str:
@@ -145,6 +163,16 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
     import bnfuse
 
     prototxt, caffemodel = Path(args.prototxt), Path(args.caffemodel)
+    default_text, default_model = _default_outputs(prototxt, caffemodel)
+    out_text = Path(args.output) if args.output else default_text
+    out_model = Path(args.weights) if args.weights else default_model
+    outputs: list[tuple[str, str | Path]] = [] if args.dry_run else [
+        ("prototxt", out_text), ("caffemodel", out_model)]
+    if args.json:
+        outputs.append(("--json", args.json))
+    # Before the fold: a wrong output must not cost the fold's time, nor leave half
+    # the outputs written (the report comes last).
+    _check_outputs(outputs, [prototxt, caffemodel])
     result = bnfuse.fold(prototxt, caffemodel, forward=not args.no_forward,
                          merge_unfoldable=not args.no_merge,
                          force_global_stats=args.force_global_stats)
@@ -162,9 +190,6 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
                                "report": report.to_dict(), "written": None, "verify": None}
     status = EXIT_OK
     if not args.dry_run:
-        default_text, default_model = _default_outputs(prototxt, caffemodel)
-        out_text = Path(args.output) if args.output else default_text
-        out_model = Path(args.weights) if args.weights else default_model
         result.save(out_text, out_model)
         payload["written"] = {"prototxt": str(out_text), "caffemodel": str(out_model)}
         out.say()
@@ -181,7 +206,8 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
     elif args.verify:
         out.say("--verify ignored with --dry-run: nothing was written to verify")
     if args.json:
-        _write_json(payload, args.json)
+        written = [] if args.dry_run else [out_text, out_model]
+        _write_json(payload, args.json, [prototxt, caffemodel, *written])
     return status
 
 
@@ -189,6 +215,9 @@ def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
     import bnfuse
     from bnfuse.folding.planner import FoldOptions, layer_counts, plan
 
+    inputs = [p for p in (args.prototxt, args.caffemodel) if p is not None]
+    if args.json:
+        _check_outputs([("--json", args.json)], inputs)
     net = bnfuse.load(args.prototxt, args.caffemodel)
     counts = layer_counts(net.layers)
     parameters = sum(int(b.size) for layer in net.layers for b in layer.blobs)
@@ -211,15 +240,18 @@ def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
     if args.json:
         _write_json({"prototxt": net.prototxt_source, "layers": counts,
                      "parameters": parameters, "bytes": size,
-                     "actions": [a.to_dict() for a in actions]}, args.json)
+                     "actions": [a.to_dict() for a in actions]}, args.json, inputs)
     return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace, out: _Out) -> int:
+    inputs = [args.a_prototxt, args.a_caffemodel, args.b_prototxt, args.b_caffemodel]
+    if args.json:
+        _check_outputs([("--json", args.json)], inputs)
     result = _verify_and_report(out, (Path(args.a_prototxt), Path(args.a_caffemodel)),
                                 (Path(args.b_prototxt), Path(args.b_caffemodel)), args)
     if args.json:
-        _write_json(result.to_dict(), args.json)
+        _write_json(result.to_dict(), args.json, inputs)
     if not result.passed:
         print(f"error: the nets differ (first at blob {result.first_divergence!r})",
               file=sys.stderr)
@@ -228,12 +260,19 @@ def _cmd_verify(args: argparse.Namespace, out: _Out) -> int:
 
 
 def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
+    from bnfuse.errors import OutputError
     from bnfuse.net import save_weights
     from bnfuse.verification.randweights import random_weights
 
+    target = Path(args.weights) if args.weights else Path(args.prototxt).with_suffix(".caffemodel")
+    _check_outputs([("caffemodel", target)], [args.prototxt])
+    if not args.weights and not args.force and os.path.lexists(target):
+        # The default name is where the trained weights of this prototxt usually are.
+        raise OutputError(
+            f"{target}: exists, and random-weights would replace it with random weights; "
+            f"name it with -w {target} to replace it, or pass --force", path=str(target))
     net = random_weights(Path(args.prototxt), seed=args.seed,
                          unmeasurable="unit" if args.fill_unmeasurable else "error")
-    target = Path(args.weights) if args.weights else Path(args.prototxt).with_suffix(".caffemodel")
     save_weights(net, target)
     out.say(f"wrote {target}")
     return EXIT_OK
@@ -329,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "each layer's actual input, to try bnfuse on an architecture without weights.")
     rand.add_argument("prototxt", help="the model definition")
     rand.add_argument("-w", "--weights", metavar="OUT.caffemodel",
-                      help="output path (default: the prototxt's name with .caffemodel)")
+                      help="output path (default: the prototxt's name with .caffemodel, "
+                           "which is never replaced without --force)")
+    rand.add_argument("--force", action="store_true",
+                      help="replace the default output even if it exists")
     rand.add_argument("--seed", type=int, default=0, help="random seed")
     rand.add_argument("--fill-unmeasurable", action="store_true",
                       help="give BatchNorms behind a layer the executor cannot run mean 0, "
@@ -362,8 +404,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # JSON on stdout replaces the human-readable table there.
     out = _Out(getattr(args, "quiet", False) or getattr(args, "json", None) == "-")
+    from bnfuse.io.guard import InputChanged, Interrupted, install_handlers, watch_inputs
+
+    restore = install_handlers()
     try:
-        return int(args.handler(args, out))
+        with watch_inputs():
+            return int(args.handler(args, out))
     except InternalError as exc:
         # bnfuse's own invariant failed: the traceback is what a bug report needs.
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
@@ -378,13 +424,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         print(f"internal error, please report: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+    except Interrupted as exc:
+        # The outputs being written were removed on the way here.
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except InputChanged as exc:
+        print(f"error: {exc}; bnfuse stopped before using the changed data", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted by SIGINT", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Output piped into a closed reader (e.g. `| head`): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    finally:
+        restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,9 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,10 @@ from bnfuse.errors import (
     ReadOnlyLayerError,
 )
 from bnfuse.io import caffemodel as cm
-from bnfuse.io.atomic import atomic_write
+from bnfuse.io.atomic import atomic_outputs
+from bnfuse.io.caffemodel._writer import CaffemodelPlan, plan_caffemodel
+from bnfuse.io.guard import FileId, check_destinations, display_path, file_kind
+from bnfuse.io.pairs import new_pair_id, strip_text_marker, text_marker, with_text_marker
 from bnfuse.io.prototxt import (
     Document,
     FieldNode,
@@ -327,6 +332,9 @@ class Net:
         self._original_text = original_text
         self._edited = False
         self._removed: list[Layer] = []
+        #: The input files as the kernel knows them (device, inode), taken when they
+        #: were read: no output may replace them, whatever path names them later.
+        self._input_files: tuple[FileId, ...] = ()
 
     @property
     def layers(self) -> tuple[Layer, ...]:
@@ -475,6 +483,25 @@ class Net:
             for old in record.blobs:
                 record.file.release(old.start, old.end)
 
+    def _read_weights_privately(self, layers: Sequence[Layer]) -> None:
+        """Give ``layers`` private copies of their weights, read with ``pread``.
+
+        For the weights a fold computes with: a view into the caffemodel's memory
+        map would kill the process with SIGBUS if another process truncated the
+        file meanwhile, a copy read now fails cleanly instead
+        (:meth:`~bnfuse.io.caffemodel.CaffemodelFile.read_blob`). Weights that
+        are no views (edited, or from bytes) are left as they are.
+        """
+        for layer in layers:
+            record = layer._record
+            if record is None or layer._changed or record.file.fileno() is None:
+                continue
+            if len(record.blobs) != len(layer._blobs):
+                continue
+            copies = tuple(record.file.read_blob(blob).reshape(current.shape)
+                           for blob, current in zip(record.blobs, layer._blobs, strict=True))
+            object.__setattr__(layer, "_blobs", copies)
+
     def rename_layer(self, layer: Layer, name: str) -> None:
         """Give a layer a new name (its weights move with it on save)."""
         self._text(layer).set("name", name)
@@ -499,28 +526,116 @@ class _Input:
     data: bytes
     source: str
     path: Path | None
+    identity: FileId | None = None
+
+
+#: The largest prototxt bnfuse reads: real deploy files are under 1 MB, so this
+#: only stops a wrong file (a dataset, a disk image) from being read into memory.
+_MAX_PROTOTXT_BYTES = 256 << 20
+
+
+def _too_large(source: str, what: str) -> BnfuseError:
+    return BnfuseError(f"{source}: is over {_MAX_PROTOTXT_BYTES >> 20} MiB, far more than any "
+                       f"{what}; check the path", path=source)
+
+
+def _read_fd(fd: int, source: str, what: str) -> bytes:
+    """The whole regular file open at ``fd``, checked against its size at opening."""
+    size = os.fstat(fd).st_size
+    if size > _MAX_PROTOTXT_BYTES:
+        raise _too_large(source, what)
+    data = bytearray(size)
+    view = memoryview(data)
+    done = 0
+    while done < size:
+        got = os.readv(fd, [view[done:]])
+        if got == 0:
+            raise BnfuseError(f"{source}: the file shrank while bnfuse was reading it "
+                              f"({size} bytes at opening, {done} read); try again once it "
+                              "is complete", path=source)
+        done += got
+    return bytes(data)
+
+
+def _read_stream(src: IO[bytes], source: str, what: str) -> bytes:
+    """Read a file object to its end, but never more than :data:`_MAX_PROTOTXT_BYTES`."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk: Any = src.read(min(1 << 20, _MAX_PROTOTXT_BYTES + 1 - total))
+        if not chunk:
+            break
+        if isinstance(chunk, str):  # text-mode handles give str: accept them too
+            chunk = chunk.encode("utf-8")
+        chunks.append(bytes(chunk))
+        total += len(chunk)
+        if total > _MAX_PROTOTXT_BYTES:
+            raise _too_large(source, what)
+    return b"".join(chunks)
+
+
+def _not_regular(source: str, kind: str, what: str) -> BnfuseError:
+    if kind == "a folder":
+        return BnfuseError(f"{source}: is a directory, expected a {what} file", path=source)
+    return BnfuseError(f"{source}: is {kind}, not a regular file; bnfuse reads a {what} from a "
+                       "regular file (or bytes or a file object through the API)", path=source)
 
 
 def _read_source(src: Source, what: str) -> _Input:
+    """The bytes of a prototxt given as bytes, a path or a file object, with the file's
+    identity; anything but a regular file (a FIFO, a device, a folder) is refused
+    before a byte is read."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _Input(bytes(src), f"<{what} bytes>", None)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
+        shown = display_path(str(path))
         try:
-            return _Input(path.read_bytes(), str(path), path)
+            # Checked before opening: opening a FIFO for reading waits for a writer.
+            kind = file_kind(os.stat(path).st_mode)
+            if kind is not None:
+                raise _not_regular(shown, kind, what)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise BnfuseError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise BnfuseError(f"{path}: is a directory, expected a {what} file") from None
+            raise BnfuseError(f"{shown}: no such file", path=shown) from None
         except OSError as exc:
-            raise BnfuseError(f"{path}: cannot read: {exc.strerror or exc}") from None
+            raise BnfuseError(f"{shown}: cannot read: {exc.strerror or exc}", path=shown) from None
+        except ValueError as exc:  # a NUL byte in the path
+            raise BnfuseError(f"{shown}: cannot read: {exc}", path=shown) from None
+        try:
+            info = os.fstat(fd)
+            kind = file_kind(info.st_mode)
+            if kind is not None:  # it changed between the check and the open
+                raise _not_regular(shown, kind, what)
+            data = _read_fd(fd, shown, what)
+        except OSError as exc:
+            raise BnfuseError(f"{shown}: cannot read: {exc.strerror or exc}", path=shown) from None
+        finally:
+            os.close(fd)
+        return _Input(data, shown, path, FileId.of_stat(info, shown))
     if hasattr(src, "read"):
-        data: Any = src.read()  # text-mode handles give str: accept them too
-        if isinstance(data, str):
-            data = data.encode("utf-8")
         name = getattr(src, "name", None)
+        shown = display_path(str(name)) if name else f"<{what} stream>"
+        opened: os.stat_result | None
+        try:
+            opened = os.fstat(src.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            opened = None
+        identity = None
+        if opened is not None:
+            kind = file_kind(opened.st_mode)
+            # A pipe or a socket is a stream to read to its end; a device never ends.
+            if kind is not None and not (stat.S_ISFIFO(opened.st_mode)
+                                         or stat.S_ISSOCK(opened.st_mode)):
+                raise _not_regular(shown, kind, what)
+            if kind is None:
+                identity = FileId.of_stat(opened, shown)
+        try:
+            data = _read_stream(src, shown, what)
+        except (OSError, ValueError) as exc:
+            raise BnfuseError(f"{shown}: cannot read: {exc}", path=shown) from None
         stream_path = Path(name) if isinstance(name, str) and os.path.exists(name) else None
-        return _Input(bytes(data), str(name) if name else f"<{what} stream>", stream_path)
+        return _Input(data, shown, stream_path, identity)
     raise BnfuseError(f"cannot read a {what} from a {type(src).__name__}; "
                       "pass a path, bytes or a binary file object")
 
@@ -685,11 +800,27 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
         if isinstance(caffemodel, (str, os.PathLike)):
             caffemodel_path = Path(caffemodel)
         weights = cm.read_caffemodel(caffemodel)
+        _check_pair(text_input, weights)
         _attach_weights(layers, weights, weights.source)
-    return Net(name=net_param.name, layers=layers, document=document,
-               prototxt_source=text_input.source, prototxt_path=text_input.path,
-               weights=weights, caffemodel_path=caffemodel_path,
-               original_text=original_text, upgrade_notes=notes)
+    net = Net(name=net_param.name, layers=layers, document=document,
+              prototxt_source=text_input.source, prototxt_path=text_input.path,
+              weights=weights, caffemodel_path=caffemodel_path,
+              original_text=original_text, upgrade_notes=notes)
+    net._input_files = tuple(i for i in (text_input.identity,
+                                         weights.identity if weights is not None else None)
+                             if i is not None)
+    return net
+
+
+def _check_pair(text: _Input, weights: cm.CaffemodelFile) -> None:
+    """Refuse a prototxt and a caffemodel that bnfuse wrote in two different saves."""
+    ours, theirs = text_marker(text.data), weights.pair_id
+    if ours is not None and theirs is not None and ours != theirs:
+        raise ModelMismatchError(
+            f"{text.source}: was not written together with {weights.source} (bnfuse pair ids "
+            f"{ours} and {theirs}): a save was cut between its two renames, or the files come "
+            "from different saves; write the pair again (or delete the '# bnfuse pair' line to "
+            "load them anyway)", path=text.source)
 
 
 # --- writing ---------------------------------------------------------------
@@ -742,19 +873,59 @@ def _caffemodel_entries(net: Net) -> list[cm.LayerRecord | cm.NewLayer]:
     return entries
 
 
-def _destination(dest: Destination, what: str) -> Path:
+def _destination(dest: Destination, what: str) -> str:
+    """The output path as given (as a string: ``Path`` would drop a trailing separator,
+    turning ``out/`` into a file named ``out``)."""
     if not isinstance(dest, (str, os.PathLike)):
         raise BnfuseError(f"the {what} output must be a path, not a {type(dest).__name__}")
-    return Path(dest)
+    return os.fsdecode(os.fspath(dest))
+
+
+def _inputs_of(net: Net) -> list[FileId | Path]:
+    """What no output of ``net`` may replace: its input files by identity (and by path,
+    for a net whose identities were not taken, e.g. one built by hand)."""
+    found: list[FileId | Path] = list(net._input_files)
+    if not found:
+        found = [p for p in (net.prototxt_path, net.caffemodel_path) if p is not None]
+    if net.weights is not None and net.weights.identity is not None:
+        found.append(net.weights.identity)
+    return found
+
+
+def _text_payload(net: Net, pair_id: str | None) -> bytes:
+    """The prototxt to write: the text as read for an unedited net, else rendered,
+    with the pair marker of this save (an edited text loses the one it was read with)."""
+    if not net.edited:
+        text = net._original_text if net._original_text is not None else net.document.render()
+        return text.encode("utf-8")
+    text = net.document.render()
+    text = with_text_marker(text, pair_id) if pair_id is not None else strip_text_marker(text)
+    return text.encode("utf-8")
+
+
+def _weights_plan(net: Net, dest: str, pair_id: str | None) -> CaffemodelPlan:
+    """The caffemodel of ``net``, planned (size checked) before any file is created."""
+    if net.weights is None and not any(layer.blobs for layer in net.layers):
+        raise OutputError(
+            f"{dest}: the net has no weights to write; load it with a caffemodel", path=dest)
+    if not net.edited and net.weights is not None:
+        pair_id = net.weights.pair_id  # unedited: the source byte for byte, id included
+    return plan_caffemodel(_caffemodel_entries(net), source=net.weights, pair_id=pair_id,
+                           dest=dest)
 
 
 def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None) -> None:
     """Write ``net`` as a prototxt and, when a path is given, a caffemodel.
 
     Unchanged layers keep their exact text and caffemodel bytes; an unedited net
-    is written back byte for byte. Both files are written to temporary files
-    and renamed into place only when complete; an output that is one of the
-    net's input files is refused.
+    is written back byte for byte. Both files are written to temporary files,
+    and renamed into place together only when both are complete: after an error
+    or a signal (SIGINT, SIGTERM, SIGHUP) both destinations are as they were.
+    An edited net's pair carries one new pair id (a last comment line of the
+    prototxt, an unknown-to-Caffe field of the caffemodel) that :func:`load`
+    checks. An output that is one of the net's input files (by device and inode,
+    whatever path names it), a folder, a device, a FIFO or a socket is refused
+    with :class:`~bnfuse.errors.OutputError` before anything is written.
 
     Example:
         >>> import bnfuse, tempfile, pathlib
@@ -766,23 +937,29 @@ def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None)
     """
     text_path = _destination(prototxt, "prototxt")
     model_path = None if caffemodel is None else _destination(caffemodel, "caffemodel")
-    inputs = [p for p in (net.prototxt_path, net.caffemodel_path) if p is not None]
-    if model_path is not None and _same_target(text_path, model_path):
-        raise OutputError(f"{text_path}: the prototxt and caffemodel outputs are the same file")
+    inputs = _inputs_of(net)
+    dests: list[Destination] = [text_path] if model_path is None else [text_path, model_path]
+    check_destinations(dests, inputs=inputs, labels=["prototxt", "caffemodel"])
     net.check_unchanged_params()
-    if net._original_text is not None and not net.edited:
-        text = net._original_text
-    else:
-        text = net.document.render()
-    payload = text.encode("utf-8")
-    with atomic_write(text_path, inputs=inputs) as text_file:
+    pair_id = new_pair_id() if model_path is not None and net.edited else None
+    payload = _text_payload(net, pair_id)
+    if model_path is None:
+        with atomic_outputs([text_path], inputs=inputs) as (text_file,):
+            text_file.write(payload)
+        return
+    plan = _weights_plan(net, display_path(model_path), pair_id)
+    with atomic_outputs(dests, inputs=[*inputs, *plan.protected()],
+                        labels=["prototxt", "caffemodel"],
+                        before_commit=plan.check_sources) as (text_file, model_file):
         text_file.write(payload)
-        if model_path is not None:
-            save_weights(net, model_path)
+        plan.write_to(model_file)
 
 
 def save_weights(net: Net, caffemodel: Destination) -> None:
     """Write only the caffemodel of ``net`` (same rules as :func:`save`).
+
+    A caffemodel written alone carries no pair id (an edited net's drops the one
+    it was read with): no prototxt was committed with it.
 
     Example:
         >>> import bnfuse, tempfile, pathlib
@@ -793,19 +970,13 @@ def save_weights(net: Net, caffemodel: Destination) -> None:
         True
     """
     model_path = _destination(caffemodel, "caffemodel")
-    inputs = [p for p in (net.prototxt_path, net.caffemodel_path) if p is not None]
+    inputs = _inputs_of(net)
+    check_destinations([model_path], inputs=inputs)
     net.check_unchanged_params()
-    if net.weights is None and not any(layer.blobs for layer in net.layers):
-        raise OutputError(
-            f"{model_path}: the net has no weights to write; load it with a caffemodel")
-    cm.write_caffemodel(model_path, _caffemodel_entries(net), source=net.weights, inputs=inputs)
-
-
-def _same_target(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+    plan = _weights_plan(net, display_path(model_path), None)
+    with atomic_outputs([model_path], inputs=[*inputs, *plan.protected()],
+                        before_commit=plan.check_sources) as (model_file,):
+        plan.write_to(model_file)
 
 
 __all__ = [

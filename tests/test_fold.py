@@ -116,7 +116,11 @@ layer { name: "fc" type: 'InnerProduct' bottom: "conv" top: "fc"
     expected_text = text.replace(
         'layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" batch_norm_param '
         '{ eps: 0.001 } }\n', "")
-    assert (tmp_path / "o.prototxt").read_text() == expected_text
+    # An edited pair ends with the pair id the caffemodel carries too (bnfuse.io.pairs).
+    with read_caffemodel(tmp_path / "o.caffemodel") as written:
+        pair_id = written.pair_id
+    assert pair_id is not None and len(pair_id) == 32
+    assert (tmp_path / "o.prototxt").read_text() == expected_text + f"# bnfuse pair {pair_id}\n"
     original = caffemodel.read_bytes()
     output = (tmp_path / "o.caffemodel").read_bytes()
     with read_caffemodel(caffemodel) as a, read_caffemodel(tmp_path / "o.caffemodel") as b:

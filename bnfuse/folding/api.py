@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from bnfuse.folding import planner, rewrite
 from bnfuse.folding.planner import Action, FoldOptions, layer_counts
+from bnfuse.layertypes.batchnorm import NORM_TYPES
 from bnfuse.net import Destination, Layer, Net, Source, load, save
 
 
@@ -89,6 +90,16 @@ class FoldResult:
         save(self.net, prototxt, caffemodel)
 
 
+def _weights_read(net: Net) -> list[Layer]:
+    """The layers whose weights a fold may read: the affine layers and their neighbours."""
+    affine = [layer for layer in net.layers
+              if layer.type in NORM_TYPES or layer.type in ("Scale", "Bias")]
+    near = {b for layer in affine for b in layer.bottoms} | {t for layer in affine
+                                                             for t in layer.tops}
+    return [*affine, *(layer for layer in net.layers if layer.type in planner.PRODUCER_TYPES
+                       and near.intersection(layer.tops + layer.bottoms))]
+
+
 def fold_net(
     net: Net,
     *,
@@ -116,6 +127,8 @@ def fold_net(
                           force_global_stats=force_global_stats)
     layers_before = layer_counts(net.layers)
     parameters_before = _parameter_count(net.layers)
+    # Computed on private copies: a caffemodel truncated meanwhile is a clean error.
+    net._read_weights_privately(_weights_read(net))
     actions = planner.plan(net, options)
     rewrite.apply(net, actions)
     report = FoldReport(actions=actions, layers_before=layers_before,

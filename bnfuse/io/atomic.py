@@ -1,10 +1,23 @@
-"""Safe outputs: write to a temporary file, then rename it into place.
+"""The one guarded writer: every file bnfuse writes goes through :func:`atomic_outputs`.
 
 bnfuse rewrites files that took days of training to produce, so an output is
-never written over in place.  :func:`atomic_write` refuses a destination that is
-one of the inputs (also through a symlink or a hard link), writes beside the
-destination, syncs, and only then renames; any failure, including Ctrl-C,
-removes the temporary file and leaves the previous destination untouched.
+never written over in place.  :func:`atomic_outputs` takes one or more
+destinations and:
+
+1. checks each (:mod:`bnfuse.io.guard`): not an input (by device and inode), not
+   a folder, device, FIFO or socket, not a symlink loop, not the same file as
+   another destination;
+2. writes each to a temp file beside it, ``.<name>.<12 hex digits>.tmp``;
+3. when every file is complete, flushes and fsyncs them all, then renames them
+   into place together: under a lock on their folders (a concurrent bnfuse
+   waits), with SIGINT/SIGTERM/SIGHUP held back until the last rename, and with
+   the first files put back if a later rename fails.
+
+Any error or signal before the renames removes every temp file and leaves every
+destination as it was.  Only a crash of the machine or a SIGKILL between two
+renames can leave some destinations new and others old (bnfuse marks pairs so
+that the next load notices, see :mod:`bnfuse.io.pairs`).  :func:`atomic_write`
+is the one-file form.
 
 :func:`copy_range` moves large unchanged byte ranges (a caffemodel's untouched
 layers) from one file to another inside the kernel when it can.
@@ -26,12 +39,26 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator, Sequence
-from typing import BinaryIO, NoReturn
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NoReturn
 
 from bnfuse.errors import OutputError
+from bnfuse.io.guard import (
+    FileId,
+    Target,
+    check_destinations,
+    commit_lock,
+    deferred_signals,
+    display_path,
+    identify,
+    identities,
+    interruptible,
+    recheck,
+)
 
 StrPath = str | os.PathLike[str]
+#: What an ``inputs`` argument holds: identities taken when the inputs were read, or paths.
+InputSpec = FileId | StrPath | None
 
 #: Chunk size of the user-space copy loop: large enough to amortise syscalls,
 #: small enough not to matter for memory.
@@ -60,23 +87,14 @@ def _output_error(path: str, exc: OSError) -> OutputError:
     """Turn an OSError into the one-line OutputError the CLI prints."""
     reason = exc.strerror or str(exc)
     hint = _HINTS.get(exc.errno or 0)
-    return OutputError(f"{path}: cannot write: {reason}" + (f" ({hint})" if hint else ""))
-
-
-def _same_file(a: str, b: str) -> bool:
-    """True when two paths name one file: same resolved path, or same device and inode."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        # One of them does not exist (yet): it cannot be the other one.
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    return OutputError(f"{path}: cannot write: {reason}" + (f" ({hint})" if hint else ""),
+                       path=path)
 
 
 def check_not_input(dest: StrPath, inputs: Sequence[StrPath]) -> None:
     """Raise OutputError when ``dest`` is the same file as any of ``inputs``.
+
+    Same resolved path, or same device and inode (a symlink or a hard link).
 
     Example:
         >>> check_not_input("out.caffemodel", ["in.caffemodel"])
@@ -87,13 +105,16 @@ def check_not_input(dest: StrPath, inputs: Sequence[StrPath]) -> None:
         in.caffemodel: is the input file ./in.caffemodel
     """
     target = os.fspath(dest)
+    found = identify(target)
     for item in inputs:
         source = os.fspath(item)
-        if _same_file(target, source):
+        other = identify(source)
+        same = os.path.realpath(target) == os.path.realpath(source) or (
+            found is not None and other is not None and found.same_file(other))
+        if same:
             raise OutputError(
-                f"{target}: is the input file {source}; writing it would destroy the input, "
-                "choose another output path"
-            )
+                f"{display_path(target)}: is the input file {display_path(source)}; writing it "
+                "would destroy the input, choose another output path", path=target)
 
 
 def _create_temp(folder: str, base: str) -> tuple[int, str]:
@@ -103,7 +124,9 @@ def _create_temp(folder: str, base: str) -> tuple[int, str]:
         try:
             # 0o666 lets the umask decide the final permissions, as for a plain open().
             fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
+                path,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_BINARY", 0),
+                0o666,
             )
         except FileExistsError:
             continue
@@ -125,12 +148,196 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_write(dest: StrPath, *, inputs: Sequence[StrPath] = ()) -> Iterator[BinaryIO]:
-    """Yield a binary file whose contents replace ``dest`` only if the block succeeds.
+class OutputFile:
+    """One output being written: a temp file beside its destination.
 
-    ``dest`` is refused (:class:`~bnfuse.errors.OutputError`) when it is one of
-    ``inputs``.  When ``dest`` is a symlink, the file it points to is replaced
+    ``write`` buffers; :meth:`copy_from` has the kernel copy a byte range of
+    another file into it.  Every failure is an :class:`~bnfuse.errors.OutputError`
+    naming the destination (``shown``), never a bare ``OSError``.
+
+    Example:
+        >>> import os, tempfile
+        >>> out = os.path.join(tempfile.mkdtemp(), "o.bin")
+        >>> with atomic_write(out) as f:
+        ...     f.shown == out, f.write(b"abc")
+        (True, 3)
+    """
+
+    def __init__(self, target: Target, fd: int, temp: str) -> None:
+        self.target = target
+        self.shown = target.shown
+        self.temp = temp
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; return the number of bytes."""
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            raise _output_error(self.shown, exc) from exc
+
+    def flush(self) -> None:
+        """Hand the buffered bytes to the kernel."""
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise _output_error(self.shown, exc) from exc
+
+    def fileno(self) -> int:
+        """The temp file's descriptor."""
+        return self._file.fileno()
+
+    def size(self) -> int:
+        """Bytes written so far (buffered ones included)."""
+        self.flush()
+        return os.fstat(self.fileno()).st_size
+
+    def copy_from(self, src_fd: int, offset: int, length: int) -> None:
+        """Append ``length`` bytes at ``offset`` of ``src_fd`` (:func:`copy_range`)."""
+        # The kernel writes at the descriptor's position: flush what is buffered first.
+        self.flush()
+        try:
+            copy_range(src_fd, self.fileno(), offset, length)
+        except OSError as exc:
+            raise _output_error(self.shown, exc) from exc
+
+    def _finish(self) -> None:
+        """Flush, fsync and close: the temp file is complete on disk."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            raise _output_error(self.shown, exc) from exc
+
+    def _discard(self) -> None:
+        """Close and remove the temp file (after a failure)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.temp)
+
+
+#: Marks a destination that did not exist before the commit (nothing to put back).
+_ABSENT = "absent"
+
+
+def _backup(target: Target) -> str | None:
+    """A hard link to the current destination, to put it back if a later rename fails.
+
+    ``_ABSENT`` when there is no destination yet, None when the link cannot be made
+    (then that file cannot be put back).
+    """
+    if not os.path.lexists(target.path):
+        return _ABSENT
+    for _ in range(100):
+        path = os.path.join(target.folder, f".{target.base}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.link(target.path, path)
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+        return path
+    return None
+
+
+def _rename_all(files: Sequence[OutputFile]) -> None:
+    """Rename every temp file over its destination; on a failure put the earlier ones back."""
+    backups: list[str | None] = []
+    done = 0
+    try:
+        for i, item in enumerate(files):
+            # Only files renamed before another one may need putting back.
+            backups.append(_backup(item.target) if i < len(files) - 1 else None)
+            os.replace(item.temp, item.target.path)
+            done += 1
+    except OSError as exc:
+        for item, backup in zip(reversed(files[:done]), reversed(backups[:done]), strict=True):
+            with contextlib.suppress(OSError):
+                if backup == _ABSENT:
+                    os.unlink(item.target.path)
+                elif backup is not None:
+                    os.replace(backup, item.target.path)
+        raise _output_error(files[done].shown, exc) from None
+    finally:
+        for backup in backups:
+            if backup is not None and backup != _ABSENT:
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
+
+
+@contextlib.contextmanager
+def atomic_outputs(
+    dests: Sequence[StrPath],
+    *,
+    inputs: Iterable[InputSpec] = (),
+    labels: Sequence[str] | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> Iterator[list[OutputFile]]:
+    """Yield one :class:`OutputFile` per destination; all replace their destinations
+    together, and only if the block succeeds.
+
+    ``inputs`` are the files that must not be written (identities from
+    :func:`bnfuse.io.guard.identify`, or paths); ``labels`` name the outputs in
+    the message when two are one file; ``before_commit`` runs once every file is
+    complete, before any rename (a last check that the inputs did not change).
+    A destination that is a symlink keeps its link: the file it points to is
+    replaced.
+
+    Example:
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> a, b = os.path.join(folder, "a.prototxt"), os.path.join(folder, "a.caffemodel")
+        >>> with atomic_outputs([a, b]) as (text, model):
+        ...     _ = text.write(b"name: 'a'\\n"); _ = model.write(b"\\n\\x01a")
+        >>> sorted(os.listdir(folder))
+        ['a.caffemodel', 'a.prototxt']
+    """
+    ids = identities(inputs)
+    targets = check_destinations(dests, inputs=ids, labels=labels)
+    with interruptible():
+        files: list[OutputFile] = []
+        committed = False
+        try:
+            for target in targets:
+                # A signal between creating a temp file and recording it would leave
+                # it behind: held back until it is recorded.
+                with deferred_signals():
+                    try:
+                        fd, temp = _create_temp(target.folder, target.base)
+                    except OSError as exc:
+                        raise _output_error(target.shown, exc) from None
+                    files.append(OutputFile(target, fd, temp))
+            yield files
+            for item in files:
+                item._finish()
+            if before_commit is not None:
+                before_commit()
+            with commit_lock(targets), deferred_signals():
+                for target in targets:
+                    recheck(target, ids)
+                _rename_all(files)
+                committed = True
+                for folder in dict.fromkeys(t.folder for t in targets):
+                    _fsync_folder(folder)
+        except BaseException as exc:
+            if not committed:
+                with deferred_signals():
+                    for item in files:
+                        item._discard()
+            if isinstance(exc, OSError):
+                raise _output_error(targets[0].shown, exc) from exc
+            raise
+
+
+@contextlib.contextmanager
+def atomic_write(dest: StrPath, *, inputs: Iterable[InputSpec] = ()) -> Iterator[OutputFile]:
+    """Yield a file whose contents replace ``dest`` only if the block succeeds.
+
+    The one-file form of :func:`atomic_outputs`: ``dest`` is refused
+    (:class:`~bnfuse.errors.OutputError`) when it is one of ``inputs`` or not a
+    regular file; when ``dest`` is a symlink, the file it points to is replaced
     and the link is kept.  OSErrors (disk full, permission denied, ...) become
     OutputError naming ``dest``; any exception removes the temporary file.
 
@@ -142,29 +349,8 @@ def atomic_write(dest: StrPath, *, inputs: Sequence[StrPath] = ()) -> Iterator[B
         >>> os.path.getsize(out)
         1
     """
-    shown = os.fspath(dest)
-    check_not_input(shown, inputs)
-    target = os.path.realpath(shown)
-    folder, base = os.path.split(target)
-    if os.path.isdir(target):
-        raise OutputError(f"{shown}: is a folder; give an output file name")
-    try:
-        fd, temp = _create_temp(folder, base)
-    except OSError as exc:
-        raise _output_error(shown, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise _output_error(shown, exc) from exc
-        raise
-    _fsync_folder(folder)
+    with atomic_outputs([dest], inputs=inputs) as files:
+        yield files[0]
 
 
 def _copy_loop(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
@@ -236,4 +422,4 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
     _copy_loop(src_fd, dst_fd, offset, length)
 
 
-__all__ = ["atomic_write", "check_not_input", "copy_range"]
+__all__ = ["OutputFile", "atomic_outputs", "atomic_write", "check_not_input", "copy_range"]

@@ -5,6 +5,17 @@ every problem into one :class:`~bnfuse.errors.CaffemodelError` that names the
 file.  :class:`CaffemodelFile` owns the memory map and the descriptor until
 :meth:`CaffemodelFile.close`.
 
+A path must name a regular file: a FIFO, a device, a folder or a socket is
+refused before a byte is read (a FIFO would block forever, ``/dev/zero`` would
+never end).  The file may change under bnfuse (another process truncating or
+rewriting it): reading a memory map past a shrunk end kills the process with
+SIGBUS, so the bytes bnfuse itself computes with are read with ``pread``
+(:meth:`CaffemodelFile.read_blob`, :meth:`CaffemodelFile.read_span`), whose
+short reads become a clean error, untouched ranges are copied by the kernel
+(which stops at the end of a shrunk file), and :meth:`CaffemodelFile.check_unchanged`
+compares size and modification time with those at opening before anything is
+committed.
+
 Example:
     >>> from bnfuse.proto import NetParameter
     >>> with read_caffemodel(NetParameter(name="n").SerializeToString(), name="n.caffemodel") as m:
@@ -23,15 +34,20 @@ import weakref
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
+import numpy as np
+
 from bnfuse.errors import CaffemodelError
-from bnfuse.io.caffemodel._index import CORRUPT_HINT, LayerRecord, build_index
-from bnfuse.io.caffemodel._layout import FALLBACK_NET_FIELDS, StrPath
-from bnfuse.io.wire import Buffer
+from bnfuse.io.caffemodel._index import CORRUPT_HINT, BlobRecord, LayerRecord, build_index
+from bnfuse.io.caffemodel._layout import FALLBACK_NET_FIELDS, MAX_CAFFEMODEL_BYTES, StrPath
+from bnfuse.io.guard import FileId, display_path, file_kind, unwatch, watch
+from bnfuse.io.pairs import PAIR_ID_FIELD, binary_marker_id
+from bnfuse.io.wire import Buffer, iter_fields
 
 if TYPE_CHECKING:
     from bnfuse.proto import NetParameter
 
 TEXT_DETAIL = "this looks like a prototxt (text), not a binary caffemodel"
+CHANGED_HINT = "nothing was written; run bnfuse again once the file is complete"
 TEXT_HINT = "pass the prototxt as the first argument and the .caffemodel as the second"
 EMPTY_HINT = "pass the .caffemodel written by Caffe"
 
@@ -51,6 +67,9 @@ class CaffemodelFile:
         layers: every layer record, in file order.
         top_fields: ``(field number, start, end)`` of every top-level field that
             is not a layer record, in file order.
+        identity: the file's device and inode when it is a real file (so that
+            no output can replace it), else ``None``.
+        pair_id: the bnfuse pair id the file carries (:mod:`bnfuse.io.pairs`), or ``None``.
 
     Example:
         >>> from bnfuse.proto import NetParameter
@@ -68,16 +87,30 @@ class CaffemodelFile:
         path: str | None = None,
         fd: int | None = None,
         mapped: mmap.mmap | None = None,
+        identity: FileId | None = None,
     ) -> None:
         self.source = source
         self.path = path
+        self.identity = identity
+        self.pair_id: str | None = None
         self._fd = fd
         self._mapped = mapped
         # A raw descriptor, closed by close() or at garbage collection: unlike a
         # file object it never warns when a caller forgets to close the model.
-        self._close_fd = weakref.finalize(self, os.close, fd) if fd is not None else None
+        self._close_fd = weakref.finalize(self, _close, fd) if fd is not None else None
         self._view: memoryview | None = memoryview(buffer).cast("B")
         self.size = len(self._view)
+        #: (size, mtime in ns) when opened, for :meth:`check_unchanged`.
+        self._opened: tuple[int, int] | None = None
+        #: Address of the first mapped byte, to recognise arrays that are views of it.
+        self._base: int | None = None
+        if fd is not None:
+            info = os.fstat(fd)
+            self._opened = (info.st_size, info.st_mtime_ns)
+        if mapped is not None:
+            probe = np.frombuffer(self._view, np.uint8)
+            self._base = int(probe.__array_interface__["data"][0])
+            del probe
         self.version = 2
         self.layers: list[LayerRecord] = []
         self.top_fields: list[tuple[int, int, int]] = []
@@ -120,6 +153,121 @@ class CaffemodelFile:
         with contextlib.suppress(OSError, ValueError):
             self._mapped.madvise(advice, lo, hi - lo)
 
+    def check_unchanged(self) -> None:
+        """Raise :class:`CaffemodelError` when the file's size or mtime differ from opening.
+
+        Another process truncating or rewriting the file while bnfuse uses it is
+        caught here before an output made from it is committed.  A no-op for
+        in-memory sources.
+        """
+        if self._opened is None or self._fd is None:
+            return
+        try:
+            info = os.fstat(self._fd)
+        except OSError:
+            return
+        size, mtime = self._opened
+        if (info.st_size, info.st_mtime_ns) != (size, mtime):
+            raise self._changed(f"it was {size} bytes when bnfuse opened it, it is "
+                                f"{info.st_size} bytes now" if info.st_size != size
+                                else "it was modified after bnfuse opened it")
+
+    def _changed(self, detail: str) -> CaffemodelError:
+        return CaffemodelError(
+            f"{self.source}: the caffemodel changed while bnfuse was reading it ({detail}); "
+            f"{CHANGED_HINT}", path=self.source)
+
+    def read_span(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` read with ``pread`` (a real file) or from memory.
+
+        Unlike slicing the memory map, a file that shrank since it was opened
+        gives a :class:`CaffemodelError`, never a SIGBUS.
+
+        Example:
+            >>> from bnfuse.proto import NetParameter
+            >>> read_caffemodel(NetParameter(name="n").SerializeToString()).read_span(2, 3)
+            b'n'
+        """
+        view = self._require_open()
+        if self._fd is None:
+            return bytes(view[start:end])
+        out = bytearray(end - start)
+        self._pread_into(memoryview(out), start)
+        return bytes(out)
+
+    def _pread_into(self, target: memoryview, offset: int) -> None:
+        assert self._fd is not None
+        done = 0
+        while done < len(target):
+            try:
+                got = os.preadv(self._fd, [target[done:]], offset + done)
+            except OSError as exc:
+                raise CaffemodelError(f"{self.source}: cannot read the caffemodel: "
+                                      f"{exc.strerror or exc}", path=self.source) from None
+            if got == 0:
+                raise self._changed(f"it ends at byte {offset + done}, bnfuse read it "
+                                    f"as {self.size} bytes")
+            done += got
+
+    def read_blob(self, blob: BlobRecord) -> np.ndarray:
+        """A private, read-only copy of ``blob``'s values, read with ``pread``.
+
+        What :meth:`BlobRecord.array` returns, but in this process's own memory:
+        computing with it can never touch the memory map, so a file truncated
+        meanwhile is a :class:`CaffemodelError` here, not a SIGBUS later.
+        In-memory sources return :meth:`BlobRecord.array` itself.
+
+        Example:
+            >>> import numpy as np, pathlib, tempfile
+            >>> from bnfuse.io.caffemodel import NewLayer
+            >>> from bnfuse.proto import LayerParameter
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.caffemodel"
+            >>> layer = NewLayer(LayerParameter(name="s"), [np.arange(3, dtype="<f4")])
+            >>> _ = path.write_bytes(layer.to_bytes())
+            >>> with read_caffemodel(path) as model:
+            ...     model.read_blob(model.layers[0].blobs[0]).tolist()
+            [0.0, 1.0, 2.0]
+        """
+        self._require_open()
+        if self._fd is None:
+            return blob.array()
+        segments = blob._segments
+        itemsize = blob.dtype.itemsize
+        if len(segments) == 1 and segments[0].stride == itemsize:
+            seg = segments[0]
+            values = np.empty(seg.count, blob.dtype)
+            self._pread_into(memoryview(values).cast("B"), seg.offset)  # type: ignore[arg-type]
+        elif not segments:
+            values = np.empty(0, blob.dtype)
+        else:
+            parts = []
+            for seg in segments:
+                span = (seg.count - 1) * seg.stride + itemsize if seg.count else 0
+                raw = bytearray(span)
+                self._pread_into(memoryview(raw), seg.offset)
+                parts.append(np.ndarray((seg.count,), blob.dtype, raw, 0, (seg.stride,)))
+            values = np.concatenate(parts)
+        values = values.reshape(blob.shape)
+        values.flags.writeable = False
+        return values
+
+    def locate(self, array: np.ndarray) -> int | None:
+        """The file offset of ``array``'s bytes when it is a contiguous view of this
+        file's memory map (as :meth:`BlobRecord.array` hands out), else None.
+
+        The writer copies such arrays from the file with the kernel instead of
+        reading them through the map.
+        """
+        if self._base is None or self._fd is None or self._view is None:
+            return None
+        if not array.flags.c_contiguous:
+            return None
+        address = int(array.__array_interface__["data"][0])
+        offset = address - self._base
+        if offset >= 0 and offset + array.nbytes <= self.size:
+            return offset
+        return None
+
     def close(self) -> None:
         """Release the memory map and the file; arrays already handed out stay valid."""
         view, self._view = self._view, None
@@ -136,6 +284,7 @@ class CaffemodelFile:
         if self._close_fd is not None:
             self._close_fd()
         self._fd = None
+        self._base = None
 
     def __enter__(self) -> CaffemodelFile:
         return self
@@ -206,6 +355,24 @@ class CaffemodelFile:
         )
 
 
+def _close(fd: int) -> None:
+    """Close a caffemodel's descriptor, giving up its lease first."""
+    unwatch(fd)
+    os.close(fd)
+
+
+def _read_pair_id(file: CaffemodelFile) -> str | None:
+    """The id of the last :data:`~bnfuse.io.pairs.PAIR_ID_FIELD` field, or None."""
+    view = file._require_open()
+    found = None
+    for number, start, end in file.top_fields:
+        if number != PAIR_ID_FIELD:
+            continue
+        for field in iter_fields(view, start, end):
+            found = binary_marker_id(bytes(view[field.value_start:field.value_end]))
+    return found
+
+
 def looks_like_text(view: memoryview) -> bool:
     """True when the file starts like a prototxt: printable text, then a word or a comment."""
     head = bytes(view[:512])
@@ -241,6 +408,15 @@ def _naming_the_file(error: CaffemodelError, file: CaffemodelFile) -> Caffemodel
     )
 
 
+def _not_regular(source: str, kind: str) -> CaffemodelError:
+    if kind == "a folder":
+        return CaffemodelError(
+            f"{source}: is a folder; pass the .caffemodel file inside it", path=source)
+    return CaffemodelError(
+        f"{source}: is {kind}, not a regular file; bnfuse reads a caffemodel from a regular "
+        "file (or bytes or a file object through the API)", path=source)
+
+
 def _open_source(
     src: StrPath | bytes | bytearray | memoryview | IO[bytes], name: str | None
 ) -> CaffemodelFile:
@@ -253,73 +429,108 @@ def _open_source(
             raise CaffemodelError(f"{source}: cannot read the buffer: {exc}", path=source) from None
     if isinstance(src, (str, os.PathLike)):
         path = os.fsdecode(os.fspath(src))
-        source = name or path
+        source = name or display_path(path)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
+            # Checked before opening: opening a FIFO for reading waits for a writer.
+            kind = file_kind(os.stat(path).st_mode)
+            if kind is not None:
+                raise _not_regular(source, kind)
+            # O_NONBLOCK: should the path become a FIFO after the check, open still
+            # returns and the check below refuses it.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                         | getattr(os, "O_BINARY", 0))
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise CaffemodelError(
-                f"{source}: cannot open the caffemodel: {exc.strerror or exc}; check the path",
+                f"{source}: cannot open the caffemodel: {reason}; check the path",
                 path=source,
             ) from None
         return _from_fd(fd, source, path)
     if hasattr(src, "read"):
         raw_name = getattr(src, "name", None)
         stream_path = raw_name if isinstance(raw_name, str) and os.path.isfile(raw_name) else None
-        source = name or stream_path or "<stream>"
+        source = name or (display_path(raw_name) if isinstance(raw_name, str) else "<stream>")
+        info: os.stat_result | None = None
         try:
             own_fd = src.fileno()
-            regular = stat.S_ISREG(os.fstat(own_fd).st_mode) and src.tell() == 0
-        except (OSError, ValueError, io.UnsupportedOperation):
+            info = os.fstat(own_fd)
+            regular = stat.S_ISREG(info.st_mode) and src.tell() == 0
+        except (OSError, ValueError, io.UnsupportedOperation, AttributeError):
             regular = False
+        if info is not None:
+            kind = file_kind(info.st_mode)
+            # A pipe or a socket is a stream to read to its end; a device never ends.
+            if kind is not None and not (stat.S_ISFIFO(info.st_mode)
+                                         or stat.S_ISSOCK(info.st_mode)):
+                raise _not_regular(source, kind)
         if regular:
             # A private descriptor: the caller may close their file whenever they like.
             return _from_fd(os.dup(own_fd), source, stream_path)
-        return CaffemodelFile(_read_stream(src, source), source=source, path=stream_path)
+        identity = (FileId.of_stat(info, source)
+                    if info is not None and stat.S_ISREG(info.st_mode) else None)
+        return CaffemodelFile(_read_stream(src, source), source=source, path=stream_path,
+                              identity=identity)
     raise CaffemodelError(
         f"cannot read a caffemodel from a {type(src).__name__}; pass a path, bytes or a binary file"
     )
 
 
 def _read_stream(stream: IO[bytes], source: str) -> bytes:
+    """Read a stream to its end, but never more than a caffemodel can hold."""
+    chunks: list[bytes] = []
+    total = 0
     try:
-        data = stream.read()
+        while True:
+            chunk = stream.read(min(8 << 20, MAX_CAFFEMODEL_BYTES + 1 - total))
+            if not chunk:
+                break
+            if not isinstance(chunk, (bytes, bytearray)):
+                raise CaffemodelError(
+                    f"{source}: the file object returned text; open it in binary mode",
+                    path=source)
+            chunks.append(bytes(chunk))
+            total += len(chunk)
+            if total > MAX_CAFFEMODEL_BYTES:
+                raise CaffemodelError(
+                    f"{source}: the stream holds more than {MAX_CAFFEMODEL_BYTES} bytes, the "
+                    "2 GiB limit of a protobuf message; it is no caffemodel", path=source)
     except (OSError, ValueError) as exc:
         raise CaffemodelError(f"{source}: cannot read the caffemodel: {exc}", path=source) from None
-    if not isinstance(data, (bytes, bytearray)):
-        raise CaffemodelError(
-            f"{source}: the file object returned text; open it in binary mode", path=source
-        )
-    return bytes(data)
+    return b"".join(chunks)
 
 
 def _from_fd(fd: int, source: str, path: str | None) -> CaffemodelFile:
     """Memory-map the regular file open at ``fd`` (taking ownership of it), else read it."""
     try:
         info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise CaffemodelError(
-                f"{source}: is a folder; pass the .caffemodel file inside it", path=source
-            )
+        kind = file_kind(info.st_mode)
+        if kind is not None:
+            raise _not_regular(source, kind)
+        identity = FileId.of_stat(info, source)
         mapped: mmap.mmap | None = None
-        if stat.S_ISREG(info.st_mode) and info.st_size > 0:
+        if info.st_size > 0:
             try:
                 mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
                 mapped = None  # a file system without mmap support: read it instead
         if mapped is not None:
-            return CaffemodelFile(mapped, source=source, path=path, fd=fd, mapped=mapped)
+            # Taken before the first read of the map: another process opening the
+            # file for writing now waits while the command stops cleanly.
+            watch(fd, source)
+            return CaffemodelFile(mapped, source=source, path=path, fd=fd, mapped=mapped,
+                                  identity=identity)
         with open(fd, "rb", closefd=False) as stream:
             data = _read_stream(stream, source)
     except OSError as exc:
-        os.close(fd)
+        _close(fd)
         raise CaffemodelError(
             f"{source}: cannot read the caffemodel: {exc.strerror or exc}", path=source
         ) from None
     except BaseException:
-        os.close(fd)
+        _close(fd)
         raise
     os.close(fd)
-    return CaffemodelFile(data, source=source, path=path)
+    return CaffemodelFile(data, source=source, path=path, identity=identity)
 
 
 def read_caffemodel(
@@ -327,9 +538,11 @@ def read_caffemodel(
 ) -> CaffemodelFile:
     """Index a caffemodel without decoding its weights.
 
-    ``src`` is a path (memory-mapped read-only), bytes-like data, or a binary
-    file object (memory-mapped when it is a regular file at position 0, read
-    otherwise).  ``name`` overrides the name used in messages.  Every problem
+    ``src`` is a path to a regular file (memory-mapped read-only), bytes-like
+    data, or a binary file object (memory-mapped when it is a regular file at
+    position 0, read otherwise, up to 2 GiB).  A FIFO, device, folder or socket
+    is refused before anything is read.  ``name`` overrides the name used in
+    messages.  Every problem
     (missing file, empty, truncated, a prototxt by mistake, garbage, a blob
     whose size does not match its shape) raises
     :class:`~bnfuse.errors.CaffemodelError` with one line naming the file, the
@@ -357,6 +570,10 @@ def read_caffemodel(
             ) from None
         if not file.layers and looks_like_text(file._require_open()):
             raise CaffemodelError.at(0, TEXT_DETAIL, path=file.source, hint=TEXT_HINT)
+        file.pair_id = _read_pair_id(file)
+        # A file that shrank while it was indexed could still index (at a record
+        # boundary): the size at opening is what the index describes.
+        file.check_unchanged()
     except BaseException:
         file.close()
         raise

@@ -1,8 +1,12 @@
 """Writing a caffemodel: copy untouched records byte for byte, encode new layers.
 
-:func:`write_caffemodel` plans the output as pieces (bytes, array payloads,
-ranges of a source file), checks the size, and streams them into an atomic
-write; ranges of a real file are copied by the kernel.
+:func:`plan_caffemodel` plans the output as pieces (bytes, array payloads,
+ranges of a source file) and checks the size; :meth:`CaffemodelPlan.write_to`
+streams them into an output of the guarded writer (:mod:`bnfuse.io.atomic`),
+and :func:`write_caffemodel` does both for one file.  Bytes of a source file
+(untouched records, and arrays that are still views of it) are copied by the
+kernel or read with ``pread``, never through the memory map, so a source that
+shrinks meanwhile ends in a clean error instead of a SIGBUS.
 
 Example:
     >>> import numpy as np
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 import numpy as np
 
 from bnfuse.errors import OutputError, excerpt
-from bnfuse.io.atomic import atomic_write, copy_range
+from bnfuse.io.atomic import InputSpec, OutputFile, atomic_write
 from bnfuse.io.caffemodel._index import BlobRecord, LayerRecord
 from bnfuse.io.caffemodel._layout import (
     B_CHANNELS,
@@ -45,13 +49,14 @@ from bnfuse.io.caffemodel._layout import (
     BlobFormat,
     StrPath,
 )
+from bnfuse.io.pairs import PAIR_ID_FIELD, binary_marker
 from bnfuse.io.wire import WIRETYPE_VARINT, encode_len_header, encode_tag, encode_varint
 
 if TYPE_CHECKING:
     from bnfuse.io.caffemodel._sources import CaffemodelFile
     from bnfuse.proto import LayerParameter, V1LayerParameter
 
-#: Ranges shorter than this are written from the memory map; longer ones are
+#: Ranges shorter than this are read with pread and written; longer ones are
 #: copied by the kernel (copy_file_range), which skips user space entirely.
 _KERNEL_COPY_MIN = 1 << 20
 
@@ -269,7 +274,11 @@ def _layer_pieces(layer: NewLayer) -> list[_Piece]:
     return [encode_len_header(record_field, total), *body]
 
 
-def _plan(entries: Iterable[LayerRecord | NewLayer], source: CaffemodelFile | None) -> list[_Piece]:
+def _plan(
+    entries: Iterable[LayerRecord | NewLayer],
+    source: CaffemodelFile | None,
+    pair_id: str | None = None,
+) -> list[_Piece]:
     """Every piece of the output, in order, with adjacent source ranges merged."""
     entries = list(entries)
     for entry in entries:
@@ -287,15 +296,16 @@ def _plan(entries: Iterable[LayerRecord | NewLayer], source: CaffemodelFile | No
     pieces: list[_Piece] = []
     if source is not None:
         source._require_open()
-        if entries == source.layers:
+        if entries == source.layers and pair_id == source.pair_id:
             # Unchanged net: every top-level field in its original order, so the
             # output is the source byte for byte even if layers were interleaved.
             spans = [(s, e) for _, s, e in source.top_fields]
             spans += [(r.start, r.end) for r in source.layers]
             pieces = [_CopyPiece(source, s, e) for s, e in sorted(spans)]
             return _merge(pieces)
-        before = source.top_fields[: source.layer_slot]
-        after = source.top_fields[source.layer_slot :]
+        # A pair id vouches for one pair only: the source's is never copied.
+        before = [f for f in source.top_fields[: source.layer_slot] if f[0] != PAIR_ID_FIELD]
+        after = [f for f in source.top_fields[source.layer_slot :] if f[0] != PAIR_ID_FIELD]
         pieces += [_CopyPiece(source, s, e) for _, s, e in before]
     else:
         after = []
@@ -307,6 +317,8 @@ def _plan(entries: Iterable[LayerRecord | NewLayer], source: CaffemodelFile | No
             pieces += _layer_pieces(entry)
     if source is not None:
         pieces += [_CopyPiece(source, s, e) for _, s, e in after]
+    if pair_id is not None:
+        pieces.append(binary_marker(pair_id))
     return _merge(pieces)
 
 
@@ -358,12 +370,122 @@ def _write_piece_buffered(out: BinaryIO, piece: _Piece) -> None:
         out.write(piece.file._require_open()[piece.start : piece.end])
 
 
+@dataclass(frozen=True)
+class CaffemodelPlan:
+    """A caffemodel ready to be written: its pieces, its exact size, its source files.
+
+    Made by :func:`plan_caffemodel`; :meth:`write_to` streams it into an output of
+    :func:`bnfuse.io.atomic.atomic_outputs`.
+    """
+
+    pieces: list[_Piece]
+    size: int
+    #: The caffemodels whose bytes are copied: no output may replace them, and
+    #: each must still be as it was opened when the output is committed.
+    files: tuple[CaffemodelFile, ...]
+
+    def protected(self) -> list[InputSpec]:
+        """The identities (or paths) of the source files, for the writer's ``inputs``."""
+        return [f.identity if f.identity is not None else f.path for f in self.files]
+
+    def check_sources(self) -> None:
+        """Raise CaffemodelError if a source file changed since it was opened."""
+        for file in self.files:
+            file.check_unchanged()
+
+    def write_to(self, out: OutputFile) -> None:
+        """Stream every piece into ``out``; the source files are never read through a map.
+
+        Ranges of a real source file, and arrays that are views of one, are
+        copied by the kernel (long ones) or read with ``pread`` (short ones).
+        """
+        self.check_sources()
+        for piece in self.pieces:
+            if isinstance(piece, bytes):
+                out.write(piece)
+            elif isinstance(piece, _ArrayPiece):
+                self._write_array(out, piece)
+            else:
+                self._copy(out, piece.file, piece.start, piece.size)
+        written = out.size()
+        if written != self.size:
+            self.check_sources()
+            raise OutputError(
+                f"{out.shown}: wrote {written} bytes instead of the planned {self.size}; "
+                "was an input changed while bnfuse was running?", path=out.shown
+            )
+
+    def _write_array(self, out: OutputFile, piece: _ArrayPiece) -> None:
+        array = piece.array
+        if isinstance(array, np.ndarray) and array.dtype == piece.dtype:
+            for file in self.files:
+                offset = file.locate(array)
+                if offset is not None:
+                    self._copy(out, file, offset, piece.size)
+                    return
+        out.write(_array_bytes(piece))
+
+    @staticmethod
+    def _copy(out: OutputFile, file: CaffemodelFile, start: int, size: int) -> None:
+        src_fd = file.fileno()
+        if src_fd is None:
+            out.write(file._require_open()[start : start + size])
+        elif size >= _KERNEL_COPY_MIN:
+            try:
+                out.copy_from(src_fd, start, size)
+            except OutputError:
+                file.check_unchanged()  # the usual cause, said with the input's name
+                raise
+        else:
+            out.write(file.read_span(start, start + size))
+
+
+def plan_caffemodel(
+    entries: Iterable[LayerRecord | NewLayer],
+    *,
+    source: CaffemodelFile | None,
+    pair_id: str | None = None,
+    dest: str = "the caffemodel",
+) -> CaffemodelPlan:
+    """Plan a caffemodel (see :func:`write_caffemodel`) without creating any file.
+
+    ``pair_id`` is written as the :mod:`bnfuse.io.pairs` marker field (any the
+    source holds is dropped); with the source's own id and its layers unchanged
+    the plan is the source byte for byte.  Over 2 GiB - 1 byte raises
+    :class:`~bnfuse.errors.OutputError` naming ``dest``.
+
+    Example:
+        >>> import numpy as np
+        >>> from bnfuse.proto import LayerParameter, NetParameter
+        >>> layer = NewLayer(LayerParameter(name="a"), [np.ones(2, np.float32)])
+        >>> plan = plan_caffemodel([layer], source=None, pair_id="0" * 32)
+        >>> plan.size - len(layer.to_bytes())  # the marker field: tag, length, 32 digits
+        38
+    """
+    pieces = _plan(entries, source, pair_id)
+    total = sum(_piece_size(p) for p in pieces)
+    if total > MAX_CAFFEMODEL_BYTES:
+        raise OutputError(
+            f"{dest}: the caffemodel would be {total} bytes, over protobuf's 2 GiB limit "
+            f"({MAX_CAFFEMODEL_BYTES} bytes); no protobuf reader (Caffe, pycaffe, OpenCV) "
+            "can load a message that large", path=dest
+        )
+    files: dict[int, CaffemodelFile] = {}
+    if source is not None:
+        files[id(source)] = source
+    for piece in pieces:
+        if isinstance(piece, _CopyPiece):
+            files.setdefault(id(piece.file), piece.file)
+    return CaffemodelPlan(pieces, total, tuple(files.values()))
+
+
 def write_caffemodel(
     dest: StrPath,
     entries: Iterable[LayerRecord | NewLayer],
     *,
     source: CaffemodelFile | None,
-    inputs: Sequence[StrPath] = (),
+    inputs: Sequence[InputSpec] = (),
+    pair_id: str | None = None,
 ) -> None:
     """Stream a new caffemodel to ``dest`` (atomically).
 
@@ -374,7 +496,9 @@ def write_caffemodel(
     written straight from memory.  Writing ``source.layers`` unchanged gives a
     byte-identical file.  The size is computed first: over 2 GiB - 1 byte
     raises :class:`~bnfuse.errors.OutputError` before anything is created.
-    ``dest`` may not be ``source``, any entry's file or any of ``inputs``.
+    ``dest`` may not be ``source``, any entry's file or any of ``inputs``; a
+    source that changes while it is copied is a
+    :class:`~bnfuse.errors.CaffemodelError` and nothing is written.
 
     Example:
         >>> from bnfuse.io.caffemodel import read_caffemodel
@@ -388,39 +512,7 @@ def write_caffemodel(
         True
     """
     shown = os.fspath(dest)
-    pieces = _plan(entries, source)
-    total = sum(_piece_size(p) for p in pieces)
-    if total > MAX_CAFFEMODEL_BYTES:
-        raise OutputError(
-            f"{shown}: the caffemodel would be {total} bytes, over protobuf's 2 GiB limit "
-            f"({MAX_CAFFEMODEL_BYTES} bytes); no protobuf reader (Caffe, pycaffe, OpenCV) "
-            "can load a message that large"
-        )
-    protect: list[StrPath] = list(inputs)
-    for piece in pieces:
-        if isinstance(piece, _CopyPiece) and piece.file.path is not None:
-            protect.append(piece.file.path)
-    if source is not None and source.path is not None:
-        protect.append(source.path)
-    with atomic_write(dest, inputs=protect) as out:
-        for piece in pieces:
-            src_fd = piece.file.fileno() if isinstance(piece, _CopyPiece) else None
-            if (
-                isinstance(piece, _CopyPiece)
-                and src_fd is not None
-                and (piece.size >= _KERNEL_COPY_MIN)
-            ):
-                # The kernel writes at the descriptor's position: flush what is buffered first.
-                out.flush()
-                copy_range(src_fd, out.fileno(), piece.start, piece.size)
-            else:
-                _write_piece_buffered(out, piece)
-        out.flush()
-        written = os.fstat(out.fileno()).st_size
-        if written != total:
-            raise OutputError(
-                f"{shown}: wrote {written} bytes instead of the planned {total}; "
-                "was an input changed while bnfuse was running?"
-            )
-
-
+    plan = plan_caffemodel(entries, source=source, pair_id=pair_id, dest=shown)
+    with atomic_write(dest, inputs=[*inputs, *plan.protected()]) as out:
+        plan.write_to(out)
+        plan.check_sources()
