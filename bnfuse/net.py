@@ -46,7 +46,7 @@ from bnfuse.io import caffemodel as cm
 from bnfuse.io.atomic import atomic_outputs
 from bnfuse.io.caffemodel._writer import CaffemodelPlan, plan_caffemodel
 from bnfuse.io.guard import FileId, check_destinations, display_path, file_kind
-from bnfuse.io.pairs import new_pair_id, strip_text_marker, text_marker, with_text_marker
+from bnfuse.io.pairs import pair_id_for, strip_text_marker, text_marker, with_text_marker
 from bnfuse.io.prototxt import (
     Document,
     FieldNode,
@@ -892,13 +892,13 @@ def _inputs_of(net: Net) -> list[FileId | Path]:
     return found
 
 
-def _text_payload(net: Net, pair_id: str | None) -> bytes:
+def _text_payload(net: Net, pair_id: str | None, rendered: str | None = None) -> bytes:
     """The prototxt to write: the text as read for an unedited net, else rendered,
     with the pair marker of this save (an edited text loses the one it was read with)."""
     if not net.edited:
         text = net._original_text if net._original_text is not None else net.document.render()
         return text.encode("utf-8")
-    text = net.document.render()
+    text = net.document.render() if rendered is None else rendered
     text = with_text_marker(text, pair_id) if pair_id is not None else strip_text_marker(text)
     return text.encode("utf-8")
 
@@ -941,8 +941,11 @@ def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None)
     dests: list[Destination] = [text_path] if model_path is None else [text_path, model_path]
     check_destinations(dests, inputs=inputs, labels=["prototxt", "caffemodel"])
     net.check_unchanged_params()
-    pair_id = new_pair_id() if model_path is not None and net.edited else None
-    payload = _text_payload(net, pair_id)
+    # An edited net is rendered once; its pair id is the hash of that text, so the same
+    # fold writes the same bytes every time.
+    rendered = net.document.render() if net.edited else None
+    pair_id = pair_id_for(rendered) if model_path is not None and rendered is not None else None
+    payload = _text_payload(net, pair_id, rendered)
     if model_path is None:
         with atomic_outputs([text_path], inputs=inputs) as (text_file,):
             text_file.write(payload)

@@ -6,7 +6,7 @@ flushes and fsyncs it, and only then renames it over the destination
 
 - a child process saving a few-MB model in a loop is SIGKILLed at random
   moments many times; the destination always holds the previous complete file
-  (byte-identical to a known good one but for the random pair id each save
+  (byte-identical to a known good one but for the pair id each save
   writes) or nothing, a pair cut between its two renames is refused by
   ``bnfuse.load``, and the only leftovers are temp files named
   ``.<destination name>.<12 hex digits>.tmp``;

@@ -3,7 +3,7 @@
 A prototxt and its caffemodel are renamed into place together, after both are
 complete; a failing second rename puts the first destination back.  The one
 window left (a crash between the two renames) is made detectable: every pair
-written from an edited net carries one random id in both files, and
+written from an edited net carries one id (from its text) in both files, and
 ``bnfuse.load`` refuses a pair whose ids differ.  The marker must never change
 what Caffe, protobuf or OpenCV read, and an unedited net must still be written
 back byte for byte.
@@ -54,6 +54,17 @@ def model(tmp_path: Path) -> tuple[Path, Path]:
                                       "sc": scale_blobs(rng, 4)}, name="net")
 
 
+@pytest.fixture
+def other_model(tmp_path: Path) -> tuple[Path, Path]:
+    """Another net (its text differs by the name): its pairs get another id."""
+    folder = tmp_path / "other"
+    folder.mkdir()
+    rng = np.random.default_rng(12)
+    return write_model(folder, TEXT.replace('"paired"', '"paired_b"'),
+                       {"conv": conv_blobs(rng, 4, 2), "bn": bn_blobs(rng, 4),
+                        "sc": scale_blobs(rng, 4)}, name="net")
+
+
 def _ids(prototxt: Path, caffemodel: Path) -> tuple[list[str], list[tuple[int, bytes]]]:
     """The marker lines of the text, and the unknown fields protobuf finds in the weights."""
     net = NetParameter.FromString(caffemodel.read_bytes())
@@ -75,9 +86,18 @@ def test_an_edited_pair_carries_one_id_in_both_files(model: tuple[Path, Path],
     assert len(lines) == 1
     assert fields == [(117_637_501, lines[0].encode("ascii"))]
     assert out_p.read_text().endswith(f"\n# bnfuse pair {lines[0]}\n")
-    # A second fold writes another id.
+    # The id is the text's: the same fold writes the same bytes again.
     again_p, again_c = _fold_to(model, tmp_path / "again")
-    assert _ids(again_p, again_c)[0] != lines
+    assert _ids(again_p, again_c)[0] == lines
+    assert (again_p.read_bytes(), again_c.read_bytes()) == (out_p.read_bytes(),
+                                                            out_c.read_bytes())
+
+
+def test_another_text_gets_another_id(model: tuple[Path, Path],
+                                      other_model: tuple[Path, Path], tmp_path: Path) -> None:
+    a = _ids(*_fold_to(model, tmp_path / "a"))[0]
+    b = _ids(*_fold_to(other_model, tmp_path / "b"))[0]
+    assert len(a) == len(b) == 1 and a != b
 
 
 def test_the_marker_changes_nothing_caffe_protobuf_or_opencv_read(model: tuple[Path, Path],
@@ -149,9 +169,10 @@ def test_files_written_alone_carry_no_id(model: tuple[Path, Path], tmp_path: Pat
 
 
 def test_a_mismatched_pair_is_refused_naming_both_files(model: tuple[Path, Path],
+                                                        other_model: tuple[Path, Path],
                                                         tmp_path: Path) -> None:
     a_p, a_c = _fold_to(model, tmp_path / "a")
-    b_p, b_c = _fold_to(model, tmp_path / "b")
+    b_p, b_c = _fold_to(other_model, tmp_path / "b")
     id_a, id_b = _ids(a_p, a_c)[0][0], _ids(b_p, b_c)[0][0]
     with pytest.raises(ModelMismatchError) as info:
         bnfuse.load(a_p, b_c)
@@ -179,11 +200,12 @@ _CRASH_BETWEEN_RENAMES = """
 
 
 def test_a_crash_between_the_two_renames_is_detected_on_the_next_load(
-        model: tuple[Path, Path], tmp_path: Path) -> None:
+        model: tuple[Path, Path], other_model: tuple[Path, Path], tmp_path: Path) -> None:
     out_p, out_c = _fold_to(model, tmp_path / "out")
+    # Another net's fold over the same pair dies after its first rename.
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_CRASH_BETWEEN_RENAMES), str(model[0]),
-         str(model[1]), str(out_p), str(out_c)],
+        [sys.executable, "-c", textwrap.dedent(_CRASH_BETWEEN_RENAMES), str(other_model[0]),
+         str(other_model[1]), str(out_p), str(out_c)],
         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=120,
         check=False)
     assert result.returncode == -9

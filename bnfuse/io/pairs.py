@@ -1,10 +1,11 @@
-"""Pair ids: a prototxt and a caffemodel written together carry the same random id.
+"""Pair ids: a prototxt and a caffemodel written together carry the same id.
 
 bnfuse commits a prototxt and a caffemodel together (:mod:`bnfuse.io.atomic`),
 but two renames are still two renames: a crash of the machine or a SIGKILL
 between them leaves one new file beside one old one.  So that such a pair is
-noticed, every pair bnfuse writes from an edited net carries one fresh id in
-both files:
+noticed, every pair bnfuse writes from an edited net carries one id in both
+files. The id is derived from the prototxt text (a hash of it, marker aside), so the
+same fold always writes the same bytes; a different text gets a different id:
 
 - the prototxt ends with the comment line ``# bnfuse pair <32 hex digits>``
   (a comment: Caffe, OpenCV and protobuf's text parser skip it);
@@ -20,7 +21,7 @@ had), and a file written alone (a prototxt without caffemodel, ``save_weights``)
 carries none: an id vouches only for a pair that was committed together.
 
 Example:
-    >>> pair = new_pair_id()
+    >>> pair = pair_id_for('layer { name: "a" type: "ReLU" }\n')
     >>> text = with_text_marker('layer { name: "a" type: "ReLU" }\\n', pair)
     >>> text_marker(text.encode()) == pair
     True
@@ -30,8 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import re
-import secrets
 
 from bnfuse.io.wire import encode_len_header
 
@@ -42,21 +43,24 @@ from bnfuse.io.wire import encode_len_header
 #: outside its reserved range (19,000 to 19,999).
 PAIR_ID_FIELD = 117_637_501
 
-#: Hex digits of an id (128 random bits).
+#: Hex digits of an id (128 bits of the text's SHA-256).
 _ID_CHARS = 32
 
 _TEXT_LINE = re.compile(rb"^# bnfuse pair ([0-9a-f]{32})[ \t]*\r?$", re.MULTILINE)
 _TEXT_LINE_STR = re.compile(r"^# bnfuse pair [0-9a-f]{32}[ \t]*\r?(?:\n|\Z)", re.MULTILINE)
 
 
-def new_pair_id() -> str:
-    """A fresh random id (32 lowercase hex digits).
+def pair_id_for(text: str) -> str:
+    """The id of a pair whose prototxt is ``text``: 32 hex digits of its SHA-256.
+
+    Any marker already in ``text`` is left out, so marking a text does not change its id.
 
     Example:
-        >>> len(new_pair_id()), new_pair_id() != new_pair_id()
-        (32, True)
+        >>> a = pair_id_for("a: 1\n")
+        >>> len(a), a == pair_id_for(with_text_marker("a: 1\n", a)), a == pair_id_for("a: 2\n")
+        (32, True, False)
     """
-    return secrets.token_hex(_ID_CHARS // 2)
+    return hashlib.sha256(strip_text_marker(text).encode("utf-8")).hexdigest()[:_ID_CHARS]
 
 
 def text_marker(data: bytes) -> str | None:
@@ -125,7 +129,7 @@ __all__ = [
     "PAIR_ID_FIELD",
     "binary_marker",
     "binary_marker_id",
-    "new_pair_id",
+    "pair_id_for",
     "strip_text_marker",
     "text_marker",
     "with_text_marker",
