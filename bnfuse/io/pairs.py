@@ -21,7 +21,7 @@ had), and a file written alone (a prototxt without caffemodel, ``save_weights``)
 carries none: an id vouches only for a pair that was committed together.
 
 Example:
-    >>> pair = pair_id_for('layer { name: "a" type: "ReLU" }\n')
+    >>> pair = pair_id_for('layer { name: "a" type: "ReLU" }\\n')
     >>> text = with_text_marker('layer { name: "a" type: "ReLU" }\\n', pair)
     >>> text_marker(text.encode()) == pair
     True
@@ -56,8 +56,8 @@ def pair_id_for(text: str) -> str:
     Any marker already in ``text`` is left out, so marking a text does not change its id.
 
     Example:
-        >>> a = pair_id_for("a: 1\n")
-        >>> len(a), a == pair_id_for(with_text_marker("a: 1\n", a)), a == pair_id_for("a: 2\n")
+        >>> a = pair_id_for("a: 1\\n")
+        >>> len(a), a == pair_id_for(with_text_marker("a: 1\\n", a)), a == pair_id_for("a: 2\\n")
         (32, True, False)
     """
     return hashlib.sha256(strip_text_marker(text).encode("utf-8")).hexdigest()[:_ID_CHARS]
