@@ -164,8 +164,9 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
 
     prototxt, caffemodel = Path(args.prototxt), Path(args.caffemodel)
     default_text, default_model = _default_outputs(prototxt, caffemodel)
-    out_text = Path(args.output) if args.output else default_text
-    out_model = Path(args.weights) if args.weights else default_model
+    # As given (a Path would turn "out/" into a file named "out").
+    out_text: str | Path = args.output if args.output else default_text
+    out_model: str | Path = args.weights if args.weights else default_model
     outputs: list[tuple[str, str | Path]] = [] if args.dry_run else [
         ("prototxt", out_text), ("caffemodel", out_model)]
     if args.json:
@@ -264,7 +265,8 @@ def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
     from bnfuse.net import save_weights
     from bnfuse.verification.randweights import random_weights
 
-    target = Path(args.weights) if args.weights else Path(args.prototxt).with_suffix(".caffemodel")
+    target: str | Path = (args.weights if args.weights
+                          else Path(args.prototxt).with_suffix(".caffemodel"))
     _check_outputs([("caffemodel", target)], [args.prototxt])
     if not args.weights and not args.force and os.path.lexists(target):
         # The default name is where the trained weights of this prototxt usually are.

@@ -13,11 +13,17 @@ parent watches the children: one that says nothing for ``--hang-seconds``
 (a hang that SIGALRM cannot interrupt, e.g. inside C code) is killed, its
 current input recorded as a hang, and restarted after that input.
 
+Every ``--hostile-every``-th input (default: every 4th) is a hostile scenario
+of :mod:`fuzz.hostile` instead: output paths that alias inputs or are no regular
+files, special files as inputs, signals at random points of a ``bnfuse fold``
+subprocess, a caffemodel changing under it, two concurrent writers.
+
 Every finding is written to ``--out`` as ``<kind>-<run seed>-<index>.*`` (the
 prototxt, the caffemodel and a JSON description with the traceback), and is
 reproducible from the run seed and the index alone::
 
     python -m fuzz.run --replay 1:12345
+    python -m fuzz.run --replay 1:12347 --hostile     # a hostile scenario
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ if str(_ROOT) not in sys.path:
 
 from fuzz.corpus_seeds import Seed, all_seeds, builtin_seeds, shared_seeds  # noqa: E402
 from fuzz.engine import FuzzInput, generate, run_batch, run_input  # noqa: E402
+from fuzz.hostile import run_scenario  # noqa: E402
 
 #: Address-space ceiling of a worker: far above any legitimate use by these
 #: small inputs, far below what would hurt the machine.
@@ -77,18 +84,32 @@ def _worker(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bnfuse-fuzz-") as folder:
         work = Path(folder)
         while time.monotonic() < deadline:
-            item = generate(seeds, args.seed, index)
             print(f"S {index}", flush=True)
-            outcome = run_input(item, work, time_limit=args.time_limit,
-                                trace_memory=not args.no_memory and index % args.memory_every == 0,
-                                cli=index % 10 == 0)
+            hostile = _is_hostile(args, index)
+            if hostile:
+                item, outcome = run_scenario(seeds, args.seed, index, work,
+                                             time_limit=args.time_limit)
+            else:
+                item = generate(seeds, args.seed, index)
+                outcome = run_input(item, work, time_limit=args.time_limit,
+                                    trace_memory=not args.no_memory
+                                    and index % args.memory_every == 0,
+                                    cli=index % 10 == 0)
             if outcome.is_finding:
                 _save_finding(Path(args.out), args.seed, item, outcome.kind, outcome.detail)
             print("R " + json.dumps({"i": index, "kind": outcome.kind, "detail": outcome.detail,
                                      "seed": item.seed_name, "mutation": item.description,
-                                     "peak": outcome.peak_bytes}), flush=True)
+                                     "peak": outcome.peak_bytes,
+                                     "hostile": outcome.detail.split(":")[0] if hostile
+                                     else None}), flush=True)
             index += args.stride
     return 0
+
+
+def _is_hostile(args: argparse.Namespace, index: int) -> bool:
+    """Whether input ``index`` is a hostile scenario (every ``--hostile-every``-th)."""
+    every = int(args.hostile_every)
+    return every > 0 and index % every == every - 1
 
 
 def _spawn(args: argparse.Namespace, start: int, minutes: float) -> subprocess.Popen[str]:
@@ -98,6 +119,7 @@ def _spawn(args: argparse.Namespace, start: int, minutes: float) -> subprocess.P
     command += ["--large"] if args.large else []
     command += ["--no-memory"] if args.no_memory else []
     command += ["--memory-every", str(args.memory_every)]
+    command += ["--hostile-every", str(args.hostile_every)]
     return subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.PIPE, text=True, bufsize=1)
 
 
@@ -109,6 +131,7 @@ def _parent(args: argparse.Namespace) -> int:
     last_seen = dict.fromkeys(jobs, time.monotonic())
     tried = 0
     kinds: dict[str, int] = {}
+    hostile: dict[str, dict[str, int]] = {}
     findings: dict[str, dict[str, object]] = {}
     next_report = started + args.report_seconds
     while jobs:
@@ -130,6 +153,9 @@ def _parent(args: argparse.Namespace) -> int:
             record = json.loads(line[2:])
             tried += 1
             kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
+            if record.get("hostile"):
+                per = hostile.setdefault(record["hostile"], {})
+                per[record["kind"]] = per.get(record["kind"], 0) + 1
             if record["kind"] in ("crash", "timeout", "memory"):
                 key = record["kind"] + ": " + _signature(record["detail"])
                 entry = findings.setdefault(key, {"count": 0, "first": record})
@@ -143,7 +169,9 @@ def _parent(args: argparse.Namespace) -> int:
                 proc.kill()
                 proc.wait()
                 index = current[j]
-                item = generate(_seeds(args.large), args.seed, index)
+                item = (FuzzInput(index, "-", "hostile scenario", b"", None)
+                        if _is_hostile(args, index) else generate(_seeds(args.large), args.seed,
+                                                                  index))
                 _save_finding(Path(args.out), args.seed, item, "hang", "worker killed")
                 key = f"hang: input {index}"
                 findings[key] = {"count": 1, "first": {"i": index, "seed": item.seed_name,
@@ -158,18 +186,20 @@ def _parent(args: argparse.Namespace) -> int:
         if now >= next_report:
             elapsed = now - started
             print(f"[{elapsed / 60:5.1f} min] {tried} inputs, {tried / elapsed:.1f}/s, "
-                  f"outcomes {kinds}, unique findings {len(findings)}", flush=True)
+                  f"outcomes {kinds}, hostile {hostile}, unique findings {len(findings)}",
+                  flush=True)
             next_report += args.report_seconds
     elapsed = time.monotonic() - started
     summary = {"minutes": round(elapsed / 60, 2), "inputs": tried,
                "inputs_per_second": round(tried / elapsed, 1), "outcomes": kinds,
-               "unique_findings": len(findings),
+               "hostile": hostile, "unique_findings": len(findings),
                "findings": {k: {"count": v["count"], "first": v["first"]}
                             for k, v in findings.items()}}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"summary-{args.seed}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in
-                      ("minutes", "inputs", "inputs_per_second", "outcomes", "unique_findings")}),
+                      ("minutes", "inputs", "inputs_per_second", "outcomes", "hostile",
+                       "unique_findings")}),
           flush=True)
     return 1 if findings else 0
 
@@ -177,6 +207,14 @@ def _parent(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     """Rebuild one input from ``seed:index`` and run it in this process, verbosely."""
     run_seed, index = (int(x) for x in args.replay.split(":"))
+    if args.hostile:
+        with tempfile.TemporaryDirectory() as folder:
+            item, outcome = run_scenario(_seeds(args.large), run_seed, index, Path(folder),
+                                         time_limit=args.time_limit)
+        print(item.description)
+        print(f"{outcome.kind} in {outcome.seconds:.3f} s")
+        print(outcome.detail)
+        return 1 if outcome.is_finding else 0
     if args.light:  # an input of the bounded test
         item = generate(_batch_seeds(args), run_seed, index, heavy=False)
     else:
@@ -231,7 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip tracemalloc (faster)")
     parser.add_argument("--memory-every", type=int, default=4,
                         help="trace allocations (tracemalloc, ~3x slower) on every Nth input")
+    parser.add_argument("--hostile-every", type=int, default=4,
+                        help="make every Nth input a hostile scenario of fuzz/hostile.py "
+                             "(output paths, special inputs, signals, changing inputs, "
+                             "concurrent writers); 0: none")
     parser.add_argument("--replay", metavar="SEED:INDEX", help="run one input and explain it")
+    parser.add_argument("--hostile", action="store_true",
+                        help="with --replay: the input is a hostile scenario")
     parser.add_argument("--batch", metavar="START:STRIDE:COUNT",
                         help="run one slice of inputs (light mutations) and print JSON")
     parser.add_argument("--light", action="store_true",
