@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from bnfuse import graph, proto
 from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError
-from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
+from bnfuse.verification.inputs import input_layer_shapes, net_input_shapes, seeded_inputs
 from bnfuse.verification.layers import LAYER_FORWARD
 from bnfuse.verification.shapes import layer_output_shapes
 
@@ -162,8 +162,7 @@ def _check_input_names(layers: Sequence[LayerLike], given: Mapping[str, Array]) 
     Inputs are the tops of ``Input`` layers and blobs read before any layer produces them;
     a value given for a computed blob would be ignored, so it is refused too.
     """
-    inputs = {v.name for v in graph.build_graph(layers).inputs()}
-    inputs.update(top for layer in layers if layer.type == "Input" for top in layer.tops)
+    inputs = set(net_input_shapes(layers))
     unknown = sorted(set(given) - inputs)
     if unknown:
         raise ModelMismatchError(
