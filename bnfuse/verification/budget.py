@@ -96,7 +96,7 @@ FALLBACK_MAX_MEMORY = 4 * 2**30
 #: Float64 copies, masks and differences ``compare_values`` holds per value of a blob.
 COMPARE_BYTES_PER_VALUE = 56
 #: Float64 temporaries per input value of a BatchNorm measured by ``random_weights``.
-_MEASURE_BYTES_PER_VALUE = 24
+_MEASURE_BYTES_PER_VALUE = 32
 #: Float64 temporaries per value of a weight drawn by ``random_weights``.
 _DRAW_BYTES_PER_VALUE = 16
 #: Layers whose tops are their bottom (a view or the same array): no new memory.
@@ -173,7 +173,8 @@ def format_size(size: int) -> str:
     """
     if size < 1024:
         return f"{size} B"
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, scale in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30),
+                        ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     raise AssertionError("unreachable")  # pragma: no cover

@@ -363,6 +363,8 @@ class _Member:
     name: str  # the zip member
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    stored: int  # uncompressed bytes the archive says the member has
+    header: int  # bytes of its .npy header
 
     @property
     def nbytes(self) -> int:
@@ -430,14 +432,15 @@ def _npz_members(path: Path, max_bytes: int) -> tuple[BinaryIO, zipfile.ZipFile,
         raise BnfuseError(f"{shown}: is a folder; pass the .npz file of the inputs") from None
     except OSError as exc:
         raise BnfuseError(f"{shown}: cannot read the inputs: {exc.strerror or exc}") from None
-    handle = os.fdopen(fd, "rb")
-    try:
-        info = os.fstat(fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             raise BnfuseError(f"{shown}: is a folder; pass the .npz file of the inputs")
-        if not stat.S_ISREG(info.st_mode):
-            raise BnfuseError(f"{shown}: is not a regular file (a FIFO, device or socket); "
-                              "pass the .npz file of the inputs")
+        raise BnfuseError(f"{shown}: is not a regular file (a FIFO, device or socket); "
+                          "pass the .npz file of the inputs")
+    handle = os.fdopen(fd, "rb")
+    try:
         if info.st_size == 0:
             raise BnfuseError(f"{shown}: the inputs file is empty; write it with "
                               "numpy.savez(path, data=array)")
@@ -481,21 +484,7 @@ def _npz_members(path: Path, max_bytes: int) -> tuple[BinaryIO, zipfile.ZipFile,
                     NotImplementedError, RuntimeError) as exc:
                 raise BnfuseError(f"{where}: not a readable .npy header: "
                                   f"{escape_user_text(exc, 120)}") from None
-            member = _Member(zinfo.filename, shape, dtype)
-            if member.nbytes > max_bytes:
-                raise BnfuseError(
-                    f"{where}: the array {quote_user_text(key)} of shape {shape} and dtype "
-                    f"{dtype} would take {format_size(member.nbytes)} ({member.nbytes:,} "
-                    f"bytes), more than the memory budget of {format_size(max_bytes)}")
-            if zinfo.file_size < header + member.nbytes:
-                raise BnfuseError(f"{where}: holds {zinfo.file_size:,} bytes, its header "
-                                  f"announces {header + member.nbytes:,}: the file is "
-                                  "truncated or corrupt")
-            members[key] = member
-        total = sum(member.nbytes for member in members.values())
-        if total > max_bytes:
-            raise BnfuseError(f"{shown}: the arrays would take {format_size(total)} ({total:,} "
-                              f"bytes), more than the memory budget of {format_size(max_bytes)}")
+            members[key] = _Member(zinfo.filename, shape, dtype, zinfo.file_size, header)
         return handle, zf, members
     except BaseException:
         handle.close()
@@ -509,10 +498,26 @@ def _open_npz(path: Path, expected: Mapping[str, tuple[int, ...] | None] | None,
     ``expected`` is given) before the caller reads any data."""
     handle, zf, members = _npz_members(path, max_bytes)
     try:
+        shown = escape_user_text(path)
         for key, member in members.items():
             problem = _input_problem(key, member.shape, member.dtype, expected)
             if problem is not None:
-                raise BnfuseError(f"{escape_user_text(path)}: {problem}")
+                raise BnfuseError(f"{shown}: {problem}")
+            if member.nbytes > max_bytes:
+                raise BnfuseError(
+                    f"{shown}: member {quote_user_text(member.name)}: the array "
+                    f"{quote_user_text(key)} of shape {member.shape} and dtype {member.dtype} "
+                    f"would take {format_size(member.nbytes)} ({member.nbytes:,} bytes), more "
+                    f"than the memory budget of {format_size(max_bytes)}")
+            if member.stored < member.header + member.nbytes:
+                raise BnfuseError(f"{shown}: member {quote_user_text(member.name)}: holds "
+                                  f"{member.stored:,} bytes, its header announces "
+                                  f"{member.header + member.nbytes:,}: the file is truncated "
+                                  "or corrupt")
+        total = sum(member.nbytes for member in members.values())
+        if total > max_bytes:
+            raise BnfuseError(f"{shown}: the arrays would take {format_size(total)} ({total:,} "
+                              f"bytes), more than the memory budget of {format_size(max_bytes)}")
         yield zf, members
     finally:
         zf.close()

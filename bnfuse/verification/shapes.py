@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bnfuse._text import quote_user_text
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
 from bnfuse.layertypes.batchnorm import NORM_TYPES, detect_layer
 from bnfuse.net import CONV_TYPES, DEPTHWISE_TYPES  # defined once, with the net model
@@ -44,9 +45,43 @@ POOL_STOCHASTIC = 2
 ROUND_CEIL = 0
 ROUND_FLOOR = 1
 
+#: Caffe holds sizes and geometry in C ``int``: ``Blob::Reshape`` refuses a blob of more
+#: than INT_MAX values (or a dimension beyond it), and a ``uint32`` kernel, pad, stride,
+#: dilation or local_size of 2**31 or more wraps negative there, which its checks refuse.
+CAFFE_INT_MAX = 2**31 - 1
+
 
 def _where(layer: LayerLike) -> str:
-    return f"layer {layer.name!r} (type {layer.type!r})"
+    return f"layer {quote_user_text(layer.name)} (type {quote_user_text(layer.type, 60)})"
+
+
+def _check_ints(layer: LayerLike, what: str, values: Sequence[int]) -> None:
+    """Geometry values must fit Caffe's ``int``."""
+    for value in values:
+        if value > CAFFE_INT_MAX:
+            raise _unsupported(layer, f"{what} {value} is beyond Caffe's int range (at most "
+                                      f"{CAFFE_INT_MAX}): Caffe cannot build this layer")
+
+
+def check_blob_shape(layer: LayerLike, what: str, shape: Sequence[int]) -> None:
+    """A blob Caffe can hold: dims from 0 to INT_MAX and at most INT_MAX values.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "in" type: "Input" top: "x" }')
+        >>> check_blob_shape(net.layers[0], "top 'x'", (1, 3, 224, 224))
+        >>> check_blob_shape(net.layers[0], "top 'x'", (2**62, 4, 0))
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.UnsupportedLayerError: layer 'in' (type 'Input'): top 'x' has shape \
+(4611686018427387904, 4, 0); Caffe's blobs allow dimensions from 0 to 2147483647 and at \
+most 2147483647 values
+    """
+    dims = [int(d) for d in shape]
+    if any(d < 0 or d > CAFFE_INT_MAX for d in dims) or math.prod(dims) > CAFFE_INT_MAX:
+        raise _unsupported(layer, f"{what} has shape {tuple(dims)}; Caffe's blobs allow "
+                                  f"dimensions from 0 to {CAFFE_INT_MAX} and at most "
+                                  f"{CAFFE_INT_MAX} values")
 
 
 def _unsupported(layer: LayerLike, why: str) -> UnsupportedLayerError:
@@ -196,6 +231,10 @@ def conv_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> ConvGeometry
     )
     pad = _per_axis(layer, "pad", cp.pad, _h_w(cp, "pad", layer), n_spatial=n_spatial, default=0)
     dilation = _per_axis(layer, "dilation", cp.dilation, None, n_spatial=n_spatial, default=1)
+    for what, values in (("kernel", kernel), ("stride", stride), ("pad", pad),
+                         ("dilation", dilation), ("num_output", [int(cp.num_output)]),
+                         ("group", [int(cp.group)])):
+        _check_ints(layer, what, values)
     if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0 or min(pad) < 0:
         raise _unsupported(layer, "kernel, stride and dilation must be > 0 and pad >= 0")
     channels = int(bottom_shape[axis])
@@ -305,6 +344,8 @@ def pool_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> PoolGeometry
     if stride_hw is not None and pp.HasField("stride"):
         raise _unsupported(layer, "stride and stride_h/stride_w are both set")
     stride = stride_hw if stride_hw is not None else (int(pp.stride), int(pp.stride))
+    for what, values in (("kernel", kernel), ("stride", stride), ("pad", pad)):
+        _check_ints(layer, what, values)
     if pp.global_pooling and (pad != (0, 0) or stride != (1, 1)):
         raise _unsupported(layer, "global_pooling allows only pad 0 and stride 1")
     if min(kernel) <= 0 or min(stride) <= 0 or pad[0] >= kernel[0] or pad[1] >= kernel[1]:
@@ -343,6 +384,8 @@ def input_shapes_of(layer: LayerLike) -> list[Shape]:
         [(1, 3, 32, 32)]
     """
     declared = [tuple(int(d) for d in s.dim) for s in layer.param.input_param.shape]
+    for shape in declared:
+        check_blob_shape(layer, "the declared input", shape)
     n = len(layer.tops)
     if len(declared) == 1:
         return declared * n
@@ -413,6 +456,8 @@ def _scale_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
 def _inner_product_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
     ip = layer.param.inner_product_param
     axis = canonical_axis(layer, int(ip.axis), len(bottoms[0]))
+    _check_ints(layer, "num_output", [int(ip.num_output)])
+    check_blob_shape(layer, "the weight", (int(ip.num_output), count(bottoms[0], axis)))
     return [(*bottoms[0][:axis], int(ip.num_output))]
 
 
@@ -588,8 +633,15 @@ def _lrn_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
     if len(bottoms[0]) != 4:
         raise _unsupported(layer, f"LRN needs a 4-D bottom, got {tuple(bottoms[0])}")
     size = int(layer.param.lrn_param.local_size)
+    _check_ints(layer, "local_size", [size])
     if size <= 0 or size % 2 == 0:
         raise _unsupported(layer, f"local_size must be odd and positive, got {size}")
+    _, c, h, w = bottoms[0]
+    if int(layer.param.lrn_param.norm_region) == 0 and (c + size - 1) * h * w > CAFFE_INT_MAX:
+        # Caffe's ACROSS_CHANNELS keeps the squares padded by size - 1 channels in one blob.
+        raise _unsupported(layer, f"local_size {size} over {c} channels of {h}x{w} needs a "
+                                  f"padded blob of {(c + size - 1) * h * w} values, more than "
+                                  f"Caffe's {CAFFE_INT_MAX}")
     return [tuple(bottoms[0])]
 
 
@@ -664,6 +716,8 @@ def layer_output_shapes(layer: LayerLike, bottom_shapes: Sequence[Shape]) -> lis
     shapes = rule(layer, [tuple(int(d) for d in s) for s in bottom_shapes])
     if len(shapes) != len(layer.tops):
         raise _unsupported(layer, f"makes {len(shapes)} tops but declares {len(layer.tops)}")
+    for top, shape in zip(layer.tops, shapes, strict=True):
+        check_blob_shape(layer, f"top {quote_user_text(top)}", shape)
     return shapes
 
 
@@ -678,7 +732,8 @@ def unsupported_type(layer: LayerLike) -> UnsupportedLayerError:
         layer 'mbox_priorbox' has type 'PriorBox', which the numpy reference executor ...
     """
     return UnsupportedLayerError(
-        f"layer {layer.name!r} has type {layer.type!r}, which the numpy reference executor "
+        f"layer {quote_user_text(layer.name)} has type {quote_user_text(layer.type, 60)}, "
+        "which the numpy reference executor "
         f"does not implement; verify with another backend or remove the layer"
     )
 
@@ -719,7 +774,8 @@ def infer_shapes(
                     shapes[b] = given[b]
                 if b not in shapes:
                     raise ModelMismatchError(
-                        f"{_where(layer)}: bottom {b!r} is produced by no earlier layer "
+                        f"{_where(layer)}: bottom {quote_user_text(b)} is produced by no "
+                        "earlier layer "
                         f"and was not given as an input"
                     )
                 bottoms.append(shapes[b])
@@ -784,6 +840,7 @@ def param_shapes(layer: LayerLike, bottom_shapes: Sequence[Sequence[int]]) -> li
 
 
 __all__ = [
+    "CAFFE_INT_MAX",
     "CONV_TYPES",
     "DEPTHWISE_TYPES",
     "SHAPE_RULES",
@@ -791,6 +848,7 @@ __all__ = [
     "ConvGeometry",
     "PoolGeometry",
     "canonical_axis",
+    "check_blob_shape",
     "concat_axis",
     "conv_geometry",
     "count",
