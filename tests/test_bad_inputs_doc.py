@@ -24,7 +24,6 @@ def test_every_bad_input_is_refused_with_the_error_family() -> None:
     """Each row is a BnfuseError subclass or a documented 'no error' outcome, in one line."""
     from bnfuse import errors
     from bnfuse.io.upgrade import UpgradeError
-
     from bnfuse.verification.budget import MemoryBudgetError
 
     classes = {name: getattr(errors, name) for name in errors.__all__}

@@ -268,6 +268,12 @@ def test_absurd_geometry_is_refused_by_the_shape_rules(layer: str, words: str) -
         assert words in str(info.value)
 
 
+def test_an_input_with_more_axes_than_caffe_allows_is_refused() -> None:
+    with pytest.raises(UnsupportedLayerError, match="the declared input has 40 axes; Caffe's "
+                                                    "blobs have at most 32"):
+        forward(_one("", " ".join(["dim: 1"] * 40)))
+
+
 def test_an_input_beyond_caffe_blob_limits_is_refused() -> None:
     with pytest.raises(UnsupportedLayerError, match=r"the declared input has shape "
                                                     r"\(1099511627776, 4, 0\); Caffe's blobs"):

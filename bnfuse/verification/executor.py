@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse import graph, proto
+from bnfuse._text import escape_user_text
 from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError
 from bnfuse.verification.inputs import input_layer_shapes, net_input_shapes, seeded_inputs
 from bnfuse.verification.layers import LAYER_FORWARD
@@ -166,7 +167,8 @@ def _check_input_names(layers: Sequence[LayerLike], given: Mapping[str, Array]) 
     unknown = sorted(set(given) - inputs)
     if unknown:
         raise ModelMismatchError(
-            f"{unknown} are not inputs of the net; its inputs are {sorted(inputs)}"
+            f"{escape_user_text(unknown)} are not inputs of the net; its inputs are "
+            f"{escape_user_text(sorted(inputs))}"
         )
 
 

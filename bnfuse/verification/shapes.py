@@ -49,6 +49,8 @@ ROUND_FLOOR = 1
 #: than INT_MAX values (or a dimension beyond it), and a ``uint32`` kernel, pad, stride,
 #: dilation or local_size of 2**31 or more wraps negative there, which its checks refuse.
 CAFFE_INT_MAX = 2**31 - 1
+#: ``kMaxBlobAxes`` in Caffe's blob.hpp.
+CAFFE_MAX_AXES = 32
 
 
 def _where(layer: LayerLike) -> str:
@@ -78,6 +80,9 @@ def check_blob_shape(layer: LayerLike, what: str, shape: Sequence[int]) -> None:
 most 2147483647 values
     """
     dims = [int(d) for d in shape]
+    if len(dims) > CAFFE_MAX_AXES:
+        raise _unsupported(layer, f"{what} has {len(dims)} axes; Caffe's blobs have at most "
+                                  f"{CAFFE_MAX_AXES}")
     if any(d < 0 or d > CAFFE_INT_MAX for d in dims) or math.prod(dims) > CAFFE_INT_MAX:
         raise _unsupported(layer, f"{what} has shape {tuple(dims)}; Caffe's blobs allow "
                                   f"dimensions from 0 to {CAFFE_INT_MAX} and at most "
@@ -841,6 +846,7 @@ def param_shapes(layer: LayerLike, bottom_shapes: Sequence[Sequence[int]]) -> li
 
 __all__ = [
     "CAFFE_INT_MAX",
+    "CAFFE_MAX_AXES",
     "CONV_TYPES",
     "DEPTHWISE_TYPES",
     "SHAPE_RULES",
