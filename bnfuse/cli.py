@@ -154,7 +154,7 @@ def _verify_and_report(out: _Out, a: Any, b: Any, args: argparse.Namespace) -> A
     # command and bnfuse.verify(..., fallback="local") give the same verdict.
     result = bnfuse.verify(a, b, backend=args.backend, inputs=args.inputs, seed=args.seed,
                            rtol=args.rtol, atol=args.atol, progress=out.progress(),
-                           fallback="local")
+                           fallback="local", max_memory=args.max_memory)
     out.say(result.summary())
     return result
 
@@ -274,7 +274,8 @@ def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
             f"{target}: exists, and random-weights would replace it with random weights; "
             f"name it with -w {target} to replace it, or pass --force", path=str(target))
     net = random_weights(Path(args.prototxt), seed=args.seed,
-                         unmeasurable="unit" if args.fill_unmeasurable else "error")
+                         unmeasurable="unit" if args.fill_unmeasurable else "error",
+                         max_memory=args.max_memory)
     save_weights(net, target)
     out.say(f"wrote {target}")
     return EXIT_OK
@@ -285,10 +286,43 @@ def _add_verify_options(parser: argparse.ArgumentParser) -> None:
                         help="runtime that runs both nets (default: numpy, always available)")
     parser.add_argument("--inputs", metavar="FILE.npz",
                         help="input arrays by blob name (default: seeded random inputs)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--seed", type=_seed, default=0,
+                        help="seed of the random inputs (an integer from 0 to 2**64 - 1)")
     parser.add_argument("--rtol", type=float, default=None,
                         help="max difference relative to each blob's max |value|")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance")
+    _add_max_memory(parser, "running both nets")
+
+
+def _seed(text: str) -> int:
+    """``--seed``: a non-negative integer (argparse reports anything else as a usage error)."""
+    from bnfuse._checks import MAX_SEED
+
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text[:40]!r}: expected an integer from 0 to 2**64 - 1")
+    return value
+
+
+def _memory_size(text: str) -> int:
+    """``--max-memory``: bytes, or a number with K, M, G, T (e.g. 512M, 4G)."""
+    from bnfuse.errors import BnfuseError
+    from bnfuse.verification.budget import parse_size
+
+    try:
+        return parse_size(text)
+    except BnfuseError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_max_memory(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--max-memory", type=_memory_size, default=None, metavar="SIZE",
+                        help=f"refuse when {what} would need more memory than SIZE (bytes, or "
+                             "with K, M, G, T: 512M, 4G; default: half the machine's memory)")
 
 
 def _add_fold_options(parser: argparse.ArgumentParser) -> None:
@@ -374,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "which is never replaced without --force)")
     rand.add_argument("--force", action="store_true",
                       help="replace the default output even if it exists")
-    rand.add_argument("--seed", type=int, default=0, help="random seed")
+    rand.add_argument("--seed", type=_seed, default=0,
+                      help="random seed (an integer from 0 to 2**64 - 1)")
+    _add_max_memory(rand, "the measurement run")
     rand.add_argument("--fill-unmeasurable", action="store_true",
                       help="give BatchNorms behind a layer the executor cannot run mean 0, "
                            "variance 1 instead of failing")

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf import text_format
 
+from bnfuse._checks import require_destination, require_net, require_source
 from bnfuse.errors import (
     BnfuseError,
     ModelMismatchError,
@@ -780,6 +781,8 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
         >>> [(layer.type, layer.tops) for layer in net.layers]
         [('Input', ('data',)), ('ReLU', ('data',))]
     """
+    require_source(prototxt, "load", "prototxt")
+    require_source(caffemodel, "load", "caffemodel", optional=True)
     text_input = _read_source(prototxt, "prototxt")
     document, net_param, notes, original_text = _parse_prototxt(text_input.data,
                                                                 text_input.source)
@@ -935,6 +938,9 @@ def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None)
         >>> out.read_bytes() == text
         True
     """
+    require_net(net, "save")
+    require_destination(prototxt, "save", "prototxt")
+    require_destination(caffemodel, "save", "caffemodel", optional=True)
     text_path = _destination(prototxt, "prototxt")
     model_path = None if caffemodel is None else _destination(caffemodel, "caffemodel")
     inputs = _inputs_of(net)
@@ -972,6 +978,8 @@ def save_weights(net: Net, caffemodel: Destination) -> None:
         >>> out.read_bytes() == bnfuse.example_path("caffemodel").read_bytes()
         True
     """
+    require_net(net, "save_weights")
+    require_destination(caffemodel, "save_weights", "caffemodel")
     model_path = _destination(caffemodel, "caffemodel")
     inputs = _inputs_of(net)
     check_destinations([model_path], inputs=inputs)

@@ -59,12 +59,17 @@ def good_caffemodel(conv_weight: float = 1.0, variance: float = 1.0) -> bytes:
 
 @dataclass(frozen=True)
 class Case:
-    """One bad-input class: how to make it, and what bnfuse does about it."""
+    """One bad-input class: how to make it, and what bnfuse does about it.
+
+    ``type_error``: the class is a programming error (an API call with a wrong argument
+    type), which bnfuse reports as ``TypeError`` instead of a ``BnfuseError``.
+    """
 
     group: str
     name: str
     does: str
     run: Callable[[], object]
+    type_error: bool = False
 
 
 def _files(prototxt: bytes = GOOD_PROTOTXT, caffemodel: bytes | None = None) -> None:
@@ -227,6 +232,193 @@ def _hard_link_output() -> None:
     os.link("model.caffemodel", "hard.caffemodel")
 
 
+# --------------------------------------------------------------------------- bounded work
+
+HUGE_INPUT = b"""layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 12000 dim: 12000 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+"""
+
+
+def _verify_with_inputs(write: Callable[[Path], None], name: str = "inputs.npz"
+                        ) -> Callable[[], object]:
+    """``bnfuse.verify`` of GOOD_PROTOTXT against itself with ``--inputs`` made by ``write``."""
+    def run() -> object:
+        import bnfuse
+
+        _files(GOOD_PROTOTXT, good_caffemodel())
+        write(Path(name))
+        pair = ("model.prototxt", "model.caffemodel")
+        return bnfuse.verify(pair, pair, inputs=name).summary()
+    return run
+
+
+def _npz(**arrays: object) -> Callable[[Path], None]:
+    return lambda path: np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def _npz_bomb(path: Path) -> None:
+    """242 bytes whose only member's header claims a (1, 3, 706000, 706000) float64 array."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (1, 3, 706000, 706000)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("data.npy", header.getvalue())
+    assert path.stat().st_size == 242
+
+
+def _bomb_for_any_shape() -> object:
+    """The 242-byte npz for a net whose input 'data' is read before any layer writes it."""
+    import bnfuse
+
+    _files(b'layer { name: "relu" type: "ReLU" bottom: "data" top: "out" }\n')
+    _npz_bomb(Path("inputs.npz"))
+    net = bnfuse.load("model.prototxt")
+    return bnfuse.verify(net, net, inputs="inputs.npz", max_memory=4 * 2**30)
+
+
+def _verify_huge() -> object:
+    import bnfuse
+
+    Path("huge.prototxt").write_bytes(HUGE_INPUT)
+    net = bnfuse.load("huge.prototxt")
+    return bnfuse.verify(net, net, max_memory=4 * 2**30)
+
+
+def _random_weights_huge() -> object:
+    from bnfuse.verification.randweights import random_weights
+
+    Path("huge.prototxt").write_bytes(HUGE_INPUT)
+    return random_weights("huge.prototxt", max_memory=4 * 2**30)
+
+
+def _verify_layer(layer: bytes) -> Callable[[], object]:
+    """``bnfuse.verify`` (no fallback) of an input and one layer against itself."""
+    def run() -> object:
+        import bnfuse
+
+        _files(b'layer { name: "data" type: "Input" top: "data" '
+               b"input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }\n" + layer)
+        net = bnfuse.load("model.prototxt")
+        return bnfuse.verify(net, net).summary()
+    return run
+
+
+def _float32_fold(variance: float, factor: float, eps: str = "") -> Callable[[], object]:
+    """A fold whose float64 map is finite while Caffe's float32 arithmetic is not."""
+    def run() -> object:
+        import bnfuse
+        from bnfuse.proto import NetParameter
+
+        net = NetParameter(name="m")
+        conv = net.layer.add(name="conv", type="Convolution")
+        for shape, value in (((2, 2, 1, 1), 1.0), ((2,), 0.0)):
+            blob = conv.blobs.add()
+            blob.shape.dim.extend(shape)
+            blob.data.extend([value] * int(np.prod(shape)))
+        bn = net.layer.add(name="bn", type="BatchNorm")
+        for values in ([0.0, 0.0], [1.0 * factor, variance], [factor]):
+            blob = bn.blobs.add()
+            blob.shape.dim.append(len(values))
+            blob.data.extend(values)
+        text = GOOD_PROTOTXT.replace(b'type: "BatchNorm"', b'type: "BatchNorm"' + eps.encode())
+        _files(text, net.SerializeToString())
+        report = bnfuse.fold("model.prototxt", "model.caffemodel").report
+        return "; ".join(f"{a.kind}: {a.reason}" for a in report.actions)
+    return run
+
+
+def _closed_file() -> object:
+    import bnfuse
+
+    _files()
+    with open("model.prototxt", "rb") as handle:
+        pass
+    return bnfuse.load(handle)
+
+
+def _seed(value: int) -> Callable[[], object]:
+    def run() -> object:
+        import bnfuse
+
+        _files(GOOD_PROTOTXT, good_caffemodel())
+        pair = ("model.prototxt", "model.caffemodel")
+        return bnfuse.verify(pair, pair, seed=value)
+    return run
+
+
+def _bounds_cases() -> list[Case]:
+    """Budgets, bounded geometry, Caffe's float32 semantics, ``--inputs`` and API misuse."""
+    import bnfuse
+
+    zeros = np.zeros((1, 2, 4, 4), np.float32)
+    return [
+        Case("verify", "1x3x12000x12000 input (a 321-byte prototxt)",
+             "estimates the peak memory from the shapes and refuses above the budget "
+             "(`--max-memory`, default half the machine's memory) before allocating",
+             _verify_huge),
+        Case("random-weights", "1x3x12000x12000 input", "refuses above the budget likewise",
+             _random_weights_huge),
+        Case("verify", "convolution `pad: 4294967295`",
+             "refuses: Caffe's geometry is a C int", _verify_layer(
+                 b'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                 b"convolution_param { num_output: 2 kernel_size: 1 pad: 4294967295 } }")),
+        Case("verify", "LRN `local_size: 2147483647`",
+             "refuses: Caffe's padded squares would exceed its blob limit", _verify_layer(
+                 b'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
+                 b"lrn_param { local_size: 2147483647 } }")),
+        Case("verify", "Input dimension of 2**40", "refuses: beyond Caffe's blob limit",
+             _verify_layer(b'layer { name: "x" type: "Input" top: "x" '
+                           b"input_param { shape { dim: 1099511627776 dim: 4 dim: 0 } } }")),
+        Case("fold", "variance + eps is 0 in float32 (not in float64)",
+             "keeps the chain: Caffe divides by zero there, a fold would not",
+             _float32_fold(float.fromhex("-0x1.f75102p-16"), 3.0)),
+        Case("fold", "1/factor overflows float32 (a subnormal factor)",
+             "keeps the chain: Caffe's statistics are inf/NaN there",
+             _float32_fold(float.fromhex("0x1.16c2p-133"), float.fromhex("0x1.16c2p-133"))),
+        Case("verify --inputs", "a `.npy` instead of a `.npz`", "refuses, names the file",
+             _verify_with_inputs(lambda path: np.save(path, zeros), "inputs.npy")),
+        Case("verify --inputs", "empty file", "refuses, names the file",
+             _verify_with_inputs(lambda path: path.write_bytes(b""))),
+        Case("verify --inputs", "not a zip", "refuses, names the file",
+             _verify_with_inputs(lambda path: path.write_bytes(b"PK\x03\x04garbage" * 4))),
+        Case("verify --inputs", "object array", "refuses from the header (never unpickles)",
+             _verify_with_inputs(_npz(data=np.array([None, 1], dtype=object)))),
+        Case("verify --inputs", "structured array", "refuses from the header",
+             _verify_with_inputs(_npz(data=np.zeros((1, 2, 4, 4), dtype=[("a", "<f4")])))),
+        Case("verify --inputs", "key that is no net input (a misnamed npz)",
+             "refuses instead of feeding random data", _verify_with_inputs(_npz(image=zeros))),
+        Case("verify --inputs", "array shape differs from the Input layer",
+             "refuses before reading or casting", _verify_with_inputs(
+                 _npz(data=np.zeros((1, 2, 8, 8), np.float32)))),
+        Case("verify --inputs", "242-byte npz whose header asks for 10.9 TiB",
+             "refuses from the header: the shape is not the Input layer's",
+             _verify_with_inputs(_npz_bomb)),
+        Case("verify --inputs", "the same npz for an input without a declared shape",
+             "refuses from the header: more than the memory budget", _bomb_for_any_shape),
+        Case("verify --inputs", "file name with a newline", "escapes it in the message",
+             _verify_with_inputs(lambda path: path.write_bytes(b""), "in\nputs.npz")),
+        Case("API", "`bnfuse.fold_net(None)`", "TypeError naming the argument",
+             lambda: bnfuse.fold_net(None), type_error=True),  # type: ignore[arg-type]
+        Case("API", "`bnfuse.verify(1, 2)`", "TypeError naming the argument",
+             lambda: bnfuse.verify(1, 2), type_error=True),  # type: ignore[arg-type]
+        Case("API", "`bnfuse.save` of something that is no Net",
+             "TypeError naming the argument",
+             lambda: bnfuse.save("x", "out.prototxt"), type_error=True),  # type: ignore[arg-type]
+        Case("API", "`bnfuse.load` of a closed file", "TypeError naming the argument",
+             _closed_file, type_error=True),
+        Case("API", "`bnfuse.load` of a path with a NUL byte", "refuses before any system call",
+             lambda: bnfuse.load("model\0.prototxt")),
+        Case("API", "`seed=-1` (`--seed -1` is a usage error)", "refuses the value",
+             _seed(-1)),
+    ]
+
+
 def cases() -> list[Case]:
     """Every documented bad-input class, in table order."""
     model = good_caffemodel()
@@ -306,6 +498,7 @@ def cases() -> list[Case]:
         Case("output", "disk full / file too large (EFBIG, ENOSPC)",
              "removes the temp file; the previous output, if any, is untouched", _disk_full),
         Case("output", "caffemodel over 2 GiB", "refuses before creating any file", _too_big),
+        *_bounds_cases(),
     ]
 
 
@@ -313,12 +506,14 @@ def run_case(case: Case) -> tuple[str, str]:
     """(error class, message) of one case, run in a fresh scratch folder as the cwd."""
     from bnfuse.errors import BnfuseError
 
+    expected: tuple[type[Exception], ...] = (BnfuseError, TypeError) if case.type_error \
+        else (BnfuseError,)
     old = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="bnfuse-bad-") as folder:
         os.chdir(folder)
         try:
             outcome = case.run()
-        except BnfuseError as exc:
+        except expected as exc:
             return type(exc).__name__, str(exc)
         finally:
             os.chdir(old)

@@ -12,10 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bnfuse._checks import require_bool, require_net
 from bnfuse.folding import planner, rewrite
 from bnfuse.folding.planner import Action, FoldOptions, layer_counts
 from bnfuse.layertypes.batchnorm import NORM_TYPES
 from bnfuse.net import Destination, Layer, Net, Source, load, save
+
+
+def _check_switches(func: str, forward: object, merge_unfoldable: object,
+                    force_global_stats: object) -> None:
+    for name, value in (("forward", forward), ("merge_unfoldable", merge_unfoldable),
+                        ("force_global_stats", force_global_stats)):
+        require_bool(value, func, name)
 
 
 def _parameter_count(layers: Sequence[Layer]) -> int:
@@ -123,6 +131,8 @@ def fold_net(
         >>> result.net is net, [a.kind for a in result.report.actions]
         (True, ['folded_into_producer', 'folded_into_producer'])
     """
+    require_net(net, "fold_net")
+    _check_switches("fold_net", forward, merge_unfoldable, force_global_stats)
     options = FoldOptions(forward=forward, merge_unfoldable=merge_unfoldable,
                           force_global_stats=force_global_stats)
     layers_before = layer_counts(net.layers)
@@ -158,6 +168,7 @@ def fold(
         >>> result.report.layers_after
         {'Input': 1, 'Convolution': 2, 'ReLU': 2, 'Pooling': 1, 'InnerProduct': 1, 'Softmax': 1}
     """
+    _check_switches("fold", forward, merge_unfoldable, force_global_stats)
     net = load(prototxt, caffemodel)
     return fold_net(net, forward=forward, merge_unfoldable=merge_unfoldable,
                     force_global_stats=force_global_stats)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bnfuse._text import quote_user_text
 from bnfuse.errors import BnfuseError
 from bnfuse.folding import arith, variants
 from bnfuse.graph import Graph, build_graph
@@ -159,6 +160,37 @@ def _shared_params(layer: Layer) -> str | None:
     if names:
         return (f"the weights of {layer.name!r} are shared with other layers "
                 f"(param name {names[0]!r}); changing them would change those layers too")
+    return None
+
+
+def _caffe_float32_problem(chain: Sequence[Layer], options: FoldOptions) -> str | None:
+    """Why Caffe's own float32 evaluation of the chain is not finite, or ``None``.
+
+    The float64 map may be finite where Caffe, computing layer by layer in float32,
+    produces inf or NaN (a variance + eps that is 0 in float32, a ``1/factor`` that
+    overflows, a Scale that overflows); folding would then change what the model
+    computes. The probe (:class:`~bnfuse.folding.arith.Float32Probe`) replays Caffe's
+    steps on the inputs 0 and 1; the reason names the layer, the step and the channel.
+    """
+    probe: arith.Float32Probe | None = None
+    for layer in chain:
+        blobs = [np.asarray(blob) for blob in layer.blobs]
+        where = f"{layer.type} {quote_user_text(layer.name)}"
+        try:
+            if layer.type in NORM_TYPES:
+                probe = variants.dialect_float32_probe(
+                    _norm_dialect(layer, options, structural=False), blobs)
+                continue
+            if probe is None:
+                probe = arith.Float32Probe.unit(int(blobs[0].size))
+            if layer.type == "Scale":
+                probe = arith.caffe_float32_scale(probe, blobs[0].reshape(-1),
+                                                  blobs[1].reshape(-1) if len(blobs) > 1
+                                                  else None)
+            else:
+                probe = arith.caffe_float32_bias(probe, blobs[0].reshape(-1))
+        except BnfuseError as exc:
+            return f"{where}: {exc}"
     return None
 
 
@@ -342,7 +374,8 @@ class _Planner:
                         raise
                     except BnfuseError as exc:  # e.g. BatchNorm and Scale channel counts differ
                         raise _SkipError(f"{' + '.join(names)}: {exc}") from None
-                problem = arith.affine_problem(affine)
+                problem = arith.affine_problem(affine) or _caffe_float32_problem(
+                    [self.layers[i] for i in chain], self.options)
                 if problem:
                     raise _SkipError(problem)
         except _SkipError as skip:

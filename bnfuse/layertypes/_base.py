@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bnfuse import graph, proto
+from bnfuse._text import quote_user_text
 from bnfuse.errors import UnsupportedLayerError
 
 #: Layer types that are a grouped convolution with one group per input channel (forks).
@@ -146,7 +147,7 @@ def where(layer: LayerLike) -> str:
         >>> where(SimpleNamespace(name="conv1", type="Convolution"))
         "layer 'conv1' (type 'Convolution')"
     """
-    return f"layer {layer.name!r} (type {layer.type!r})"
+    return f"layer {quote_user_text(layer.name)} (type {quote_user_text(layer.type, 60)})"
 
 
 def unsupported(layer: LayerLike, why: str) -> UnsupportedLayerError:

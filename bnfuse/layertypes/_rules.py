@@ -26,8 +26,11 @@ from typing import Any
 from bnfuse.layertypes._base import DEPTHWISE_TYPES, Blob, Dim, LayerLike, Shape, unsupported
 from bnfuse.layertypes.batchnorm import detect_layer
 from bnfuse.layertypes.geometry import (
+    CAFFE_INT_MAX,
     POOL_MAX,
     canonical_axis,
+    check_blob_shape,
+    check_ints,
     concat_axis,
     conv_geometry,
     count,
@@ -82,6 +85,8 @@ def scale_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
 def inner_product_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
     ip = layer.param.inner_product_param
     axis = canonical_axis(layer, int(ip.axis), len(bottoms[0]))
+    check_ints(layer, "num_output", [int(ip.num_output)])
+    check_blob_shape(layer, "the weight", (int(ip.num_output), count(bottoms[0], axis)))
     return [(*bottoms[0][:axis], int(ip.num_output))]
 
 
@@ -178,8 +183,15 @@ def lrn_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
     if len(bottoms[0]) != 4:
         raise unsupported(layer, f"LRN needs a 4-D bottom, got {tuple(bottoms[0])}")
     size = int(layer.param.lrn_param.local_size)
+    check_ints(layer, "local_size", [size])
     if size <= 0 or size % 2 == 0:
         raise unsupported(layer, f"local_size must be odd and positive, got {size}")
+    _, c, h, w = bottoms[0]
+    if int(layer.param.lrn_param.norm_region) == 0 and (c + size - 1) * h * w > CAFFE_INT_MAX:
+        # Caffe's ACROSS_CHANNELS keeps the squares padded by size - 1 channels in one blob.
+        raise unsupported(layer, f"local_size {size} over {c} channels of {h}x{w} needs a "
+                                 f"padded blob of {(c + size - 1) * h * w} values, more than "
+                                 f"Caffe's {CAFFE_INT_MAX}")
     return [tuple(bottoms[0])]
 
 

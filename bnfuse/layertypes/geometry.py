@@ -31,6 +31,54 @@ POOL_STOCHASTIC = 2
 ROUND_CEIL = 0
 ROUND_FLOOR = 1
 
+#: Caffe holds sizes and geometry in C ``int``: ``Blob::Reshape`` refuses a blob of more
+#: than INT_MAX values (or a dimension beyond it), and a ``uint32`` kernel, pad, stride,
+#: dilation or local_size of 2**31 or more wraps negative there, which its checks refuse.
+CAFFE_INT_MAX = 2**31 - 1
+#: ``kMaxBlobAxes`` in Caffe's blob.hpp.
+CAFFE_MAX_AXES = 32
+
+
+def check_ints(layer: LayerLike, what: str, values: Sequence[int]) -> None:
+    """Geometry values must fit Caffe's ``int`` (a larger ``uint32`` wraps negative there).
+
+    Example:
+        >>> from types import SimpleNamespace as L
+        >>> check_ints(L(name="c", type="Convolution"), "pad", [2**32 - 1])
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.UnsupportedLayerError: layer 'c' (type 'Convolution'): pad 4294967295 \
+is beyond Caffe's int range (at most 2147483647): Caffe cannot build this layer
+    """
+    for value in values:
+        if value > CAFFE_INT_MAX:
+            raise unsupported(layer, f"{what} {value} is beyond Caffe's int range (at most "
+                                     f"{CAFFE_INT_MAX}): Caffe cannot build this layer")
+
+
+def check_blob_shape(layer: LayerLike, what: str, shape: Sequence[int]) -> None:
+    """A blob Caffe can hold: at most 32 axes, dims from 0 to INT_MAX, at most INT_MAX values.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "in" type: "Input" top: "x" }')
+        >>> check_blob_shape(net.layers[0], "top 'x'", (1, 3, 224, 224))
+        >>> check_blob_shape(net.layers[0], "top 'x'", (2**62, 4, 0))
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.UnsupportedLayerError: layer 'in' (type 'Input'): top 'x' has shape \
+(4611686018427387904, 4, 0); Caffe's blobs allow dimensions from 0 to 2147483647 and at \
+most 2147483647 values
+    """
+    dims = [int(d) for d in shape]
+    if len(dims) > CAFFE_MAX_AXES:
+        raise unsupported(layer, f"{what} has {len(dims)} axes; Caffe's blobs have at most "
+                                 f"{CAFFE_MAX_AXES}")
+    if any(d < 0 or d > CAFFE_INT_MAX for d in dims) or math.prod(dims) > CAFFE_INT_MAX:
+        raise unsupported(layer, f"{what} has shape {tuple(dims)}; Caffe's blobs allow "
+                                 f"dimensions from 0 to {CAFFE_INT_MAX} and at most "
+                                 f"{CAFFE_INT_MAX} values")
+
 def canonical_axis(layer: LayerLike, axis: int, ndim: int) -> int:
     """Turn a possibly negative ``axis`` into an index in ``[0, ndim)`` as Caffe does.
 
@@ -174,6 +222,10 @@ def conv_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> ConvGeometry
     )
     pad = _per_axis(layer, "pad", cp.pad, _h_w(cp, "pad", layer), n_spatial=n_spatial, default=0)
     dilation = _per_axis(layer, "dilation", cp.dilation, None, n_spatial=n_spatial, default=1)
+    for what, values in (("kernel", kernel), ("stride", stride), ("pad", pad),
+                         ("dilation", dilation), ("num_output", [int(cp.num_output)]),
+                         ("group", [int(cp.group)])):
+        check_ints(layer, what, values)
     if min(kernel) <= 0 or min(stride) <= 0 or min(dilation) <= 0 or min(pad) < 0:
         raise unsupported(layer, "kernel, stride and dilation must be > 0 and pad >= 0")
     channels = int(bottom_shape[axis])
@@ -270,6 +322,8 @@ def pool_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> PoolGeometry
     if stride_hw is not None and pp.HasField("stride"):
         raise unsupported(layer, "stride and stride_h/stride_w are both set")
     stride = stride_hw if stride_hw is not None else (int(pp.stride), int(pp.stride))
+    for what, values in (("kernel", kernel), ("stride", stride), ("pad", pad)):
+        check_ints(layer, what, values)
     if pp.global_pooling and (pad != (0, 0) or stride != (1, 1)):
         raise unsupported(layer, "global_pooling allows only pad 0 and stride 1")
     if min(kernel) <= 0 or min(stride) <= 0 or pad[0] >= kernel[0] or pad[1] >= kernel[1]:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from bnfuse._text import quote_user_text
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
 from bnfuse.layertypes import spec_of, weight_layout
 from bnfuse.layertypes._base import LayerLike, NetLike, Shape, unsupported, where
+from bnfuse.layertypes.geometry import check_blob_shape
 
 
 def input_shapes_of(layer: LayerLike) -> list[Shape]:
@@ -39,6 +41,8 @@ def input_shapes_of(layer: LayerLike) -> list[Shape]:
         [(1, 3, 32, 32)]
     """
     declared = [tuple(int(d) for d in s.dim) for s in layer.param.input_param.shape]
+    for shape in declared:
+        check_blob_shape(layer, "the declared input", shape)
     n = len(layer.tops)
     if len(declared) == 1:
         return declared * n
@@ -69,6 +73,8 @@ def layer_output_shapes(layer: LayerLike, bottom_shapes: Sequence[Shape]) -> lis
     shapes = rule(layer, [tuple(int(d) for d in s) for s in bottom_shapes])
     if len(shapes) != len(layer.tops):
         raise unsupported(layer, f"makes {len(shapes)} tops but declares {len(layer.tops)}")
+    for top, shape in zip(layer.tops, shapes, strict=True):
+        check_blob_shape(layer, f"top {quote_user_text(top)}", shape)
     return shapes
 
 
@@ -83,7 +89,8 @@ def unsupported_type(layer: LayerLike) -> UnsupportedLayerError:
         layer 'mbox_priorbox' has type 'PriorBox', which the numpy reference executor ...
     """
     return UnsupportedLayerError(
-        f"layer {layer.name!r} has type {layer.type!r}, which the numpy reference executor "
+        f"layer {quote_user_text(layer.name)} has type {quote_user_text(layer.type, 60)}, "
+        "which the numpy reference executor "
         f"does not implement; verify with another backend or remove the layer"
     )
 
@@ -124,8 +131,8 @@ def infer_shapes(
                     shapes[b] = given[b]
                 if b not in shapes:
                     raise ModelMismatchError(
-                        f"{where(layer)}: bottom {b!r} is produced by no earlier layer "
-                        f"and was not given as an input"
+                        f"{where(layer)}: bottom {quote_user_text(b)} is produced by no "
+                        "earlier layer and was not given as an input"
                     )
                 bottoms.append(shapes[b])
             outs = layer_output_shapes(layer, bottoms)

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse import graph
+from bnfuse._text import escape_user_text
 from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError
 from bnfuse.layertypes._base import LayerLike, NetLike
 from bnfuse.layertypes.shapes import layer_output_shapes
-from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
+from bnfuse.verification.inputs import input_layer_shapes, net_input_shapes, seeded_inputs
 from bnfuse.verification.layers import forward_of
 
 Array = npt.NDArray[Any]
@@ -117,12 +117,12 @@ def _check_input_names(layers: Sequence[LayerLike], given: Mapping[str, Array]) 
     Inputs are the tops of ``Input`` layers and blobs read before any layer produces them;
     a value given for a computed blob would be ignored, so it is refused too.
     """
-    inputs = {v.name for v in graph.build_graph(layers).inputs()}
-    inputs.update(top for layer in layers if layer.type == "Input" for top in layer.tops)
+    inputs = set(net_input_shapes(layers))
     unknown = sorted(set(given) - inputs)
     if unknown:
         raise ModelMismatchError(
-            f"{unknown} are not inputs of the net; its inputs are {sorted(inputs)}"
+            f"{escape_user_text(unknown)} are not inputs of the net; its inputs are "
+            f"{escape_user_text(sorted(inputs))}"
         )
 
 

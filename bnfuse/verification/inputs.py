@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from bnfuse._checks import require_seed
+
 if TYPE_CHECKING:
     from bnfuse.verification.executor import LayerLike
 
@@ -50,7 +52,7 @@ def seeded_inputs(
         >>> seeded_inputs({"a": (2,)}, seed=3, dtype=np.float64)["a"].dtype
         dtype('float64')
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(require_seed(seed, "seeded_inputs"))
     target = np.dtype(dtype)
     return {name: rng.standard_normal(tuple(int(d) for d in shape)).astype(target)
             for name, shape in shapes.items()}
@@ -82,4 +84,30 @@ def input_layer_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape]:
     return shapes
 
 
-__all__ = ["input_layer_shapes", "seeded_inputs"]
+def net_input_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape | None]:
+    """Every name a net can be fed, with its declared shape (``None``: any shape).
+
+    The inputs are the tops of ``Input`` layers (their declared shape) and the blobs read
+    before any layer produces them (no declared shape). A value for any other name would
+    be ignored, so the executor and :func:`bnfuse.verify` refuse one: a misnamed input
+    must not silently become random data.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "in" type: "Input" top: "image"
+        ...         input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+        ... layer { name: "sum" type: "Eltwise" bottom: "image" bottom: "extra" top: "out" }
+        ... ''')
+        >>> net_input_shapes(net.layers)
+        {'image': (1, 3, 4, 4), 'extra': None}
+    """
+    from bnfuse.graph import build_graph
+
+    shapes: dict[str, Shape | None] = dict(input_layer_shapes(layers))
+    for version in build_graph(layers).inputs():
+        shapes.setdefault(version.name, None)
+    return shapes
+
+
+__all__ = ["input_layer_shapes", "net_input_shapes", "seeded_inputs"]

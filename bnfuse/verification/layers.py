@@ -34,6 +34,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
 from bnfuse.layertypes import SPECS, spec_of, squeeze_legacy
 from bnfuse.layertypes.geometry import (
+    CAFFE_INT_MAX,
     POOL_AVE,
     POOL_MAX,
     ROUND_CEIL,
@@ -165,7 +166,8 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, g: ConvGeometry) -
         taps_index = (slice(None, None, d) for d in g.dilation)
         window_index: Index = (slice(None), slice(None), *positions_index, *taps_index)
         win = win[window_index]
-        if cin_g == 1:
+        if cin_g == 1 and count(g.kernel) <= 64:
+            # Few taps: accumulate per offset (a huge kernel goes through one GEMM instead).
             y = _depthwise(win, weight, g, batch, out_sp)
         else:
             ksize = count(g.kernel)
@@ -247,12 +249,42 @@ def deconv_forward(x: Array, weight: Array, bias: Array | None, g: ConvGeometry)
     return y.reshape(*lead, g.num_output, *out_sp)
 
 
+#: Kernel offsets the executor loops over one by one (a deconvolution's col2im); Caffe's
+#: largest real kernels (FCN's 64x64 upsampling) have 4096.
+MAX_LOOPED_TAPS = 65536
+
+
+def _check_work(layer: LayerLike, what: str, values: int) -> None:
+    """Refuse a working array Caffe itself could not hold (more than INT_MAX values)."""
+    if values > CAFFE_INT_MAX:
+        raise _fail(layer, f"{what} would hold {values} values per image, more than Caffe's "
+                           f"blob limit of {CAFFE_INT_MAX}")
+
+
+def _check_conv_work(layer: LayerLike, shape: tuple[int, ...], g: ConvGeometry) -> None:
+    """The per-image buffers of Caffe's convolution (its column buffer) and of this one."""
+    spatial = shape[g.axis + 1 :]
+    if layer.type == "Deconvolution":
+        _check_work(layer, "the column buffer", g.num_output * count(g.kernel) * count(spatial))
+        if count(g.kernel) > MAX_LOOPED_TAPS:
+            raise _fail(layer, f"a {'x'.join(map(str, g.kernel))} kernel has more than "
+                               f"{MAX_LOOPED_TAPS} taps, which the numpy executor does not run")
+        return
+    out = g.output_spatial(spatial, deconv=False)
+    _check_work(layer, "the column buffer", g.channels * count(g.kernel) * count(out))
+    padded = [size + 2 * p for size, p in zip(spatial, g.pad, strict=True)]
+    _check_work(layer, "the zero-padded input", g.channels * count(padded))
+
+
 def _convolution(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
     weights = layer_weights(layer, _shapes(bottoms[:1]), dtype)
     bias = weights[1] if len(weights) > 1 else None
     run = deconv_forward if layer.type == "Deconvolution" else conv_forward
+    geometries = [conv_geometry(layer, x.shape) for x in bottoms]
+    for x, g in zip(bottoms, geometries, strict=True):
+        _check_conv_work(layer, x.shape, g)
     # Several bottoms share the weights (Caffe allows N bottom/top pairs of one shape).
-    return [run(x, weights[0], bias, conv_geometry(layer, x.shape)) for x in bottoms]
+    return [run(x, weights[0], bias, g) for x, g in zip(bottoms, geometries, strict=True)]
 
 
 def _inner_product(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
@@ -314,10 +346,13 @@ def _lrn(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[A
     square = x * x
     if int(lp.norm_region) == 0:  # ACROSS_CHANNELS
         # Sum of squares over a window of `size` channels centred on each channel,
-        # zero beyond the ends; Caffe scales alpha by the window size.
-        padded = _padded(square, (pre_pad,), 1)
+        # zero beyond the ends; Caffe scales alpha by the window size. Offsets more than
+        # C - 1 channels away only ever add zero padding, so the window is cut there
+        # (adding +0 to a sum of squares changes no bit): a huge local_size costs nothing.
+        reach = min(pre_pad, x.shape[1] - 1)
+        padded = _padded(square, (reach,), 1)
         window = np.zeros_like(x)
-        for c in range(size):
+        for c in range(2 * reach + 1):
             window += padded[:, c : c + x.shape[1]]
         scale = dtype.type(lp.k) + (alpha / dtype.type(size)) * window
         return [x * np.power(scale, -beta)]
@@ -419,6 +454,14 @@ def pool_mask(x: Array, g: PoolGeometry) -> Array:
 
 def _pooling(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
     geometry = pool_geometry(layer, bottoms[0].shape)
+    _, c, height, width = bottoms[0].shape
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = (geometry.kernel, geometry.stride, geometry.pad,
+                                              geometry.output)
+    # pool_forward pads the input to cover every window: an executor buffer, not Caffe's.
+    _check_work(layer, "the padded input",
+                c * max((oh - 1) * sh + kh, ph + height) * max((ow - 1) * sw + kw, pw + width))
+    if len(layer.tops) == 2:
+        _check_work(layer, "the windows of the mask", c * oh * ow * kh * kw)
     pooled = pool_forward(bottoms[0], geometry)
     if len(layer.tops) == 2:
         return [pooled, pool_mask(bottoms[0], geometry)]

@@ -57,10 +57,24 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from bnfuse._checks import (
+    require_destination,
+    require_optional_number,
+    require_seed,
+    require_source,
+)
+from bnfuse._text import quote_user_text
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.layertypes import has_weights, weight_layout
 from bnfuse.layertypes.batchnorm import NORM_TYPES, detect_layer
 from bnfuse.layertypes.geometry import conv_geometry
+from bnfuse.verification.budget import (
+    MemoryBudgetError,
+    check_budget,
+    estimate_random_weights,
+    format_size,
+    resolve_max_memory,
+)
 from bnfuse.verification.norms import norm_blobs
 
 if TYPE_CHECKING:
@@ -132,13 +146,17 @@ def random_weights(
     factor: float | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     unmeasurable: Literal["error", "unit"] = "error",
+    max_memory: int | None = None,
 ) -> Net:
     """Give every layer of a net realistic random weights (see the module docstring).
 
     ``prototxt_or_net`` is a prototxt (path, bytes, file) or a loaded Net, which is
     changed in place and returned. ``input_shapes`` overrides the Input layers'
     shapes for the measurement batch (e.g. a batch of 4). ``factor`` fixes the
-    BatchNorm factor; by default it is random per layer.
+    BatchNorm factor; by default it is random per layer. ``max_memory`` is the memory
+    budget in bytes (default: half of the machine's memory): the memory the measurement
+    run and the weights will take is estimated from the shapes first, and a
+    :class:`~bnfuse.verification.budget.MemoryBudgetError` is raised above it.
 
     Example:
         >>> net = random_weights(b'''
@@ -150,14 +168,52 @@ def random_weights(
         >>> [tuple(b.shape) for b in net.layer("c").blobs]
         [(4, 3, 3, 3), (4,)]
     """
+    from bnfuse.net import Net, load
+
+    budget = _check_arguments(prototxt_or_net, seed=seed, factor=factor,
+                              input_shapes=input_shapes, unmeasurable=unmeasurable,
+                              max_memory=max_memory)
+    net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
+    check_budget(estimate_random_weights(net, input_shapes), budget,
+                 "making random weights (the measurement run and the weights)")
+    try:
+        return _fill(net, seed=seed, factor=factor, input_shapes=input_shapes,
+                     unmeasurable=unmeasurable)
+    except MemoryError:
+        raise MemoryBudgetError(
+            "making random weights ran out of memory although the estimate was within the "
+            f"budget of {format_size(budget)}; lower --max-memory (max_memory=) to what this "
+            "machine can spare") from None
+
+
+def _check_arguments(prototxt_or_net: object, *, seed: object, factor: object,
+                     input_shapes: object, unmeasurable: object, max_memory: object) -> int:
+    """:func:`random_weights`' own argument checks; returns the memory budget."""
+    from bnfuse.net import Net
+
+    if not isinstance(prototxt_or_net, Net):
+        require_source(prototxt_or_net, "random_weights", "prototxt_or_net")
+    require_seed(seed, "random_weights")
+    require_optional_number(factor, "random_weights", "factor")
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        raise TypeError("random_weights: input_shapes must be a mapping of blob name to shape "
+                        f"or None, not {type(input_shapes).__name__}")
+    if unmeasurable not in ("error", "unit"):
+        raise BnfuseError(f"random_weights: unmeasurable must be 'error' or 'unit', not "
+                          f"{quote_user_text(unmeasurable, 40)}")
+    return resolve_max_memory(max_memory, "random_weights")
+
+
+def _fill(net: Net, *, seed: int, factor: float | None,
+          input_shapes: Mapping[str, Sequence[int]] | None,
+          unmeasurable: Literal["error", "unit"]) -> Net:
+    """:func:`random_weights` once the arguments and the memory budget are checked."""
     from bnfuse.layertypes import executable
     from bnfuse.layertypes.shapes import param_shapes
-    from bnfuse.net import Net, load
     from bnfuse.verification.executor import forward
     from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
     from bnfuse.verification.local import known_shapes
 
-    net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
     # The measurement batch is drawn by the one input generator verify and the executor
     # use, so `forward(net, seed=seed)` replays it; the weights use their own stream.
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
@@ -252,6 +308,7 @@ def write_random_model(
     factor: float | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     unmeasurable: Literal["error", "unit"] = "error",
+    max_memory: int | None = None,
 ) -> Net:
     """Fill ``prototxt`` with :func:`random_weights` and write the net and its caffemodel.
 
@@ -268,8 +325,9 @@ def write_random_model(
     """
     from bnfuse.net import save
 
+    require_destination(prototxt, "write_random_model", "prototxt")
     net = random_weights(Path(prototxt), seed=seed, factor=factor, input_shapes=input_shapes,
-                         unmeasurable=unmeasurable)
+                         unmeasurable=unmeasurable, max_memory=max_memory)
     save(net, out_prototxt, out_caffemodel)
     return net
 
