@@ -185,7 +185,8 @@ layer { name: "ip" type: "InnerProduct" bottom: "d" top: "ip"
 
 def test_the_estimate_is_linear_in_the_layer_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """n and 8n layers: the shape rules run 8 times as often, and the figure is exact."""
-    from bnfuse.verification import local, shapes
+    from bnfuse.layertypes import shapes
+    from bnfuse.verification import local
 
     calls = []
     real = shapes.layer_output_shapes
