@@ -491,11 +491,14 @@ class Net:
         map would kill the process with SIGBUS if another process truncated the
         file meanwhile, a copy read now fails cleanly instead
         (:meth:`~bnfuse.io.caffemodel.CaffemodelFile.read_blob`). Weights that
-        are no views (edited, or from bytes) are left as they are.
+        are no views (edited, or from bytes) are left as they are, and so are those
+        of a file held with a read lease (the command line's), which cannot shrink
+        under bnfuse unnoticed.
         """
         for layer in layers:
             record = layer._record
-            if record is None or layer._changed or record.file.fileno() is None:
+            if (record is None or layer._changed or record.file.fileno() is None
+                    or record.file.leased):
                 continue
             if len(record.blobs) != len(layer._blobs):
                 continue

@@ -419,6 +419,207 @@ def _bounds_cases() -> list[Case]:
     ]
 
 
+def _cli_handler(*argv: str) -> object:
+    """Run one ``bnfuse`` command's own code, so its error keeps its class (``main``
+    would print it as ``error: ...`` and return 1)."""
+    from bnfuse.cli import _Out, build_parser
+
+    args = build_parser().parse_args(list(argv))
+    return args.handler(args, _Out(True))
+
+
+def _json_over_weights() -> object:
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    return _cli_handler("fold", "model.prototxt", "model.caffemodel", "--json",
+                        "model.caffemodel")
+
+
+def _json_over_output() -> object:
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    return _cli_handler("fold", "model.prototxt", "model.caffemodel", "-w", "out.caffemodel",
+                        "--json", "out.caffemodel")
+
+
+def _special_output() -> object:
+    import bnfuse
+
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    os.mkfifo("pipe")
+    bnfuse.fold("model.prototxt", "model.caffemodel").save("out.prototxt", "pipe")
+    return None
+
+
+def _protected_output() -> object:
+    import bnfuse
+
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    Path("kept.caffemodel").write_bytes(b"trained elsewhere")
+    Path("kept.caffemodel").chmod(0o444)
+    bnfuse.fold("model.prototxt", "model.caffemodel").save("out.prototxt", "kept.caffemodel")
+    return None
+
+
+def _loop_output() -> object:
+    import bnfuse
+
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    Path("loop").symlink_to("loop")
+    bnfuse.fold("model.prototxt", "model.caffemodel").save("loop", "out.caffemodel")
+    return None
+
+
+def _folder_name_output() -> object:
+    import bnfuse
+
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    bnfuse.fold("model.prototxt", "model.caffemodel").save("out.prototxt", "out/")
+    return None
+
+
+def _relative_after_chdir() -> object:
+    import bnfuse
+
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    net = bnfuse.fold("model.prototxt", "model.caffemodel").net
+    os.mkdir("elsewhere")
+    os.chdir("elsewhere")
+    bnfuse.save(net, "out.prototxt", "../model.caffemodel")
+    return None
+
+
+def _random_weights_over_trained() -> object:
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    return _cli_handler("random-weights", "model.prototxt")
+
+
+def _pair_marker(pair_id: str) -> bytes:
+    payload = pair_id.encode()
+    return _tag(117_637_501, 2) + _varint(len(payload)) + payload
+
+
+def _mismatched_pair() -> object:
+    import bnfuse
+
+    # A prototxt and a caffemodel from two saves (what a crash between the two renames
+    # of one save leaves): each carries its own pair id.
+    _files(GOOD_PROTOTXT + b"# bnfuse pair " + b"1" * 32 + b"\n",
+           good_caffemodel() + _pair_marker("2" * 32))
+    return bnfuse.load("model.prototxt", "model.caffemodel")
+
+
+def _interrupted(signame: str) -> Callable[[], object]:
+    def run() -> object:
+        """The fold is sent the signal by itself right after its first output byte."""
+        _files(GOOD_PROTOTXT, good_caffemodel())
+        Path("out.prototxt").write_bytes(b"previous\n")
+        code = f"""
+            import os, signal, sys
+            from bnfuse.io import atomic
+            from bnfuse.cli import main
+            real = atomic.OutputFile.write
+            def write_then_signal(self, data):
+                done = real(self, data)
+                os.kill(os.getpid(), signal.{signame})
+                return done
+            atomic.OutputFile.write = write_then_signal
+            sys.exit(main(["fold", "model.prototxt", "model.caffemodel", "-o",
+                           "out.prototxt", "-w", "out.caffemodel", "-q"]))
+        """
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                                capture_output=True, text=True, check=False)
+        left = sorted(name for name in os.listdir(".") if name.startswith(("out", ".out")))
+        kept = Path("out.prototxt").read_bytes() == b"previous\n"
+        return (f"exit {result.returncode}, stderr {result.stderr.strip()!r}, outputs "
+                f"{left}, previous out.prototxt kept: {kept}")
+    return run
+
+
+def _special_input(role: str, make: Callable[[], str]) -> Callable[[], object]:
+    def run() -> object:
+        import bnfuse
+
+        _files(GOOD_PROTOTXT, good_caffemodel())
+        special = make()
+        if role == "prototxt":
+            return bnfuse.load(special, "model.caffemodel")
+        return bnfuse.load("model.prototxt", special)
+    return run
+
+
+def _fifo() -> str:
+    os.mkfifo("fifo")
+    return "fifo"
+
+
+def _socket_file() -> str:
+    import socket
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind("sock")
+    server.close()
+    return "sock"
+
+
+def _changed_during_fold(how: str) -> Callable[[], object]:
+    def run() -> object:
+        import bnfuse
+
+        _files(GOOD_PROTOTXT, good_caffemodel())
+        net = bnfuse.load("model.prototxt", "model.caffemodel")
+        size = os.path.getsize("model.caffemodel")
+        if how == "truncated":
+            os.truncate("model.caffemodel", size // 2)
+        else:
+            with open("model.caffemodel", "r+b") as f:
+                f.seek(size - 4)
+                f.write(b"\x00\x00\x80\x3f")
+            os.utime("model.caffemodel", ns=(1, 1))
+        bnfuse.fold_net(net).save("out.prototxt", "out.caffemodel")
+        return None
+    return run
+
+
+def _two_writers() -> object:
+    """Writer A is held between its two renames while writer B saves the same pair."""
+    _files(GOOD_PROTOTXT, good_caffemodel())
+    _files_b = GOOD_PROTOTXT.replace(b'name: "m"', b'name: "b"')
+    Path("b.prototxt").write_bytes(_files_b)
+    Path("b.caffemodel").write_bytes(good_caffemodel(conv_weight=2.0))
+    held = """
+        import os, sys, time
+        import bnfuse
+        result = bnfuse.fold("model.prototxt", "model.caffemodel")
+        real = os.replace
+        def hold(a, b):
+            real(a, b)
+            if not os.path.exists("go"):
+                open("go", "w").close()
+                time.sleep(1.0)
+        os.replace = hold
+        result.save("out.prototxt", "out.caffemodel")
+    """
+    waiting = """
+        import os, time
+        import bnfuse
+        result = bnfuse.fold("b.prototxt", "b.caffemodel")
+        while not os.path.exists("go"):
+            time.sleep(0.001)
+        result.save("out.prototxt", "out.caffemodel")
+    """
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env)
+                for code in (held, waiting)]
+    codes = [child.wait() for child in children]
+    import bnfuse
+
+    net = bnfuse.load("out.prototxt", "out.caffemodel")
+    weight = float(net.layer("conv").blobs[0].reshape(-1)[0])
+    return (f"both exit {codes}; out.prototxt is writer {net.name}'s, out.caffemodel's conv "
+            f"weight is {weight:g} (writer b folds weight 2, writer m weight 1): one complete "
+            "pair")
+
+
 def cases() -> list[Case]:
     """Every documented bad-input class, in table order."""
     model = good_caffemodel()
@@ -474,6 +675,19 @@ def cases() -> list[Case]:
              _load(GOOD_PROTOTXT, _blob_record([-1, 2], 0))),
         Case("caffemodel", "more than 32 axes", "refuses (Caffe's limit), names layer and blob",
              _load(GOOD_PROTOTXT, _blob_record([1] * 33, 1))),
+        Case("special input", "prototxt is a FIFO", "refuses before opening it (opening would "
+             "wait for a writer forever)", _special_input("prototxt", _fifo)),
+        Case("special input", "caffemodel is a device (`/dev/zero`)",
+             "refuses before reading a byte (it never ends)",
+             _special_input("caffemodel", lambda: "/dev/zero")),
+        Case("special input", "caffemodel is a socket", "refuses before reading",
+             _special_input("caffemodel", _socket_file)),
+        Case("special input", "caffemodel truncated by another process during a fold",
+             "a clean error, never SIGBUS: the weights a fold computes with are read with "
+             "pread, nothing is written", _changed_during_fold("truncated")),
+        Case("special input", "caffemodel rewritten in place during a fold",
+             "refuses before committing any output (size and mtime checked)",
+             _changed_during_fold("rewritten")),
         Case("weights", "wrong blob count for a layer", "refuses, names the layer",
              _load(GOOD_PROTOTXT, _blob_record([2, 2, 1, 1], 4))),
         Case("weights", "wrong weight shape for a layer", "refuses, names the layer",
@@ -498,6 +712,33 @@ def cases() -> list[Case]:
         Case("output", "disk full / file too large (EFBIG, ENOSPC)",
              "removes the temp file; the previous output, if any, is untouched", _disk_full),
         Case("output", "caffemodel over 2 GiB", "refuses before creating any file", _too_big),
+        Case("output", "`--json` names the input caffemodel", "refuses before the fold: "
+             "nothing is written", _json_over_weights),
+        Case("output", "`--json` names another output", "refuses before the fold",
+             _json_over_output),
+        Case("output", "output is a FIFO, a device (`-o /dev/null`) or a socket",
+             "refuses, and never replaces it by a regular file", _special_output),
+        Case("output", "output is write-protected (`chmod a-w`)",
+             "refuses: a rename would replace it without asking", _protected_output),
+        Case("output", "output is a symlink loop", "refuses", _loop_output),
+        Case("output", "output path ends with `/`", "refuses (it names a folder, not a file)",
+             _folder_name_output),
+        Case("output", "input loaded by a relative path, output after a `chdir`",
+             "refuses: inputs are known by device and inode", _relative_after_chdir),
+        Case("output", "`random-weights` with no `-w` beside a trained caffemodel",
+             "refuses to replace it (name it with `-w`, or `--force`)",
+             _random_weights_over_trained),
+        Case("pair", "prototxt and caffemodel from two different saves (a crash between "
+             "two renames)", "refuses the pair: both carry a pair id and they differ",
+             _mismatched_pair),
+        Case("pair", "two processes write one pair at once",
+             "their renames take turns (a folder lock): one complete pair", _two_writers),
+        Case("signal", "SIGTERM during a write (`timeout`, `docker stop`)",
+             "removes the temp files, exit 143, one line", _interrupted("SIGTERM")),
+        Case("signal", "SIGHUP during a write", "removes the temp files, exit 129, one line",
+             _interrupted("SIGHUP")),
+        Case("signal", "SIGINT (Ctrl-C) during a write",
+             "removes the temp files, exit 130, one line", _interrupted("SIGINT")),
         *_bounds_cases(),
     ]
 

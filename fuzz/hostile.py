@@ -318,7 +318,7 @@ def _scenario_output(rng: random.Random, seeds: list[Seed], run_seed: int, index
         if after[str(path)] != before[str(path)]:
             raise FindingError(f"{what}: {path.name} was changed ({before[str(path)]} -> "
                           f"{after[str(path)]})")
-    if aliasing and result.startswith("ok") and victim in protected:
+    if aliasing and result == "ok" and victim in protected:
         raise FindingError(f"{what}: writing over an input was not refused")
     leftovers = _temps(case, scratch, *(Path(p) for p in (bad,) if _is_dir(p)))
     if leftovers:
@@ -354,6 +354,8 @@ def _api_output(slot: str, bad: str, prototxt: Path, caffemodel: Path | None, *,
         return _call("save_weights", lambda: save_weights(net, bad))
     text = bad if slot == "prototxt" else outs["prototxt"]
     model = bad if slot in ("caffemodel", "json") else outs["caffemodel"]
+    if caffemodel is None and model == bad:
+        return "unused (no caffemodel to write)"
     return _call("save", lambda: bnfuse.save(net, text, model if caffemodel else None))
 
 

@@ -223,6 +223,23 @@ def test_symlink_loop_is_an_output_error(model: tuple[Path, Path], tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "loop.caffemodel"]
 
 
+def test_write_protected_destination_is_not_replaced(model: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    """chmod a-w protects trained weights from `cp`; the rename must not bypass it."""
+    prototxt, caffemodel = model
+    protected = tmp_path / "keep.caffemodel"
+    protected.write_bytes(b"trained elsewhere")
+    protected.chmod(0o444)
+    with _untouched(protected):
+        code, text = _cli("fold", str(prototxt), str(caffemodel), "-o",
+                          str(tmp_path / "o.prototxt"), "-w", str(protected), "-q")
+    assert code == 1
+    assert _one_error_line(text) == (
+        f"error: {protected}: is write-protected (mode 0444); bnfuse does not replace a file "
+        "nobody may write: make it writable first or choose another path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "keep.caffemodel"]
+
+
 def test_nul_byte_and_trailing_separator_are_output_errors(model: tuple[Path, Path],
                                                            tmp_path: Path) -> None:
     prototxt, caffemodel = model

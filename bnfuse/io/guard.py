@@ -198,6 +198,12 @@ def _refuse_kind(shown: str, kind: str) -> OutputError:
     )
 
 
+def _refuse_protected(shown: str, mode: int) -> OutputError:
+    return OutputError(
+        f"{shown}: is write-protected (mode {stat.S_IMODE(mode):04o}); bnfuse does not replace "
+        "a file nobody may write: make it writable first or choose another path", path=shown)
+
+
 def _refuse_input(shown: str, source: FileId) -> OutputError:
     return OutputError(
         f"{shown}: is the input file {display_path(source.name)}; writing it would destroy the "
@@ -247,9 +253,11 @@ def check_destination(
 
     Raises :class:`~bnfuse.errors.OutputError` when ``dest`` is one of ``inputs``
     (compared by device and inode), is not a regular file (a folder, a device, a
-    FIFO, a socket), is the file behind a standard stream (``/dev/stdout``
-    redirected to a file), is a symlink loop, holds a NUL byte, or names no file
-    (an empty path, or one ending in a separator).  Nothing is created.
+    FIFO, a socket), is write-protected (no write permission for anyone: the
+    rename would replace it without asking), is the file behind a standard
+    stream (``/dev/stdout`` redirected to a file), is a symlink loop, holds a NUL
+    byte, or names no file (an empty path, or one ending in a separator).
+    Nothing is created.
 
     Example:
         >>> try:
@@ -273,6 +281,9 @@ def check_destination(
         kind = file_kind(info.st_mode)
         if kind is not None:
             raise _refuse_kind(shown, kind)
+        if not info.st_mode & 0o222:
+            # chmod a-w is how trained weights are protected; the rename would not ask.
+            raise _refuse_protected(shown, info.st_mode)
         for source in identities(inputs):
             if source.same_file(info):
                 raise _refuse_input(shown, source)
@@ -330,6 +341,8 @@ def recheck(target: Target, inputs: Iterable[FileId]) -> None:
     kind = file_kind(info.st_mode)
     if kind is not None:
         raise _refuse_kind(target.shown, kind)
+    if not info.st_mode & 0o222:
+        raise _refuse_protected(target.shown, info.st_mode)
     for source in inputs:
         if source.same_file(info):
             raise _refuse_input(target.shown, source)
@@ -534,6 +547,12 @@ def watch(fd: int, name: str) -> None:
     _watched[fd] = name
 
 
+def watched(fd: int | None) -> bool:
+    """True while ``fd`` is held with a lease by :func:`watch` (its file cannot shrink
+    unnoticed: another process's open for writing waits while bnfuse stops)."""
+    return fd is not None and fd in _watched
+
+
 def unwatch(fd: int) -> None:
     """Give up the lease on ``fd`` (before it is closed)."""
     if _watched.pop(fd, None) is not None and _F_SETLEASE is not None:
@@ -685,4 +704,5 @@ __all__ = [
     "unwatch",
     "watch",
     "watch_inputs",
+    "watched",
 ]

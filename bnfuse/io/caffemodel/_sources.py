@@ -39,7 +39,7 @@ import numpy as np
 from bnfuse.errors import CaffemodelError
 from bnfuse.io.caffemodel._index import CORRUPT_HINT, BlobRecord, LayerRecord, build_index
 from bnfuse.io.caffemodel._layout import FALLBACK_NET_FIELDS, MAX_CAFFEMODEL_BYTES, StrPath
-from bnfuse.io.guard import FileId, display_path, file_kind, unwatch, watch
+from bnfuse.io.guard import FileId, display_path, file_kind, unwatch, watch, watched
 from bnfuse.io.pairs import PAIR_ID_FIELD, binary_marker_id
 from bnfuse.io.wire import Buffer, iter_fields
 
@@ -129,6 +129,13 @@ class CaffemodelFile:
                 f"{self.source}: the caffemodel was closed; read it again", path=self.source
             )
         return self._view
+
+    @property
+    def leased(self) -> bool:
+        """True while the file is held with a read lease (:func:`bnfuse.io.guard.watch_inputs`):
+        reading the memory map is then safe, another process cannot shrink the file
+        before bnfuse has stopped."""
+        return watched(self._fd) if self._view is not None else False
 
     def fileno(self) -> int | None:
         """The open file descriptor when the caffemodel is a real file (for kernel copies)."""
