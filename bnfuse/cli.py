@@ -70,7 +70,7 @@ def _write_json(payload: Any, target: str, inputs: Sequence[str | Path] = ()) ->
         return
     from bnfuse.io.atomic import atomic_write
 
-    with atomic_write(Path(target), inputs=inputs) as handle:
+    with atomic_write(target, inputs=inputs) as handle:
         handle.write(text.encode("utf-8"))
 
 

@@ -204,3 +204,89 @@ def test_copy_range_zero_length(tmp_path: Path) -> None:
         os.close(src_fd)
         os.close(dst_fd)
     assert dst.read_bytes() == b""
+
+
+# --- the guard's commit lock and held-back signals ----------------------------------
+
+
+def test_commit_lock_holds_the_destination_folder(tmp_path: Path) -> None:
+    import fcntl
+
+    from bnfuse.io.guard import Target, commit_lock
+
+    target = Target("out.bin", str(tmp_path / "out.bin"))
+    other = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with commit_lock([target]), pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the block
+    finally:
+        os.close(other)
+    assert _listing(tmp_path) == []  # a folder lock leaves no file behind
+
+
+def test_commit_lock_falls_back_to_a_lock_file(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a folder cannot be locked (NFS: flock needs a writable descriptor)."""
+    import fcntl
+    import stat as stat_module
+
+    from bnfuse.io.guard import Target, commit_lock
+
+    real = fcntl.flock
+
+    def no_folder_locks(fd: int, operation: int) -> None:
+        if stat_module.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_folder_locks)
+    with commit_lock([Target("out.bin", str(tmp_path / "out.bin"))]):
+        lock = tmp_path / ".bnfuse.lock"
+        other = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                real(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    assert _listing(tmp_path) == [".bnfuse.lock"]
+
+
+def test_deferred_signals_are_delivered_after_the_block() -> None:
+    import signal
+
+    from bnfuse.io.guard import deferred_signals
+
+    seen: list[str] = []
+
+    def record(signum: int, frame: object) -> None:
+        seen.append("handler")
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen.append("still inside")
+        seen.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == ["still inside", "handler", "after"]
+
+
+def test_atomic_outputs_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    from bnfuse.io.atomic import atomic_outputs
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"old a")
+    with pytest.raises(RuntimeError), atomic_outputs([a, b]) as (fa, fb):
+        fa.write(b"new a")
+        fb.write(b"new b")
+        raise RuntimeError("the second file could not be finished")
+    assert a.read_bytes() == b"old a" and not b.exists()
+    assert _listing(tmp_path) == ["a.bin"]
+    with atomic_outputs([a, b]) as (fa, fb):
+        fa.write(b"new a")
+        fb.write(b"new b")
+    assert (a.read_bytes(), b.read_bytes()) == (b"new a", b"new b")
+    with pytest.raises(OutputError, match="the output 1 and output 2 outputs are the same"):
+        atomic_outputs([a, tmp_path / "." / "a.bin"]).__enter__()
