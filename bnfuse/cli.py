@@ -142,6 +142,10 @@ def _summary(actions: Sequence[Any]) -> str:
     return f"{len(actions)} chains: " + ", ".join(parts)
 
 
+class _NotCommitted(Exception):
+    """Raised from a save's check to keep the outputs from being committed."""
+
+
 def _default_outputs(prototxt: Path, caffemodel: Path) -> tuple[Path, Path]:
     return (prototxt.with_name(f"{prototxt.stem}_inference.prototxt"),
             caffemodel.with_name(f"{caffemodel.stem}_inference.caffemodel"))
@@ -191,23 +195,38 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
                                "report": report.to_dict(), "written": None, "verify": None}
     status = EXIT_OK
     if not args.dry_run:
-        result.save(out_text, out_model)
-        payload["written"] = {"prototxt": str(out_text), "caffemodel": str(out_model)}
-        out.say()
-        out.say(f"wrote {out_text}")
-        out.say(f"wrote {out_model}")
-        if args.verify:
+        verdicts: list[Any] = []
+
+        def verify_pair(text_temp: str, model_temp: str) -> None:
+            # The complete temporary pair is what gets renamed into place: verifying it
+            # checks the very bytes, and a failure (or a budget refusal) writes nothing.
             out.say()
-            checked = _verify_and_report(out, (prototxt, caffemodel), (out_text, out_model), args)
-            payload["verify"] = checked.to_dict()
+            checked = _verify_and_report(out, (prototxt, caffemodel), (text_temp, model_temp),
+                                         args)
+            verdicts.append(checked)
             if not checked.passed:
-                status = EXIT_ERROR
-                print("error: verification failed: the folded model's outputs differ "
-                      f"(first at blob {checked.first_divergence!r})", file=sys.stderr)
+                raise _NotCommitted
+
+        try:
+            result.save(out_text, out_model, check=verify_pair if args.verify else None)
+        except _NotCommitted:
+            checked = verdicts[0]
+            payload["verify"] = checked.to_dict()
+            status = EXIT_ERROR
+            print("error: verification failed: the folded model's outputs differ "
+                  f"(first at blob {checked.first_divergence!r}); nothing was written",
+                  file=sys.stderr)
+        else:
+            if verdicts:
+                payload["verify"] = verdicts[0].to_dict()
+            payload["written"] = {"prototxt": str(out_text), "caffemodel": str(out_model)}
+            out.say()
+            out.say(f"wrote {out_text}")
+            out.say(f"wrote {out_model}")
     elif args.verify:
         out.say("--verify ignored with --dry-run: nothing was written to verify")
     if args.json:
-        written = [] if args.dry_run else [out_text, out_model]
+        written = [out_text, out_model] if payload["written"] else []
         _write_json(payload, args.json, [prototxt, caffemodel, *written])
     return status
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +44,7 @@ from bnfuse.errors import (
     ReadOnlyLayerError,
 )
 from bnfuse.io import caffemodel as cm
-from bnfuse.io.atomic import atomic_outputs
+from bnfuse.io.atomic import OutputFile, atomic_outputs
 from bnfuse.io.caffemodel._writer import CaffemodelPlan, plan_caffemodel
 from bnfuse.io.guard import FileId, check_destinations, display_path, file_kind
 from bnfuse.io.pairs import pair_id_for, strip_text_marker, text_marker, with_text_marker
@@ -920,7 +920,13 @@ def _weights_plan(net: Net, dest: str, pair_id: str | None) -> CaffemodelPlan:
                            dest=dest)
 
 
-def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None) -> None:
+def save(
+    net: Net,
+    prototxt: Destination,
+    caffemodel: Destination | None = None,
+    *,
+    check: Callable[[str, str], None] | None = None,
+) -> None:
     """Write ``net`` as a prototxt and, when a path is given, a caffemodel.
 
     Unchanged layers keep their exact text and caffemodel bytes; an unedited net
@@ -932,6 +938,11 @@ def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None)
     checks. An output that is one of the net's input files (by device and inode,
     whatever path names it), a folder, a device, a FIFO or a socket is refused
     with :class:`~bnfuse.errors.OutputError` before anything is written.
+
+    ``check(prototxt_temp, caffemodel_temp)``, when given with a caffemodel, is
+    called with the paths of the two complete temporary files before either
+    replaces its destination: whatever it raises leaves both destinations as they
+    were (``bnfuse fold --verify`` verifies the files it is about to commit).
 
     Example:
         >>> import bnfuse, tempfile, pathlib
@@ -956,13 +967,23 @@ def save(net: Net, prototxt: Destination, caffemodel: Destination | None = None)
     pair_id = pair_id_for(rendered) if model_path is not None and rendered is not None else None
     payload = _text_payload(net, pair_id, rendered)
     if model_path is None:
+        if check is not None:
+            raise TypeError("save(check=...) needs a caffemodel destination")
         with atomic_outputs([text_path], inputs=inputs) as (text_file,):
             text_file.write(payload)
         return
     plan = _weights_plan(net, display_path(model_path), pair_id)
+    files: list[OutputFile] = []
+
+    def before_commit() -> None:
+        plan.check_sources()
+        if check is not None:
+            check(files[0].temp, files[1].temp)
+
     with atomic_outputs(dests, inputs=[*inputs, *plan.protected()],
                         labels=["prototxt", "caffemodel"],
-                        before_commit=plan.check_sources) as (text_file, model_file):
+                        before_commit=before_commit) as files:
+        text_file, model_file = files
         text_file.write(payload)
         plan.write_to(model_file)
 

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bnfuse._checks import require_bool, require_net
@@ -93,9 +93,19 @@ class FoldResult:
     net: Net
     report: FoldReport
 
-    def save(self, prototxt: Destination, caffemodel: Destination | None = None) -> None:
-        """Write the folded prototxt and, when a path is given, the caffemodel."""
-        save(self.net, prototxt, caffemodel)
+    def save(
+        self,
+        prototxt: Destination,
+        caffemodel: Destination | None = None,
+        *,
+        check: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """Write the folded prototxt and, when a path is given, the caffemodel.
+
+        ``check`` is :func:`bnfuse.save`'s: called with the complete temporary pair
+        before it replaces the destinations.
+        """
+        save(self.net, prototxt, caffemodel, check=check)
 
 
 def _weights_read(net: Net) -> list[Layer]:
