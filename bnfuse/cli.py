@@ -142,7 +142,7 @@ def _summary(actions: Sequence[Any]) -> str:
     return f"{len(actions)} chains: " + ", ".join(parts)
 
 
-class _NotCommitted(Exception):
+class _NotCommittedError(Exception):
     """Raised from a save's check to keep the outputs from being committed."""
 
 
@@ -205,11 +205,11 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
                                          args)
             verdicts.append(checked)
             if not checked.passed:
-                raise _NotCommitted
+                raise _NotCommittedError
 
         try:
             result.save(out_text, out_model, check=verify_pair if args.verify else None)
-        except _NotCommitted:
+        except _NotCommittedError:
             checked = verdicts[0]
             payload["verify"] = checked.to_dict()
             status = EXIT_ERROR

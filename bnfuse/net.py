@@ -322,7 +322,10 @@ class Net:
         self._slots: list[Layer | None] = list(layers)
         self._position = {id(layer): i for i, layer in enumerate(layers)}
         self._view: tuple[Layer, ...] | None = tuple(layers)
-        self.document = document
+        self._document = document
+        # Layers removed but still in the text: taken out in one pass when the text is
+        # next asked for (one by one, finding each in the text would be quadratic).
+        self._doomed: list[FieldNode] = []
         self.prototxt_source = prototxt_source
         self.prototxt_path = prototxt_path
         self.weights = weights
@@ -374,6 +377,14 @@ class Net:
             raise BnfuseError(f"layer {layer.name!r} is not part of this net")
         return self.layers.index(layer)
 
+    @property
+    def document(self) -> Document:
+        """The prototxt's lossless syntax tree, with every edit so far."""
+        if self._doomed:
+            self._document.root.remove_many(self._doomed)
+            self._doomed = []
+        return self._document
+
     # --- edits -------------------------------------------------------------
 
     def _text(self, layer: Layer) -> MessageNode:
@@ -398,9 +409,9 @@ class Net:
         """Delete a layer from the net, its text and (on save) its caffemodel record."""
         node = self._text(layer)
         holder = node.parent
-        if not isinstance(holder, FieldNode) or holder.parent is not self.document.root:
+        if not isinstance(holder, FieldNode) or holder.parent is not self._document.root:
             raise BnfuseError(f"layer {layer.name!r} is not a top-level 'layer' entry")
-        self.document.root.remove(holder)
+        self._doomed.append(holder)
         self._slots[self._position.pop(id(layer))] = None
         self._view = None
         self._removed.append(layer)
@@ -973,16 +984,17 @@ def save(
             text_file.write(payload)
         return
     plan = _weights_plan(net, display_path(model_path), pair_id)
-    files: list[OutputFile] = []
+    temps: list[OutputFile] = []
 
     def before_commit() -> None:
         plan.check_sources()
         if check is not None:
-            check(files[0].temp, files[1].temp)
+            check(temps[0].temp, temps[1].temp)
 
     with atomic_outputs(dests, inputs=[*inputs, *plan.protected()],
                         labels=["prototxt", "caffemodel"],
                         before_commit=before_commit) as files:
+        temps.extend(files)
         text_file, model_file = files
         text_file.write(payload)
         plan.write_to(model_file)

@@ -122,7 +122,7 @@ def test_a_check_that_raises_leaves_the_destinations_as_they_were(folder: Path) 
         raise bnfuse.BnfuseError("refused by the caller's check")
 
     result = bnfuse.fold(folder / "net.prototxt", folder / "net.caffemodel")
-    with pytest.raises(bnfuse.BnfuseError, match="^refused by the caller's check$"):
+    with pytest.raises(bnfuse.BnfuseError, match=r"^refused by the caller's check$"):
         result.save(folder / "o.prototxt", folder / "o.caffemodel", check=refuse)
     _untouched(folder, "net.prototxt", "net.caffemodel")
 

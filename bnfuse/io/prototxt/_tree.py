@@ -671,6 +671,23 @@ class MessageNode(_Positioned):
 
         _edits.remove(self, field)
 
+    def remove_many(self, fields: Sequence[FieldNode]) -> None:
+        """Remove several fields in one pass over this message (linear in its size).
+
+        The text is the same as :meth:`remove` of each field in their order of
+        appearance.
+
+        Example:
+            >>> from bnfuse.io.prototxt import Document
+            >>> doc = Document.parse("a: 1\\nb: 2\\nc: 3\\n")
+            >>> doc.root.remove_many([doc.root.first("a"), doc.root.first("c")])
+            >>> doc.render()
+            'b: 2\\n'
+        """
+        from bnfuse.io.prototxt import _edits
+
+        _edits.remove_many(self, fields)
+
     def add(
         self,
         name: str,
