@@ -55,6 +55,28 @@ def test_golden_case_folds_like_expected_and_matches_caffe(case: str, tmp_path: 
     reloaded = bnfuse.load(tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
     assert [layer.type for layer in reloaded.layers] == expect["types_after"]
     _compare_with_caffe(reloaded, folder, GOLDEN_RTOL)
+    _assert_fixed_point(result, tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
+
+
+def _assert_fixed_point(result: bnfuse.FoldResult, prototxt: Path, caffemodel: Path) -> None:
+    """One run folded everything: the folded pair folds to the same bytes."""
+    again = bnfuse.fold(prototxt, caffemodel)
+    # What the first run merged is a lone Scale now, reported as kept.
+    assert {a.kind for a in again.report.actions} <= {"skipped", "kept"}
+    left = [a for a in result.report.actions if a.kind in ("skipped", "kept", "merged_into_scale")]
+    assert len(again.report.actions) == len(left)
+    again.save(prototxt.with_name("again.prototxt"), caffemodel.with_name("again.caffemodel"))
+    assert prototxt.with_name("again.prototxt").read_bytes() == prototxt.read_bytes()
+    assert caffemodel.with_name("again.caffemodel").read_bytes() == caffemodel.read_bytes()
+
+
+@pytest.mark.parametrize("model", real_models())
+def test_real_models_fold_in_one_run(model: str, tmp_path: Path) -> None:
+    folder = shared_path("corpus", "real", model)
+    result = bnfuse.fold(folder / "model.prototxt", folder / "model.caffemodel")
+    assert any(a.kind == "folded_into_producer" for a in result.report.actions)
+    result.save(tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
+    _assert_fixed_point(result, tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
 
 
 @pytest.mark.parametrize(("case", "words"), [
