@@ -220,6 +220,14 @@ class BackendUnavailableError(BnfuseError):
     """An optional verification backend is not installed; the message says how to get it."""
 
 
+class MemoryBudgetError(BnfuseError):
+    """Running a net (verify, random weights) would need more memory than the budget allows.
+
+    Raised before any work; the message names the estimate, the budget and the largest
+    blob (name and shape), and how to allow more (``--max-memory`` / ``max_memory=``).
+    """
+
+
 class OutputError(BnfuseError):
     """An output cannot be written safely (collides with an input, too large, disk full)."""
 

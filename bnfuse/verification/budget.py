@@ -49,7 +49,7 @@ Example:
     >>> check_budget(estimate, parse_size("8G"), "verifying the nets")
     Traceback (most recent call last):
     ...
-    bnfuse.verification.budget.MemoryBudgetError: verifying the nets needs about 27.4 GiB \
+    bnfuse.errors.MemoryBudgetError: verifying the nets needs about 27.4 GiB \
 (29,376,000,000 bytes) of memory at its peak (comparing the blobs), more than the budget \
 of 8.0 GiB (8,589,934,592 bytes); \
 the largest blob is 'data' with shape (1, 3, 12000, 12000) (1.6 GiB); allow more with \
@@ -70,7 +70,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse._text import quote_user_text
-from bnfuse.errors import BnfuseError
+from bnfuse.errors import BnfuseError, MemoryBudgetError
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
@@ -104,13 +104,6 @@ _ALIASING_TYPES = frozenset({"Split", "Dropout", "Flatten", "Reshape"})
 #: Layers computed into their top directly, without a top-sized temporary.
 _DIRECT_TYPES = frozenset({"BatchNorm", "BN", "CuDNNBatchNorm", "Scale", "Bias",
                            "InnerProduct", "Concat", "Slice", "Crop"})
-
-
-class MemoryBudgetError(BnfuseError):
-    """Running a net would need more memory than the budget allows.
-
-    The message names the estimate, the budget and the largest blob (name and shape).
-    """
 
 
 @dataclass(frozen=True)

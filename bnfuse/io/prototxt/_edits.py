@@ -135,10 +135,10 @@ def remove_many(message: MessageNode, fields: Sequence[FieldNode]) -> None:
 
     Example:
         >>> from bnfuse.io.prototxt import Document
-        >>> doc = Document.parse("a: 1\nb: 2  # two\nc: 3\nd: 4\n")
+        >>> doc = Document.parse("a: 1\\nb: 2  # two\\nc: 3\\nd: 4\\n")
         >>> remove_many(doc.root, [doc.root.first("c"), doc.root.first("a")])
         >>> doc.render()
-        'b: 2  # two\nd: 4\n'
+        'b: 2  # two\\nd: 4\\n'
     """
     doomed = {id(field) for field in fields}
     items = message.items
