@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from typing import Any
@@ -114,18 +115,29 @@ def require_seed(value: object, func: str, arg: str = "seed") -> int:
 
 
 def require_optional_number(value: object, func: str, arg: str) -> None:
-    """``None`` or a real number (not a bool).
+    """``None`` or a finite real number ``>= 0`` (a tolerance, a BatchNorm factor).
+
+    A wrong type is a ``TypeError``; NaN, an infinity or a negative number a
+    :class:`~bnfuse.errors.BnfuseError` (an infinite tolerance would pass anything,
+    a NaN one would fail everything).
 
     Example:
         >>> require_optional_number("1e-3", "verify", "rtol")
         Traceback (most recent call last):
         ...
         TypeError: verify: rtol must be a number or None, not str
+        >>> require_optional_number(float("inf"), "verify", "rtol")
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.BnfuseError: verify: rtol must be a finite number >= 0, got inf
     """
     if value is None:
         return
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{func}: {arg} must be a number or None, not {_kind(value)}")
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise BnfuseError(f"{func}: {arg} must be a finite number >= 0, got {number!r}")
 
 
 def require_callable(value: object, func: str, arg: str) -> None:

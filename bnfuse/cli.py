@@ -307,9 +307,9 @@ def _add_verify_options(parser: argparse.ArgumentParser) -> None:
                         help="input arrays by blob name (default: seeded random inputs)")
     parser.add_argument("--seed", type=_seed, default=0,
                         help="seed of the random inputs (an integer from 0 to 2**64 - 1)")
-    parser.add_argument("--rtol", type=float, default=None,
+    parser.add_argument("--rtol", type=_tolerance, default=None,
                         help="max difference relative to each blob's max |value|")
-    parser.add_argument("--atol", type=float, default=None, help="absolute tolerance")
+    parser.add_argument("--atol", type=_tolerance, default=None, help="absolute tolerance")
     _add_max_memory(parser, "running both nets")
 
 
@@ -324,6 +324,22 @@ def _seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(
             f"invalid seed {text[:40]!r}: expected an integer from 0 to 2**64 - 1")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    """``--rtol``/``--atol``: a finite number >= 0 (the library's own rule)."""
+    from bnfuse._checks import require_optional_number
+    from bnfuse._text import quote_user_text
+    from bnfuse.errors import BnfuseError
+
+    try:
+        value = float(text)
+        require_optional_number(value, "", "")
+    except (ValueError, BnfuseError):
+        raise argparse.ArgumentTypeError(
+            f"invalid tolerance {quote_user_text(text, 40)}: expected a finite number >= 0"
+        ) from None
     return value
 
 

@@ -416,7 +416,20 @@ def _bounds_cases() -> list[Case]:
              lambda: bnfuse.load("model\0.prototxt")),
         Case("API", "`seed=-1` (`--seed -1` is a usage error)", "refuses the value",
              _seed(-1)),
+        Case("API", "`rtol=float('nan')` or an infinite one (`--rtol nan` is a usage error)",
+             "refuses the value: an infinite tolerance would pass any fold",
+             _tolerance(float("inf"))),
     ]
+
+
+def _tolerance(value: float) -> Callable[[], object]:
+    def run() -> object:
+        import bnfuse
+
+        _files(GOOD_PROTOTXT, good_caffemodel())
+        pair = ("model.prototxt", "model.caffemodel")
+        return bnfuse.verify(pair, pair, rtol=value)
+    return run
 
 
 def _cli_handler(*argv: str) -> object:

@@ -415,6 +415,31 @@ def test_cli_seed_minus_one_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     assert main(["verify", *model, *model, "--seed", "18446744073709551615", "-q"]) == 0
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1e-3])
+def test_tolerances_and_factors_are_finite_and_not_negative(value: float) -> None:
+    # An infinite tolerance passed any fold; a NaN one failed a net against itself.
+    net = bnfuse.load(bnfuse.example_path(), bnfuse.example_path("caffemodel"))
+    shown = repr(value)
+    for name, call in (("verify: rtol", lambda: bnfuse.verify(net, net, rtol=value)),
+                       ("verify: atol", lambda: bnfuse.verify(net, net, atol=value)),
+                       ("random_weights: factor",
+                        lambda: random_weights(bnfuse.example_path(), factor=value))):
+        with pytest.raises(BnfuseError) as info:
+            call()
+        assert str(info.value) == f"{name} must be a finite number >= 0, got {shown}"
+
+
+@pytest.mark.parametrize("text", ["nan", "1e999", "-1", "abc", "inf"])
+def test_cli_tolerances_are_usage_errors(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    model = [str(bnfuse.example_path(kind)) for kind in ("prototxt", "caffemodel")]
+    for flag in ("--rtol", "--atol"):
+        assert main(["verify", *model, *model, flag, text]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"bnfuse verify: error: argument {flag}: invalid tolerance '{text}': "
+            "expected a finite number >= 0")
+    assert main(["verify", *model, *model, "--rtol", "0", "--atol", "1e-3", "-q"]) == 0
+
+
 # --------------------------------------------------------------------------- messages
 
 
