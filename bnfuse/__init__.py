@@ -32,6 +32,7 @@ from bnfuse.errors import (
     ReadOnlyLayerError,
     UnsupportedLayerError,
     UpgradeError,
+    excerpt,
 )
 from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
 from bnfuse.folding.planner import Action
@@ -54,8 +55,11 @@ def example_path(kind: str = "prototxt") -> Path:
         >>> example_path("prototxt").name
         'example.prototxt'
     """
+    if not isinstance(kind, str):
+        raise TypeError(f"example_path: kind must be a str, not {type(kind).__name__}")
     if kind not in ("prototxt", "caffemodel"):
-        raise BnfuseError(f"example_path: kind must be 'prototxt' or 'caffemodel', not {kind!r}")
+        raise BnfuseError("example_path: kind must be 'prototxt' or 'caffemodel', not "
+                          f"{excerpt(kind)}")
     return _EXAMPLES / f"example.{kind}"
 
 

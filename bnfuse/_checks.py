@@ -42,6 +42,7 @@ __all__ = [
     "require_optional_number",
     "require_seed",
     "require_source",
+    "require_text",
 ]
 
 #: Seeds are non-negative integers below 2**64 (numpy's SeedSequence takes any, bnfuse
@@ -138,6 +139,22 @@ def require_optional_number(value: object, func: str, arg: str) -> None:
     number = float(value)
     if not (math.isfinite(number) and number >= 0):
         raise BnfuseError(f"{func}: {arg} must be a finite number >= 0, got {number!r}")
+
+
+def require_text(value: object, func: str, arg: str) -> str:
+    """``value`` must be a non-empty ``str`` (a blob, layer or type name).
+
+    Example:
+        >>> require_text(7, "Net.set_top", "blob")
+        Traceback (most recent call last):
+        ...
+        TypeError: Net.set_top: blob must be a str, not int
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{func}: {arg} must be a str, not {_kind(value)}")
+    if not value:
+        raise BnfuseError(f"{func}: {arg} must not be empty")
+    return value
 
 
 def require_callable(value: object, func: str, arg: str) -> None:

@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 #: How many characters of a file's own text a message quotes at most, by default.
@@ -88,6 +90,36 @@ class BnfuseError(Exception):
         # The default reduction calls cls(*args), which fails for subclasses whose
         # __init__ takes other arguments than the message (PrototxtSyntaxError).
         return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+@contextlib.contextmanager
+def naming_file(path: str | None) -> Iterator[None]:
+    """Let every :class:`BnfuseError` raised in the block name ``path`` (its message
+    starts with ``path: ``), unless it names a file already.
+
+    For the stages that work on a loaded net (running it, drawing its weights), whose
+    errors are about a layer: the message then says which file that layer is in. A
+    net read from bytes (``<prototxt bytes>``) has no file to name.
+
+    Example:
+        >>> try:
+        ...     with naming_file("deploy.prototxt"):
+        ...         raise UnsupportedLayerError("layer 'p' has type 'PriorBox'", layer="p")
+        ... except BnfuseError as error:
+        ...     print(error, "|", error.path)
+        deploy.prototxt: layer 'p' has type 'PriorBox' | deploy.prototxt
+    """
+    try:
+        yield
+    except BnfuseError as error:
+        message = error.args[0] if len(error.args) == 1 else None
+        # "<prototxt bytes>" and the like name no file: the message stays as it is.
+        if (path is not None and not path.startswith("<") and error.path is None
+                and isinstance(message, str) and path not in message
+                and not isinstance(error, InternalError)):
+            error.args = (f"{path}: {message}",)
+            error.path = path
+        raise
 
 
 class InternalError(BnfuseError):
@@ -255,6 +287,7 @@ __all__ = [
     "BnfuseError",
     "CaffemodelError",
     "InternalError",
+    "MemoryBudgetError",
     "ModelMismatchError",
     "OutputError",
     "PrototxtSchemaError",

@@ -34,7 +34,13 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf import text_format
 
-from bnfuse._checks import require_destination, require_net, require_source
+from bnfuse._checks import (
+    require_destination,
+    require_int,
+    require_net,
+    require_source,
+    require_text,
+)
 from bnfuse.errors import (
     BnfuseError,
     ModelMismatchError,
@@ -42,6 +48,7 @@ from bnfuse.errors import (
     PrototxtSchemaError,
     PrototxtSyntaxError,
     ReadOnlyLayerError,
+    excerpt,
 )
 from bnfuse.io import caffemodel as cm
 from bnfuse.io.atomic import OutputFile, atomic_outputs
@@ -366,15 +373,16 @@ class Net:
 
         Raises :class:`BnfuseError` when there is none.
         """
+        if not isinstance(name, str):
+            raise TypeError(f"Net.layer: name must be a str, not {type(name).__name__}")
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise BnfuseError(f"{self.prototxt_source}: the net has no layer named {name!r}")
+        raise BnfuseError(f"{self.prototxt_source}: the net has no layer named {excerpt(name)}")
 
     def index(self, layer: Layer) -> int:
         """Position of ``layer`` in :attr:`layers` (by identity)."""
-        if id(layer) not in self._position:
-            raise BnfuseError(f"layer {layer.name!r} is not part of this net")
+        self._check_layer(layer, "index")
         return self.layers.index(layer)
 
     @property
@@ -387,9 +395,16 @@ class Net:
 
     # --- edits -------------------------------------------------------------
 
-    def _text(self, layer: Layer) -> MessageNode:
+    def _check_layer(self, layer: object, method: str) -> None:
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Net.{method}: layer must be a Layer of this net (from net.layers "
+                            f"or net.layer(name)), not {type(layer).__name__}")
         if id(layer) not in self._position:
-            raise BnfuseError(f"layer {layer.name!r} is not part of this net")
+            raise BnfuseError(f"Net.{method}: layer {excerpt(layer.name)} is not part of "
+                              "this net")
+
+    def _text(self, layer: Layer, method: str) -> MessageNode:
+        self._check_layer(layer, method)
         node = layer.node
         if node is None:
             raise BnfuseError(
@@ -407,7 +422,7 @@ class Net:
 
     def remove_layer(self, layer: Layer) -> None:
         """Delete a layer from the net, its text and (on save) its caffemodel record."""
-        node = self._text(layer)
+        node = self._text(layer, "remove_layer")
         holder = node.parent
         if not isinstance(holder, FieldNode) or holder.parent is not self._document.root:
             raise BnfuseError(f"layer {layer.name!r} is not a top-level 'layer' entry")
@@ -419,17 +434,21 @@ class Net:
 
     def set_top(self, layer: Layer, index: int, blob: str) -> None:
         """Rename the ``index``-th top of ``layer``."""
-        self._text(layer).all("top")[index].set_value(blob)
+        self._text(layer, "set_top").all("top")[_slot(layer, "top", index, "set_top")] \
+            .set_value(require_text(blob, "Net.set_top", "blob"))
         self._rederive(layer)
 
     def set_bottom(self, layer: Layer, index: int, blob: str) -> None:
         """Point the ``index``-th bottom of ``layer`` at another blob."""
-        self._text(layer).all("bottom")[index].set_value(blob)
+        self._text(layer, "set_bottom").all("bottom")[
+            _slot(layer, "bottom", index, "set_bottom")
+        ].set_value(require_text(blob, "Net.set_bottom", "blob"))
         self._rederive(layer)
 
     def set_type(self, layer: Layer, type_name: str) -> None:
         """Change a layer's type string (e.g. a BatchNorm becoming a Scale)."""
-        self._text(layer).set("type", type_name)
+        self._text(layer, "set_type").set("type", require_text(type_name, "Net.set_type",
+                                                               "type_name"))
         self._rederive(layer)
 
     def set_field(self, layer: Layer, path: Sequence[str], value: bool | int | float | str,
@@ -439,7 +458,16 @@ class Net:
         The text changes only where the field is written (or a new line/field is
         added in the style of its neighbours); the typed param follows.
         """
-        node = self._text(layer)
+        node = self._text(layer, "set_field")
+        if (isinstance(path, (str, bytes)) or not isinstance(path, Sequence) or not path
+                or not all(isinstance(name, str) and name for name in path)):
+            raise TypeError("Net.set_field: path must be a non-empty sequence of field names "
+                            f"such as ('convolution_param', 'bias_term'), not {path!r:.60}")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if not isinstance(value, (bool, int, float, str)):
+            raise TypeError("Net.set_field: value must be a bool, int, float or str, not "
+                            f"{type(value).__name__}")
         for name in path[:-1]:
             child = node.message(name)
             if child is None:
@@ -452,23 +480,28 @@ class Net:
 
     def clear_field(self, layer: Layer, name: str) -> None:
         """Remove a top-level field of a layer (e.g. ``batch_norm_param``) from text and params."""
-        node = self._text(layer)
-        for item in list(node.all(name)):
+        node = self._text(layer, "clear_field")
+        for item in list(node.all(require_text(name, "Net.clear_field", "name"))):
             node.remove(item)
         self._rederive(layer)
 
     def set_param_spec_count(self, layer: Layer, count: int) -> None:
         """Keep at most ``count`` ``param { }`` entries (Caffe rejects more than blobs)."""
-        node = self._text(layer)
-        for item in node.all("param")[count:]:
+        node = self._text(layer, "set_param_spec_count")
+        keep = require_int(count, "Net.set_param_spec_count", "count", minimum=0)
+        for item in node.all("param")[keep:]:
             node.remove(item)
         self._rederive(layer)
 
     def add_param_spec(self, layer: Layer, *, like: int) -> None:
         """Append a ``param { }`` entry copying the scalar fields of entry ``like``."""
-        node = self._text(layer)
+        node = self._text(layer, "add_param_spec")
         specs = node.all("param")
-        model = specs[like].value
+        position = require_int(like, "Net.add_param_spec", "like")
+        if not 0 <= position < len(specs):
+            raise BnfuseError(f"Net.add_param_spec: layer {excerpt(layer.name)} has "
+                              f"{len(specs)} param entries, no entry {position}")
+        model = specs[position].value
         items: list[tuple[str, NewValue]] = []
         if isinstance(model, MessageNode):
             items = [(f.name, f.value) for f in model.fields
@@ -478,7 +511,16 @@ class Net:
 
     def set_blobs(self, layer: Layer, blobs: Sequence[npt.ArrayLike]) -> None:
         """Replace a layer's weights (copied, read-only); its record is re-encoded on save."""
-        self._replace_blobs(layer, [_frozen(blob, copy=True) for blob in blobs])
+        self._check_layer(layer, "set_blobs")
+        if isinstance(blobs, (str, bytes, np.ndarray)) or not isinstance(blobs, Sequence):
+            raise TypeError("Net.set_blobs: blobs must be a list of arrays, not "
+                            f"{type(blobs).__name__}")
+        arrays = [_frozen(blob, copy=True) for blob in blobs]
+        for i, array in enumerate(arrays):
+            if array.dtype.kind not in "fiu" or array.dtype.itemsize > 8:
+                raise TypeError(f"Net.set_blobs: blob {i} must hold real numbers, not "
+                                f"{array.dtype}")
+        self._replace_blobs(layer, arrays)
 
     def _replace_blobs(self, layer: Layer, blobs: Sequence[np.ndarray]) -> None:
         """:meth:`set_blobs` for arrays bnfuse just computed and hands over (no copy)."""
@@ -519,7 +561,8 @@ class Net:
 
     def rename_layer(self, layer: Layer, name: str) -> None:
         """Give a layer a new name (its weights move with it on save)."""
-        self._text(layer).set("name", name)
+        self._text(layer, "rename_layer").set("name", require_text(name, "Net.rename_layer",
+                                                                   "name"))
         self._rederive(layer)
 
     def check_unchanged_params(self) -> None:
@@ -777,6 +820,16 @@ def _input_layer(net_param: NetParameter, source: str) -> LayerParameter | None:
     except UpgradeError as exc:
         raise UpgradeError(f"{source}: {exc}", path=source) from None
     return probe.layer[0] if probe.layer else None
+
+
+def _slot(layer: Layer, field: str, index: object, method: str) -> int:
+    """``index`` as a position among the layer's ``field`` entries (tops or bottoms)."""
+    position = require_int(index, f"Net.{method}", "index")
+    count = len(layer.tops if field == "top" else layer.bottoms)
+    if not 0 <= position < count:
+        raise BnfuseError(f"Net.{method}: layer {excerpt(layer.name)} has {count} {field}s, "
+                          f"no {field} {position}")
+    return position
 
 
 def load(prototxt: Source, caffemodel: Source | None = None) -> Net:

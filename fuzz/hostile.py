@@ -18,7 +18,9 @@ around a run, the way an adversarial campaign did:
   random time after its first temp file appears;
 - **inputs changing under bnfuse**: the caffemodel truncated, rewritten in place
   or replaced while the subprocess runs;
-- **concurrent writers**: two subprocesses writing one output pair.
+- **concurrent writers**: two subprocesses writing one output pair;
+- **API misuse**: a public call with one argument of a wrong kind, which must end in
+  success, a one-line ``BnfuseError`` or bnfuse's own ``TypeError`` (naming the function).
 
 The oracle (:func:`run_scenario`) allows success or one clean line (a
 ``BnfuseError``; exit 1 with ``error: ...``; ``128 + N`` after signal N) and
@@ -46,21 +48,21 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fuzz.corpus_seeds import Seed
-from fuzz.engine import FuzzInput, Outcome, generate
+from fuzz.engine import FuzzInput, Outcome, deadline, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 PAIR_LINE = re.compile(rb"\n# bnfuse pair ([0-9a-f]{32})\n\Z")
 
-KINDS = ("output", "input", "signal", "change", "concurrent")
-WEIGHTS = (6, 3, 4, 3, 1)
+KINDS = ("output", "input", "signal", "change", "concurrent", "api")
+WEIGHTS = (6, 3, 4, 3, 1, 4)
 
 
 class FindingError(Exception):
@@ -122,20 +124,6 @@ def _make_special(kind: str, path: Path) -> Path:
     elif kind == "dir":
         path.mkdir()
     return path
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    def on_alarm(signum: int, frame: object) -> None:
-        raise FindingError(f"over {seconds} s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _call(label: str, action: Callable[[], object]) -> str:
@@ -755,6 +743,114 @@ def _scenario_concurrent(rng: random.Random, work: Path) -> tuple[FuzzInput, str
     return item, what, f"pair of {by_text}"
 
 
+# --------------------------------------------------------------------------- scenario: API misuse
+
+
+def _hostile_values(work: Path) -> list[tuple[str, object]]:
+    """Values of every wrong kind a caller could pass in place of a right one."""
+    closed = open(work / "closed.bin", "wb")  # noqa: SIM115 - closed on purpose
+    closed.close()
+    folder = work / "a-folder"
+    folder.mkdir(exist_ok=True)
+    return [
+        ("None", None), ("0", 0), ("-1", -1), ("2**70", 2**70), ("1.5", 1.5),
+        ("nan", float("nan")), ("inf", float("inf")), ("True", True), ("''", ""),
+        ("NUL path", "x\x00y"), ("junk bytes", b"\xff\x00junk"), ("bytearray", bytearray(3)),
+        ("[]", []), ("{}", {}), ("object()", object()), ("array", np.arange(3.0)),
+        ("float32", np.float32(1)), ("closed file", closed), ("folder", str(folder)),
+        ("missing path", str(work / "missing.prototxt")), ("Ellipsis", ...),
+        ("generator", (i for i in range(2))), ("tuple of 3", ("a", "b", "c")),
+        ("nested dict", {"data": {"x": 1}}), ("big list", [0] * 70),
+    ]
+
+
+def _api_calls(work: Path, prototxt: Path, caffemodel: Path
+               ) -> list[tuple[str, Callable[[dict[str, object]], object], dict[str, object]]]:
+    """Public entry points with right arguments; the scenario spoils one of them."""
+    import bnfuse
+    from bnfuse.verification.randweights import random_weights
+
+    def net() -> bnfuse.Net:
+        return bnfuse.load(prototxt, caffemodel)
+
+    out_p, out_c = str(work / "o.prototxt"), str(work / "o.caffemodel")
+    layer_name = "conv1"
+    return [
+        ("load", lambda a: bnfuse.load(a["prototxt"], a["caffemodel"]),  # type: ignore[arg-type]
+         {"prototxt": prototxt, "caffemodel": caffemodel}),
+        ("save", lambda a: bnfuse.save(a["net"], a["prototxt"], a["caffemodel"]),  # type: ignore[arg-type]
+         {"net": net(), "prototxt": out_p, "caffemodel": out_c}),
+        ("fold", lambda a: bnfuse.fold(a["prototxt"], a["caffemodel"],  # type: ignore[arg-type]
+                                       forward=a["forward"],  # type: ignore[arg-type]
+                                       merge_unfoldable=a["merge_unfoldable"],  # type: ignore[arg-type]
+                                       force_global_stats=a["force_global_stats"]),  # type: ignore[arg-type]
+         {"prototxt": prototxt, "caffemodel": caffemodel, "forward": True,
+          "merge_unfoldable": True, "force_global_stats": False}),
+        ("fold_net", lambda a: bnfuse.fold_net(a["net"], forward=a["forward"]),  # type: ignore[arg-type]
+         {"net": net(), "forward": True}),
+        ("verify", lambda a: bnfuse.verify(a["a"], a["b"], **{  # type: ignore[arg-type]
+            k: v for k, v in a.items() if k not in ("a", "b")}),
+         {"a": (prototxt, caffemodel), "b": net(), "inputs": None, "backend": "numpy",
+          "rtol": None, "atol": None, "seed": 0, "top_k": 5, "dtype": np.float32,
+          "allow_python_layers": False, "progress": None, "fallback": "none",
+          "max_memory": 1 << 28}),
+        ("random_weights", lambda a: random_weights(a["prototxt_or_net"], **{  # type: ignore[arg-type]
+            k: v for k, v in a.items() if k != "prototxt_or_net"}),
+         {"prototxt_or_net": prototxt, "seed": 0, "factor": None, "input_shapes": None,
+          "unmeasurable": "error", "max_memory": 1 << 28}),
+        ("example_path", lambda a: bnfuse.example_path(a["kind"]), {"kind": "prototxt"}),  # type: ignore[arg-type]
+        ("Net.layer", lambda a: a["net"].layer(a["name"]),  # type: ignore[attr-defined]
+         {"net": net(), "name": layer_name}),
+        ("Net.remove_layer", lambda a: a["net"].remove_layer(a["layer"]),  # type: ignore[attr-defined]
+         {"net": (n := net()), "layer": n.layer(layer_name)}),
+        ("Net.set_top", lambda a: a["net"].set_top(a["layer"], a["index"], a["blob"]),  # type: ignore[attr-defined]
+         {"net": (m := net()), "layer": m.layer(layer_name), "index": 0, "blob": "renamed"}),
+        ("FoldResult.save", lambda a: a["result"].save(a["prototxt"], a["caffemodel"]),  # type: ignore[attr-defined]
+         {"result": bnfuse.fold(prototxt, caffemodel), "prototxt": out_p, "caffemodel": out_c}),
+    ]
+
+
+def _scenario_api(rng: random.Random, work: Path) -> tuple[FuzzInput, str, str]:
+    """One public call with one argument replaced by a value of a wrong kind.
+
+    It may succeed (the value happens to be acceptable), or end in a one-line
+    ``BnfuseError``, or in a ``TypeError`` from bnfuse's own checks (its message
+    starts with the function's name); anything else is a finding.
+    """
+    from bnfuse.errors import BnfuseError
+
+    prototxt, caffemodel = work / "model.prototxt", work / "model.caffemodel"
+    seed = medium_model(4)
+    prototxt.write_bytes(seed.prototxt)
+    caffemodel.write_bytes(seed.caffemodel or b"")
+    name, call, args = rng.choice(_api_calls(work, prototxt, caffemodel))
+    # A method's receiver is the caller's own object: only its arguments are spoiled.
+    receiver = {"Net": "net", "FoldResult": "result"}.get(name.split(".")[0])
+    arg = rng.choice(sorted(k for k in args if k != receiver))
+    label, value = rng.choice(_hostile_values(work))
+    args = {**args, arg: value}
+    what = f"api {name}({arg}={label})"
+    before = _snapshot([prototxt, caffemodel])
+    try:
+        call(args)
+        result = "ok"
+    except TypeError as exc:
+        func = name.split(".")[-1]
+        if not str(exc).startswith((f"{name}:", f"{func}:", f"{func}(")) or "\n" in str(exc):
+            raise FindingError(f"{what}: a TypeError not from bnfuse's checks: {exc!s:.300}"
+                               ) from None
+        result = "TypeError"
+    except BnfuseError as exc:
+        if "\n" in str(exc):
+            raise FindingError(f"{what}: {type(exc).__name__} over several lines") from None
+        result = type(exc).__name__
+    if _snapshot([prototxt, caffemodel]) != before:
+        raise FindingError(f"{what}: an input file changed")
+    if _temps(work):
+        raise FindingError(f"{what}: temp files left")
+    return FuzzInput(0, seed.name, what, b"", None), what, result
+
+
 # --------------------------------------------------------------------------- the oracle
 
 
@@ -769,7 +865,8 @@ def run_scenario(seeds: list[Seed], run_seed: int, index: int, workdir: Path, *,
     start = time.perf_counter()
     item = FuzzInput(index, "-", kind, b"", None)
     try:
-        with _deadline(time_limit + (90 if kind in ("signal", "change", "concurrent") else 0)):
+        with deadline(time_limit + (90 if kind in ("signal", "change", "concurrent") else 0),
+                        FindingError):
             if kind == "output":
                 item, what, result = _scenario_output(rng, seeds, run_seed, index, work)
             elif kind == "input":
@@ -778,6 +875,8 @@ def run_scenario(seeds: list[Seed], run_seed: int, index: int, workdir: Path, *,
                 item, what, result = _scenario_signal(rng, work)
             elif kind == "change":
                 item, what, result = _scenario_change(rng, work)
+            elif kind == "api":
+                item, what, result = _scenario_api(rng, work)
             else:
                 item, what, result = _scenario_concurrent(rng, work)
         item = FuzzInput(index, item.seed_name, f"hostile {what}", item.prototxt,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from bnfuse._checks import require_bool, require_net
+from bnfuse._checks import require_bool, require_net, require_source
 from bnfuse.folding import planner, rewrite
 from bnfuse.folding.planner import Action, FoldOptions, layer_counts
 from bnfuse.layertypes.batchnorm import NORM_TYPES
@@ -178,6 +178,8 @@ def fold(
         >>> result.report.layers_after
         {'Input': 1, 'Convolution': 2, 'ReLU': 2, 'Pooling': 1, 'InnerProduct': 1, 'Softmax': 1}
     """
+    require_source(prototxt, "fold", "prototxt")
+    require_source(caffemodel, "fold", "caffemodel", optional=True)
     _check_switches("fold", forward, merge_unfoldable, force_global_stats)
     net = load(prototxt, caffemodel)
     return fold_net(net, forward=forward, merge_unfoldable=merge_unfoldable,

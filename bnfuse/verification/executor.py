@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse._text import escape_user_text
-from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError
+from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError, naming_file
 from bnfuse.layertypes._base import LayerLike, NetLike
 from bnfuse.layertypes.shapes import layer_output_shapes
 from bnfuse.verification.inputs import input_layer_shapes, net_input_shapes, seeded_inputs
@@ -80,7 +80,13 @@ def forward_steps(
         data [[-1.0, 0.5, 2.0]]
         relu [[0.0, 0.5, 2.0]]
     """
-    work = _working_dtype(dtype)
+    # A layer's error says which file the layer is in.
+    with naming_file(getattr(net, "prototxt_source", None)):
+        yield from _steps(net, inputs, _working_dtype(dtype), seed)
+
+
+def _steps(net: NetLike, inputs: Mapping[str, npt.ArrayLike] | None, work: np.dtype[Any],
+           seed: int) -> Iterator[tuple[LayerLike, dict[str, Array]]]:
     given = {name: np.asarray(value, dtype=work) for name, value in (inputs or {}).items()}
     layers = list(net.layers)
     _check_input_names(layers, given)

@@ -64,7 +64,7 @@ from bnfuse._checks import (
     require_source,
 )
 from bnfuse._text import quote_user_text
-from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.errors import BnfuseError, UnsupportedLayerError, naming_file
 from bnfuse.layertypes import has_weights, weight_layout
 from bnfuse.layertypes.batchnorm import NORM_TYPES, detect_layer
 from bnfuse.layertypes.geometry import conv_geometry
@@ -174,11 +174,12 @@ def random_weights(
                               input_shapes=input_shapes, unmeasurable=unmeasurable,
                               max_memory=max_memory)
     net = prototxt_or_net if isinstance(prototxt_or_net, Net) else load(prototxt_or_net)
-    check_budget(estimate_random_weights(net, input_shapes), budget,
-                 "making random weights (the measurement run and the weights)")
     try:
-        return _fill(net, seed=seed, factor=factor, input_shapes=input_shapes,
-                     unmeasurable=unmeasurable)
+        with naming_file(net.prototxt_source):
+            check_budget(estimate_random_weights(net, input_shapes), budget,
+                         "making random weights (the measurement run and the weights)")
+            return _fill(net, seed=seed, factor=factor, input_shapes=input_shapes,
+                         unmeasurable=unmeasurable)
     except MemoryError:
         raise MemoryBudgetError(
             "making random weights ran out of memory although the estimate was within the "
