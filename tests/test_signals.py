@@ -68,6 +68,16 @@ def _fold_command(big: tuple[Path, Path], out: Path) -> list[str]:
             str(out / "m.prototxt"), "-w", str(out / "m.caffemodel"), "-q"]
 
 
+def _wait_for_a_temp_file(child: subprocess.Popen[str], out: Path) -> bool:
+    """Poll until the child's first temp file appears (True) or the child ends (False)."""
+    give_up = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < give_up:
+        if any(name.endswith(".tmp") for name in os.listdir(out)):
+            return True
+        time.sleep(0.0002)
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
 def test_cli_signal_during_the_write(big: tuple[Path, Path], tmp_path: Path,
@@ -78,13 +88,7 @@ def test_cli_signal_during_the_write(big: tuple[Path, Path], tmp_path: Path,
         _reset(out)
         child = subprocess.Popen(_fold_command(big, out), env=ENV, cwd=tmp_path,
                                  stderr=subprocess.PIPE, text=True)
-        seen_temp = False
-        deadline = time.monotonic() + 120
-        while child.poll() is None and time.monotonic() < deadline:
-            if any(name.endswith(".tmp") for name in os.listdir(out)):
-                seen_temp = True
-                break
-            time.sleep(0.0002)
+        seen_temp = _wait_for_a_temp_file(child, out)
         child.send_signal(signum)
         _, stderr = child.communicate(timeout=120)
         outcome = _outcome(out)
@@ -176,13 +180,7 @@ def test_library_cleans_up_then_dies_of_the_signal(big: tuple[Path, Path], tmp_p
             [sys.executable, "-c", textwrap.dedent(_LIBRARY_SAVE), str(big[0]), str(big[1]),
              str(out / "m.prototxt"), str(out / "m.caffemodel")], env=ENV,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        seen_temp = False
-        deadline = time.monotonic() + 120
-        while child.poll() is None and time.monotonic() < deadline:
-            if any(name.endswith(".tmp") for name in os.listdir(out)):
-                seen_temp = True
-                break
-            time.sleep(0.0002)
+        seen_temp = _wait_for_a_temp_file(child, out)
         child.send_signal(signum)
         stdout, stderr = child.communicate(timeout=120)
         outcome = _outcome(out)
