@@ -257,11 +257,25 @@ def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
         out.say("  " + _describe_action(action))
     if actions:
         out.say(_summary(actions))
+    forks = _fork_fields(net, actions)
+    if forks:
+        out.say()
+        out.say("fork fields (not in BVLC Caffe's schema) of the layers above:")
+        for name, fields in forks.items():
+            out.say(f"  {name}: {', '.join(fields)}")
     if args.json:
         _write_json({"prototxt": net.prototxt_source, "layers": counts,
                      "parameters": parameters, "bytes": size,
-                     "actions": [a.to_dict() for a in actions]}, args.json, inputs)
+                     "actions": [a.to_dict() for a in actions], "fork_fields": forks},
+                    args.json, inputs)
     return EXIT_OK
+
+
+def _fork_fields(net: Any, actions: Sequence[Any]) -> dict[str, list[str]]:
+    """The fork fields of every layer an action names, in the net's order."""
+    named = {name for action in actions for name in (*action.chain, *action.target)}
+    return {layer.name: list(layer.unknown_fields) for layer in net.layers
+            if layer.name in named and layer.unknown_fields}
 
 
 def _cmd_verify(args: argparse.Namespace, out: _Out) -> int:
