@@ -64,6 +64,7 @@ Example:
     PASSED (numpy, float32): 5 blobs compared, largest relative difference ...
     top-5 of 'prob': top-1 agrees on 100% of 1 items, top-5 overlap 100%
     not compared: 2 blobs only in a, 0 only in b
+    noise (weights of a moved one ulp): largest ... in '...'; tolerance max(default, 4 x ...
     >>> result.only_in_a  # renamed tops of the folded BatchNorm and Scale
     ['conv2', 'conv2/bn']
 """
@@ -73,7 +74,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,7 +90,7 @@ from bnfuse._checks import (
 )
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.graph import Graph, build_graph
-from bnfuse.layertypes import accumulates
+from bnfuse.layertypes import accumulates, top_kind
 from bnfuse.verification._given import (
     MAX_INPUT_MEMBERS,
     Inputs,
@@ -112,14 +113,29 @@ from bnfuse.verification.budget import (
     format_size,
     resolve_max_memory,
 )
+from bnfuse.verification.calibrate import perturbed
+from bnfuse.verification.detections import (
+    DetectionComparison,
+    DetectionRules,
+    compare_detections,
+    detection_rows,
+    detection_rules,
+)
+from bnfuse.verification.executor import forward_steps
 
 if TYPE_CHECKING:
+    from bnfuse.layertypes._base import LayerLike, NetLike
     from bnfuse.net import Layer, Net
 
 Array = npt.NDArray[Any]
 
 #: Depth (weighted layers) up to which the default tolerance is not widened.
 DEPTH_UNIT = 5
+#: A fold may differ from the original by this many times the measured noise.
+NOISE_MULTIPLE = 4.0
+#: No calibrated tolerance exceeds this (relative); the smallest wrong fold measured on a
+#: deep net is at 0.1.
+NOISE_CEILING = 0.05
 
 
 @dataclass(frozen=True)
@@ -128,18 +144,26 @@ class Tolerances:
 
     ``rtol`` is relative to each blob's max ``|value|`` in the reference net; when
     ``depth_scaled`` is true the tolerance of a blob ``d`` weighted layers deep is
-    ``rtol * max(1, d / 5)``.
+    ``rtol * max(1, d / 5)``: the *floor*. When ``calibrated`` is true, a blob whose
+    measured noise is ``n`` (see :func:`verify`) gets ``max(floor, min(noise_multiple * n,
+    ceiling))``.
 
     Example:
         >>> tol = default_tolerances(np.float32)
         >>> tol.rtol, tol.for_depth(5), round(tol.for_depth(50), 6)
         (0.0002, 0.0002, 0.002)
+        >>> calibrated = Tolerances(2e-4, 1e-7, True, "float32", calibrated=True)
+        >>> calibrated.with_noise(2e-4, 1e-3), calibrated.with_noise(2e-4, 1.0)
+        (0.004, 0.05)
     """
 
     rtol: float
     atol: float
     depth_scaled: bool
     dtype: str
+    calibrated: bool = False
+    noise_multiple: float = NOISE_MULTIPLE
+    ceiling: float = NOISE_CEILING
 
     def for_depth(self, depth: int) -> float:
         """The relative tolerance for a blob ``depth`` weighted layers from the inputs."""
@@ -147,10 +171,17 @@ class Tolerances:
             return self.rtol
         return self.rtol * max(1.0, depth / DEPTH_UNIT)
 
+    def with_noise(self, floor: float, noise: float | None) -> float:
+        """The tolerance of a blob whose floor is ``floor`` and measured noise ``noise``."""
+        if not self.calibrated or noise is None or math.isnan(noise):
+            return floor
+        return max(floor, min(self.noise_multiple * noise, self.ceiling))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
         return {"rtol": self.rtol, "atol": self.atol, "depth_scaled": self.depth_scaled,
-                "depth_unit": DEPTH_UNIT, "dtype": self.dtype}
+                "depth_unit": DEPTH_UNIT, "dtype": self.dtype, "calibrated": self.calibrated,
+                "noise_multiple": self.noise_multiple, "ceiling": self.ceiling}
 
 
 def default_tolerances(
@@ -174,17 +205,43 @@ def default_tolerances(
     )
 
 
+@dataclass(frozen=True)
+class Noise:
+    """What moving net ``a``'s weights by one ulp did to one blob (see :func:`verify`).
+
+    ``rel`` is the relative difference (the metric of values; for detections, of the
+    scores of matched detections); ``count`` the number of index elements that changed
+    (index-valued tops).
+
+    Example:
+        >>> Noise(rel=3e-6).to_dict()
+        {'rel': 3e-06, 'count': None}
+    """
+
+    rel: float | None = None
+    count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {"rel": None if self.rel is None else _json_float(self.rel), "count": self.count}
+
+
 @dataclass
 class BlobComparison:
     """One blob compared between the two nets.
 
-    ``max_rel`` is ``max_abs`` over the reference blob's max ``|value|``; ``rtol``
-    is the tolerance applied to this blob; ``reason`` says why it failed.
+    ``kind`` is what the blob holds (:data:`bnfuse.layertypes.TOP_KINDS`): ``"values"``
+    are compared by ``max_abs``/``max_rel``; ``"indices"`` exactly, ``differing`` being
+    the number of elements that differ, ``allowed`` how many may; ``"detections"`` as
+    sets (``detections`` holds the details, ``differing`` the unmatched ones). ``rtol``
+    is the tolerance applied, ``floor`` the depth-scaled default it cannot go below,
+    ``noise`` what a one-ulp change of net ``a``'s weights did to the blob (None: not
+    measured); ``reason`` says why it failed.
 
     Example:
         >>> c = BlobComparison("conv1", (1, 8, 4, 4), (1, 8, 4, 4), 1e-6, 2e-7, True, False)
-        >>> c.passed, c.to_dict()["name"]
-        (True, 'conv1')
+        >>> c.passed, c.to_dict()["name"], c.kind
+        (True, 'conv1', 'values')
     """
 
     name: str
@@ -198,12 +255,43 @@ class BlobComparison:
     depth: int = 0
     producer: str = ""
     reason: str = ""
+    kind: str = "values"
+    floor: float = 0.0
+    noise: Noise | None = None
+    differing: int = 0
+    allowed: int = 0
+    detections: DetectionComparison | None = None
+
+    def describe(self) -> str:
+        """One line: the difference found against what was allowed, and the noise."""
+        if self.kind == "indices":
+            size = math.prod(self.shape_a or ())
+            text = f"{self.differing} of {size} indices differ (allowed {self.allowed})"
+            if self.noise is not None and self.noise.count is not None:
+                text += f", noise {self.noise.count}"
+            return text
+        if self.kind == "detections" and self.detections is not None:
+            text = self.detections.describe() + f", score tolerance {self.rtol:.1e}"
+        else:
+            text = (f"max_abs {self.max_abs:.3e}, max_rel {self.max_rel:.3e}, "
+                    f"tolerance {self.rtol:.1e}")
+        if self.noise is not None and self.noise.rel is not None:
+            text += f", noise {self.noise.rel:.1e}"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (infinite differences become the string ``"inf"``)."""
-        return {"name": self.name, "shape_a": _list(self.shape_a), "shape_b": _list(self.shape_b),
-                "max_abs": _json_float(self.max_abs), "max_rel": _json_float(self.max_rel),
+        """JSON-ready view (infinite differences become the string ``"inf"``; an index or
+        detection blob has no ``max_abs``/``max_rel``: null)."""
+        values = self.kind == "values"
+        return {"name": self.name, "kind": self.kind, "shape_a": _list(self.shape_a),
+                "shape_b": _list(self.shape_b),
+                "max_abs": _json_float(self.max_abs) if values else None,
+                "max_rel": _json_float(self.max_rel) if values else None,
+                "differing": self.differing, "allowed": self.allowed,
                 "passed": self.passed, "is_output": self.is_output, "rtol": self.rtol,
+                "floor": self.floor,
+                "noise": None if self.noise is None else self.noise.to_dict(),
+                "detections": None if self.detections is None else self.detections.to_dict(),
                 "depth": self.depth, "producer": self.producer, "reason": self.reason}
 
 
@@ -300,20 +388,24 @@ class VerifyResult:
             PASSED (numpy, float32): 0 blobs compared
         """
         verdict = "PASSED" if self.passed else "FAILED"
+        values = [blob for blob in self.blobs if blob.kind == "values"]
         lines = [f"{verdict} ({self.backend}, {self.tolerances.dtype}): "
-                 f"{len(self.blobs)} blobs compared"]
-        if self.blobs:
-            worst = max(self.blobs, key=lambda b: (not b.passed, _sortable(b.max_rel)))
+                 f"{len(values)} blobs compared"]
+        if values:
+            worst = max(values, key=lambda b: (not b.passed, _sortable(b.max_rel)))
             lines[0] += (f", largest relative difference {worst.max_rel:.2e} in "
-                         f"'{worst.name}' (tolerance {worst.rtol:.1e})")
+                         f"'{worst.name}' (tolerance {worst.rtol:.1e}")
+            if worst.noise is not None and worst.noise.rel is not None:
+                lines[0] += f", noise {worst.noise.rel:.1e}"
+            lines[0] += ")"
+        lines.extend(self._apart_lines())
         if self.scope_reason:
             lines.append(f"note: {self.scope_reason}; comparing the changed layers locally "
                          "instead")
         if self.first_divergence is not None:
             lines.append(f"first divergence: '{self.first_divergence}'")
         for blob in self.failures[:max_lines]:
-            lines.append(f"  {blob.name}: {blob.reason or 'differs'} (max_abs {blob.max_abs:.3e}, "
-                         f"max_rel {blob.max_rel:.3e}, tolerance {blob.rtol:.1e})")
+            lines.append(f"  {blob.name}: {blob.reason or 'differs'} ({blob.describe()})")
         if len(self.failures) > max_lines:
             lines.append(f"  ... and {len(self.failures) - max_lines} more failing blobs")
         for name in self.missing_outputs:
@@ -328,6 +420,19 @@ class VerifyResult:
             lines.append(f"not compared: '{name}': {reason}")
         lines.extend(self.notes)
         return "\n".join(lines)
+
+    def _apart_lines(self) -> list[str]:
+        """The index-valued and detection blobs, reported apart from the values."""
+        lines: list[str] = []
+        indices = [blob for blob in self.blobs if blob.kind == "indices"]
+        if indices:
+            differing = sum(blob.differing for blob in indices)
+            total = sum(math.prod(blob.shape_a or ()) for blob in indices)
+            lines.append(f"indices: {len(indices)} blobs compared exactly, {differing} of "
+                         f"{total} elements differ")
+        lines.extend(f"detections '{blob.name}': {blob.describe()}"
+                     for blob in self.blobs if blob.kind == "detections")
+        return lines
 
 
 def _list(shape: tuple[int, ...] | None) -> list[int] | None:
@@ -405,7 +510,8 @@ def compare_values(name: str, a: Array, b: Array, *, rtol: float, atol: float) -
     same_special = (x == y) | (np.isnan(x) & np.isnan(y))
     bad_special = ~(finite_x & finite_y) & ~same_special
     both = finite_x & finite_y
-    diff = np.abs(x[both] - y[both])
+    with np.errstate(over="ignore"):  # float64 extremes: an infinite difference, no warning
+        diff = np.abs(x[both] - y[both])
     max_abs = float(diff.max()) if diff.size else 0.0
     reference = float(np.abs(x[finite_x]).max()) if finite_x.any() else 0.0
     reason = ""
@@ -421,6 +527,104 @@ def compare_values(name: str, a: Array, b: Array, *, rtol: float, atol: float) -
                           rtol=rtol, reason=reason)
 
 
+def compare_indices(name: str, a: Array, b: Array, *, allowed: int = 0) -> BlobComparison:
+    """Compare an index-valued blob exactly: how many elements differ, at most ``allowed``.
+
+    Example:
+        >>> c = compare_indices("mask", np.array([3.0, 7.0, 480.0]), np.array([3.0, 6.0, 480.0]))
+        >>> c.passed, c.differing, c.kind, c.to_dict()["max_abs"]
+        (False, 1, 'indices', None)
+        >>> compare_indices("mask", np.array([3.0, 7.0]), np.array([3.0, 6.0]), allowed=1).passed
+        True
+    """
+    shape_a, shape_b = tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape)
+    if shape_a != shape_b:
+        return BlobComparison(name, shape_a, shape_b, 0.0, 0.0, False, False, kind="indices",
+                              differing=max(math.prod(shape_a), math.prod(shape_b)),
+                              allowed=allowed, reason=f"shape {shape_a} vs {shape_b}")
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    differing = int(np.count_nonzero(~((x == y) | (np.isnan(x) & np.isnan(y)))))
+    passed = differing <= allowed
+    return BlobComparison(name, shape_a, shape_b, 0.0, 0.0, passed, False, kind="indices",
+                          differing=differing, allowed=allowed,
+                          reason="" if passed else f"{differing} indices differ")
+
+
+def compare_detection_blob(name: str, a: Array, b: Array, *, rtol: float, atol: float,
+                           rules: DetectionRules | None = None) -> BlobComparison:
+    """Compare a ``DetectionOutput`` blob as sets (:mod:`bnfuse.verification.detections`).
+
+    Scores may differ by ``atol + rtol * max(score in a)``; ``max_abs`` is the largest
+    score difference of a matched pair, ``differing`` the unmatched detections no cut-off
+    excuses.
+
+    Example:
+        >>> a = np.array([[[[0, 1, 0.9, 0.1, 0.1, 0.5, 0.5], [0, 3, 0.7, 0.2, 0.2, 0.4, 0.4]]]])
+        >>> c = compare_detection_blob("det", a, a[:, :, ::-1], rtol=1e-4, atol=0.0)
+        >>> c.passed, c.kind, c.detections.matched
+        (True, 'detections', 2)
+    """
+    shape_a, shape_b = tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape)
+    rows = detection_rows(a)
+    scores = np.abs(rows[:, 2]) if rows is not None and len(rows) else np.ones(1)
+    scale = float(scores.max()) or 1.0
+    result = compare_detections(a, b, score_tol=atol + rtol * scale, rules=rules)
+    reason = result.reason or ("" if result.passed else "detections differ")
+    return BlobComparison(name, shape_a, shape_b, result.max_score_diff,
+                          result.max_score_diff / scale, result.passed, False, rtol=rtol,
+                          kind="detections", differing=result.unmatched, detections=result,
+                          reason=reason)
+
+
+def blob_noise(kind: str, reference: Array, moved: Array,
+               rules: DetectionRules | None = None) -> Noise:
+    """The noise of one blob: what the one-ulp run of net ``a`` changed, per ``kind``.
+
+    Example:
+        >>> round(blob_noise("values", np.array([2.0, 4.0]), np.array([2.0, 4.001])).rel, 9)
+        0.00025
+        >>> blob_noise("indices", np.array([1.0, 2.0]), np.array([1.0, 3.0]))
+        Noise(rel=None, count=1)
+    """
+    if kind == "indices":
+        return Noise(count=compare_indices("", reference, moved).differing)
+    if kind == "detections":
+        return Noise(rel=compare_detection_blob("", reference, moved, rtol=0.0, atol=0.0,
+                                                rules=rules).max_rel)
+    return Noise(rel=compare_values("", reference, moved, rtol=0.0, atol=0.0).max_rel)
+
+
+def _kind_of(layer: LayerLike, name: str) -> str:
+    """What blob ``name``, a top of ``layer``, holds (:func:`bnfuse.layertypes.top_kind`)."""
+    return top_kind(layer, list(layer.tops).index(name))
+
+
+def _compare_blob(name: str, layer: Layer, a: Array, b: Array, *, depth: int,
+                  tolerances: Tolerances, noise: Noise | None) -> BlobComparison:
+    """One blob compared by its kind, with its floor and calibrated tolerance."""
+    kind = _kind_of(layer, name)
+    floor = tolerances.for_depth(depth)
+    if kind == "indices":
+        count = noise.count if noise is not None else None
+        allowed = (int(tolerances.noise_multiple * count)
+                   if tolerances.calibrated and count is not None else 0)
+        comparison = compare_indices(name, a, b, allowed=allowed)
+    else:
+        rtol = tolerances.with_noise(floor, None if noise is None else noise.rel)
+        if kind == "detections":
+            comparison = compare_detection_blob(name, a, b, rtol=rtol, atol=tolerances.atol,
+                                                rules=detection_rules(layer))
+        else:
+            comparison = compare_values(name, a, b, rtol=rtol, atol=tolerances.atol)
+    comparison.kind = kind
+    comparison.floor = floor
+    comparison.noise = noise
+    comparison.depth = depth
+    comparison.producer = layer.name
+    return comparison
+
+
 def compare_runs(
     layers_a: Sequence[Layer],
     layers_b: Sequence[Layer],
@@ -431,11 +635,13 @@ def compare_runs(
     backend: str,
     skip: Sequence[str] = (),
     top_k: int = 5,
+    noise: Mapping[str, Noise] | None = None,
 ) -> VerifyResult:
     """Compare two runs' blobs (the core of :func:`verify`, reused by the local check).
 
     ``layers_a``/``layers_b`` are the layers that produced ``values_a``/``values_b``;
-    ``skip`` names blobs not to compare (the inputs, fed identically).
+    ``skip`` names blobs not to compare (the inputs, fed identically); ``noise`` is the
+    measured noise per blob (:func:`measure_noise`), used when ``tolerances.calibrated``.
 
     Example:
         >>> import bnfuse
@@ -476,14 +682,13 @@ def compare_runs(
         if reason is not None:
             not_compared.append((name, reason))
             continue
-        depth = depths[graph_a.final_version(name)]
-        comparison = compare_values(name, values_a[name], values_b[name],
-                                    rtol=tolerances.for_depth(depth), atol=tolerances.atol)
-        comparison.depth = depth
-        comparison.producer = layers_a[final_index[name]].name
+        comparison = _compare_blob(name, layers_a[final_index[name]], values_a[name],
+                                   values_b[name], depth=depths[graph_a.final_version(name)],
+                                   tolerances=tolerances,
+                                   noise=None if noise is None else noise.get(name))
         comparison.is_output = name in outputs_a
         comparisons.append(comparison)
-        if comparison.is_output:
+        if comparison.is_output and comparison.kind == "values":
             agreement = _top_k(name, values_a[name], values_b[name], top_k)
             if agreement is not None:
                 topk.append(agreement)
@@ -529,6 +734,7 @@ def verify(
     progress: Progress | None = None,
     fallback: str = "none",
     max_memory: int | None = None,
+    calibrate: bool = True,
 ) -> VerifyResult:
     """Run nets ``a`` (the reference) and ``b`` on the same inputs and compare every blob.
 
@@ -558,6 +764,16 @@ def verify(
     shapes, and a :class:`~bnfuse.verification.budget.MemoryBudgetError` naming the
     estimate, the budget and the largest blob is raised above it. Wrong argument types
     raise ``TypeError``.
+
+    ``calibrate`` (default true, ignored with an explicit ``rtol``) measures the noise of
+    each blob on net ``a`` itself before judging: net ``a`` is run a second time by the
+    numpy executor with every weight moved one ulp at random
+    (:mod:`bnfuse.verification.calibrate`, signs from ``seed``), and a blob whose values
+    moved by ``n`` (relative) may differ between ``a`` and ``b`` by
+    ``max(floor, min(4 * n, 0.05))``, the floor being the depth-scaled default; an
+    index-valued blob may have ``4 * k`` differing elements when ``k`` moved. Each
+    :class:`BlobComparison` carries its ``noise`` and ``floor``. When the executor cannot
+    run net ``a``, the floors apply and a note says so.
 
     Example:
         >>> import tempfile
@@ -600,17 +816,13 @@ def verify(
     budget = _check_verify_arguments(
         a, b, inputs=inputs, backend=backend, rtol=rtol, atol=atol, seed=seed, top_k=top_k,
         dtype=dtype, allow_python_layers=allow_python_layers, progress=progress,
-        fallback=fallback, max_memory=max_memory)
-    if backend not in BACKENDS:
-        raise BnfuseError(f"unknown verification backend {backend!r}; "
-                          f"choose one of {', '.join(BACKENDS)}")
-    if fallback not in FALLBACKS:
-        raise BnfuseError(f"unknown verification fallback {fallback!r}; "
-                          f"choose one of {', '.join(FALLBACKS)}")
+        fallback=fallback, max_memory=max_memory, calibrate=calibrate)
     run = get_backend(backend)
-    tolerances = default_tolerances(dtype, rtol, atol)
+    tolerances = replace(default_tolerances(dtype, rtol, atol),
+                         calibrated=calibrate and rtol is None)
     net_a, net_b = as_net(a), as_net(b)
-    _check_verify_memory(net_a, net_b, inputs, dtype, budget)
+    _check_verify_memory(net_a, net_b, inputs, dtype, budget,
+                         calibrated=tolerances.calibrated)
     try:
         return _verify_whole(net_a, net_b, run, backend, tolerances, inputs=inputs, seed=seed,
                              top_k=top_k, dtype=dtype, allow_python_layers=allow_python_layers,
@@ -636,7 +848,7 @@ def verify(
 def _check_verify_arguments(a: object, b: object, *, inputs: object, backend: object,
                             rtol: object, atol: object, seed: object, top_k: object,
                             dtype: object, allow_python_layers: object, progress: object,
-                            fallback: object, max_memory: object) -> int:
+                            fallback: object, max_memory: object, calibrate: object) -> int:
     """:func:`verify`'s own argument checks (``TypeError`` for a wrong type); the budget."""
     require_net_or_paths(a, "verify", "a")
     require_net_or_paths(b, "verify", "b")
@@ -658,16 +870,106 @@ def _check_verify_arguments(a: object, b: object, *, inputs: object, backend: ob
     if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise BnfuseError(f"verify: dtype must be float32 or float64, not {resolved}")
     require_bool(allow_python_layers, "verify", "allow_python_layers")
+    require_bool(calibrate, "verify", "calibrate")
     require_callable(progress, "verify", "progress")
+    if backend not in BACKENDS:
+        raise BnfuseError(f"unknown verification backend {backend!r}; "
+                          f"choose one of {', '.join(BACKENDS)}")
+    if fallback not in FALLBACKS:
+        raise BnfuseError(f"unknown verification fallback {fallback!r}; "
+                          f"choose one of {', '.join(FALLBACKS)}")
     return resolve_max_memory(max_memory, "verify")
 
 
 def _check_verify_memory(net_a: Net, net_b: Net, inputs: Inputs | None, dtype: npt.DTypeLike,
-                         budget: int) -> None:
+                         budget: int, *, calibrated: bool) -> None:
     """Refuse before anything runs when the comparison would not fit the memory budget."""
     given = given_input_shapes(net_a, inputs, budget)
     estimate = estimate_verify(net_a, net_b, dtype=dtype, input_shapes=given)
     check_budget(estimate, budget, "verifying the two nets")
+    if calibrated:
+        # The noise run holds net a twice (its values and the moved run's).
+        check_budget(estimate_verify(net_a, net_a, dtype=dtype, input_shapes=given), budget,
+                     "measuring the noise of net a")
+
+
+def measure_noise(
+    net: NetLike,
+    feed: Mapping[str, Array],
+    *,
+    dtype: npt.DTypeLike,
+    seed: int,
+    baseline: Mapping[str, Array] | None = None,
+) -> dict[str, Noise]:
+    """The noise of every blob of ``net``: its final value with every weight moved one ulp
+    (:func:`bnfuse.verification.calibrate.perturbed`) against the unmoved one.
+
+    Both runs are the numpy executor's on ``feed``; ``baseline`` is the unmoved run's
+    values when the caller has them already (else the two runs go in step). Each blob is
+    reduced to its :class:`Noise` as soon as its final value exists, so the moved run's
+    values are never all held next to the caller's.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+        >>> feed = {"data": np.random.default_rng(0).standard_normal((1, 3, 32, 32))}
+        >>> noise = measure_noise(net, feed, dtype=np.float32, seed=0)
+        >>> sorted(noise)[:3], 0 < noise["prob"].rel < 1e-5
+        (['conv1', 'conv2', 'conv2/bn'], True)
+    """
+    graph = build_graph(net.layers)
+    final = {name: index for layer in net.layers for name in layer.tops
+             if (index := graph.last_writer(name)) is not None}
+    unmoved = None if baseline is not None else forward_steps(net, feed, dtype=dtype)
+    noise: dict[str, Noise] = {}
+    moved_steps = forward_steps(perturbed(net, seed), feed, dtype=dtype)
+    for index, (layer, tops) in enumerate(moved_steps):
+        reference: Mapping[str, Array] = ((baseline or {}) if unmoved is None
+                                          else next(unmoved)[1])
+        if layer.type == "Input":
+            continue
+        for name, value in tops.items():
+            if final.get(name) != index or name not in reference:
+                continue
+            kind = _kind_of(layer, name)
+            rules = detection_rules(layer) if kind == "detections" else None
+            noise[name] = blob_noise(kind, reference[name], value, rules)
+    return noise
+
+
+def _feed_of(net: Net, given: Mapping[str, Array]) -> dict[str, Array]:
+    """The given inputs this net reads (the executor rejects unknown names)."""
+    graph = build_graph(net.layers)
+    return {name: value for name, value in given.items() if graph.versions_of(name)}
+
+
+def _noise_or_note(net_a: Net, feed: Mapping[str, Array], tolerances: Tolerances, *,
+                   dtype: npt.DTypeLike, seed: int,
+                   baseline: Mapping[str, Array] | None) -> tuple[dict[str, Noise] | None, str]:
+    """The measured noise of net ``a``, or None and why it could not be measured."""
+    if not tolerances.calibrated:
+        return None, ""
+    try:
+        return measure_noise(net_a, feed, dtype=dtype, seed=seed, baseline=baseline), ""
+    except BnfuseError as exc:
+        return None, (f"tolerance not calibrated (the numpy executor cannot run net a: "
+                      f"{exc}); the depth-scaled defaults apply")
+
+
+def _noise_notes(result: VerifyResult) -> list[str]:
+    """One line on the measured noise: the largest, and where it capped the tolerance."""
+    measured = [blob for blob in result.blobs
+                if blob.noise is not None and blob.noise.rel is not None]
+    if not measured:
+        return []
+    tol = result.tolerances
+    loud, name = max((_sortable(blob.noise.rel or 0.0), blob.name) for blob in measured
+                     if blob.noise is not None)
+    line = (f"noise (weights of a moved one ulp): largest {loud:.1e} in '{name}'; "
+            f"tolerance max(default, {tol.noise_multiple:g} x noise), at most {tol.ceiling:g}")
+    if tol.noise_multiple * loud > tol.ceiling:
+        line += " (reached: this net amplifies rounding too much to tell small errors apart)"
+    return [line]
 
 
 def _verify_whole(
@@ -685,48 +987,88 @@ def _verify_whole(
     progress: Progress | None,
     max_bytes: int | None = None,
 ) -> VerifyResult:
-    """:func:`verify` on the whole nets, without the fallback."""
+    """:func:`verify` on the whole nets, without the fallback: run, measure, compare."""
     given = resolve_inputs(net_a, inputs, seed, dtype, max_bytes)
-    size_a, size_b = max(1, len(net_a.layers)), max(1, len(net_b.layers))
-    total = size_a + size_b + 1
+    steps = _Progress(progress, len(net_a.layers), len(net_b.layers), tolerances.calibrated)
+    feed_a = _feed_of(net_a, given)
+    noise: dict[str, Noise] | None = None
+    note = ""
+    if backend != "numpy":
+        # Measured by the numpy executor before the other backend holds anything.
+        noise, note = _noise_or_note(net_a, feed_a, tolerances, dtype=dtype, seed=seed,
+                                     baseline=None)
+        steps.done("noise")
+    # An unedited Net read from files reaches file-based backends as those files.
+    values_a = run(net_a, feed_a, dtype=dtype, progress=steps.part("a"),
+                   allow_python_layers=allow_python_layers)
+    if backend == "numpy":
+        noise, note = _noise_or_note(net_a, feed_a, tolerances, dtype=dtype, seed=seed,
+                                     baseline=values_a)
+        steps.done("noise")
+    values_b = run(net_b, _feed_of(net_b, given), dtype=dtype, progress=steps.part("b"),
+                   allow_python_layers=allow_python_layers)
+    result = compare_runs(net_a.layers, net_b.layers, values_a, values_b,
+                          tolerances=tolerances, backend=backend, skip=list(given), top_k=top_k,
+                          noise=noise)
+    result.notes.extend([note] if note else _noise_notes(result))
+    steps.finish()
+    return result
 
-    def scaled(offset: int, size: int, label: str) -> Progress | None:
-        if progress is None:
+
+class _Progress:
+    """Progress of :func:`verify`: net a's layers, the noise run, net b's, the comparison."""
+
+    def __init__(self, report: Progress | None, size_a: int, size_b: int,
+                 calibrated: bool) -> None:
+        self._report = report
+        self._sizes = {"a": max(1, size_a), "noise": max(1, size_a) if calibrated else 0,
+                       "b": max(1, size_b)}
+        self._offset = 0
+        self.total = sum(self._sizes.values()) + 1
+
+    def part(self, label: str) -> Progress | None:
+        """The callback a backend reports its own steps of part ``label`` through."""
+        if self._report is None:
             return None
-        report = progress
+        report, offset, size, total = self._report, self._offset, self._sizes[label], self.total
+        self._offset += size
 
         def inner(done: int, of: int, what: str) -> None:
             report(offset + round(size * done / max(1, of)), total, f"{label}: {what}")
 
         return inner
 
-    values: list[dict[str, Array]] = []
-    for net, offset, size, label in ((net_a, 0, size_a, "a"), (net_b, size_a, size_b, "b")):
-        graph = build_graph(net.layers)
-        # A net is fed only the inputs it has (the executor rejects unknown names).
-        feed = {name: value for name, value in given.items() if graph.versions_of(name)}
-        # An unedited Net read from files reaches file-based backends as those files.
-        values.append(run(net, feed, dtype=dtype, progress=scaled(offset, size, label),
-                          allow_python_layers=allow_python_layers))
-    result = compare_runs(net_a.layers, net_b.layers, values[0], values[1],
-                          tolerances=tolerances, backend=backend, skip=list(given), top_k=top_k)
-    if progress is not None:
-        progress(total, total, "compared")
-    return result
+    def done(self, label: str) -> None:
+        """Part ``label`` (no callback of its own) has finished."""
+        if self._report is not None and self._sizes[label]:
+            self._offset += self._sizes[label]
+            self._report(self._offset, self.total, label)
+
+    def finish(self) -> None:
+        """Everything, the comparison included, has finished."""
+        if self._report is not None:
+            self._report(self.total, self.total, "compared")
 
 
 __all__ = [
     "DEPTH_UNIT",
     "FALLBACKS",
     "MAX_INPUT_MEMBERS",
+    "NOISE_CEILING",
+    "NOISE_MULTIPLE",
     "BlobComparison",
     "Inputs",
+    "Noise",
     "Tolerances",
     "TopKAgreement",
     "VerifyResult",
+    "blob_noise",
+    "compare_detection_blob",
+    "compare_indices",
     "compare_runs",
     "compare_values",
     "default_tolerances",
     "load_inputs",
+    "measure_noise",
     "verify",
 ]
