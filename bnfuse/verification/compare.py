@@ -135,8 +135,8 @@ Array = npt.NDArray[Any]
 DEPTH_UNIT = 5
 #: A fold may differ from the original by this many times the measured noise.
 NOISE_MULTIPLE = 4.0
-#: No calibrated tolerance exceeds this (relative); the smallest wrong fold measured on a
-#: deep net is at 0.1.
+#: No calibrated tolerance exceeds this (relative; the smallest wrong fold measured on a
+#: deep net is at 0.1): a blob that would need more is too sensitive to be judged.
 NOISE_CEILING = 0.05
 
 
@@ -147,16 +147,18 @@ class Tolerances:
     ``rtol`` is relative to each blob's max ``|value|`` in the reference net; when
     ``depth_scaled`` is true the tolerance of a blob ``d`` weighted layers deep is
     ``rtol * max(1, d / 5)``: the *floor*. When ``calibrated`` is true, a blob whose
-    measured noise is ``n`` (see :func:`verify`) gets ``max(floor, min(noise_multiple * n,
-    ceiling))``.
+    measured noise is ``n`` (see :func:`verify`) gets ``max(floor, noise_multiple * n)``,
+    and is not judged at all when that exceeds both the floor and ``ceiling``.
 
     Example:
         >>> tol = default_tolerances(np.float32)
         >>> tol.rtol, tol.for_depth(5), round(tol.for_depth(50), 6)
         (0.0002, 0.0002, 0.002)
         >>> calibrated = Tolerances(2e-4, 1e-7, True, "float32", calibrated=True)
-        >>> calibrated.with_noise(2e-4, 1e-3), calibrated.with_noise(2e-4, 1.0)
-        (0.004, 0.05)
+        >>> calibrated.with_noise(2e-4, 1e-3), calibrated.too_noisy(2e-4, 1e-3)
+        (0.004, False)
+        >>> calibrated.too_noisy(2e-4, 0.02)  # 4 x 0.02 > 0.05
+        True
     """
 
     rtol: float
@@ -175,9 +177,16 @@ class Tolerances:
 
     def with_noise(self, floor: float, noise: float | None) -> float:
         """The tolerance of a blob whose floor is ``floor`` and measured noise ``noise``."""
-        if not self.calibrated or noise is None or math.isnan(noise):
+        if not self.calibrated or noise is None or not math.isfinite(noise):
             return floor
-        return max(floor, min(self.noise_multiple * noise, self.ceiling))
+        return max(floor, self.noise_multiple * noise)
+
+    def too_noisy(self, floor: float, noise: float | None) -> bool:
+        """Whether a blob with this noise cannot be judged: its tolerance would exceed
+        both the floor and the ceiling (or one ulp made its values non-finite)."""
+        if not self.calibrated or noise is None:
+            return False
+        return not self.noise_multiple * noise <= max(floor, self.ceiling)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
@@ -390,6 +399,20 @@ def _top_k(name: str, a: Array, b: Array, k: int) -> TopKAgreement | None:
     return TopKAgreement(name=name, k=kk, items=shape[0], top1=top1, overlap=overlap)
 
 
+def _too_noisy_reason(name: str, layer: Layer, depth: int, tolerances: Tolerances,
+                      noise: Mapping[str, Noise] | None) -> str | None:
+    """Why blob ``name`` is too sensitive to be judged (None: it can be judged)."""
+    measured = None if noise is None else noise.get(name)
+    if measured is None or measured.rel is None or blob_kind(layer, name) == "indices":
+        return None
+    if not tolerances.too_noisy(tolerances.for_depth(depth), measured.rel):
+        return None
+    return (f"too sensitive to judge: one ulp of net a's weights moves it by "
+            f"{measured.rel:.1e}, so a tolerance of {tolerances.noise_multiple:g} x noise "
+            f"would exceed {tolerances.ceiling:g}; float32 cannot tell a correct fold from "
+            "a wrong one here")
+
+
 def _compare_blob(name: str, layer: Layer, a: Array, b: Array, *, depth: int,
                   tolerances: Tolerances, noise: Noise | None) -> BlobComparison:
     """One blob compared by its kind, with its floor and calibrated tolerance."""
@@ -469,11 +492,14 @@ def compare_runs(
         if writers_a and writers_b:
             reason = (_moved_reason(name, writers_a, writers_b, by_name_b, "a")
                       or _moved_reason(name, writers_b, writers_a, by_name_a, "b"))
+        depth = depths[graph_a.final_version(name)]
+        reason = reason or _too_noisy_reason(name, layers_a[final_index[name]], depth,
+                                             tolerances, noise)
         if reason is not None:
             not_compared.append((name, reason))
             continue
         comparison = _compare_blob(name, layers_a[final_index[name]], values_a[name],
-                                   values_b[name], depth=depths[graph_a.final_version(name)],
+                                   values_b[name], depth=depth,
                                    tolerances=tolerances,
                                    noise=None if noise is None else noise.get(name))
         comparison.is_output = name in outputs_a
@@ -559,11 +585,13 @@ def verify(
     each blob on net ``a`` itself before judging: net ``a`` is run a second time by the
     numpy executor with every weight moved one ulp at random
     (:mod:`bnfuse.verification.calibrate`, signs from ``seed``), and a blob whose values
-    moved by ``n`` (relative) may differ between ``a`` and ``b`` by
-    ``max(floor, min(4 * n, 0.05))``, the floor being the depth-scaled default; an
-    index-valued blob may have ``4 * k`` differing elements when ``k`` moved. Each
-    :class:`BlobComparison` carries its ``noise`` and ``floor``. When the executor cannot
-    run net ``a``, the floors apply and a note says so.
+    moved by ``n`` (relative) may differ between ``a`` and ``b`` by ``max(floor, 4 * n)``,
+    the floor being the depth-scaled default; an index-valued blob may have ``4 * k``
+    differing elements when ``k`` moved. A blob whose ``4 * n`` exceeds both its floor
+    and 0.05 is not judged: it is listed in :attr:`VerifyResult.not_compared` with its
+    noise, as float32 cannot tell a correct fold from a wrong one there (the blobs before
+    it still are judged). Each :class:`BlobComparison` carries its ``noise`` and
+    ``floor``. When the executor cannot run net ``a``, the floors apply and a note says so.
 
     Example:
         >>> import tempfile
@@ -703,7 +731,7 @@ def _noise_or_note(net_a: Net, feed: Mapping[str, Array], tolerances: Tolerances
 
 
 def _noise_notes(result: VerifyResult) -> list[str]:
-    """One line on the measured noise: the largest, and where it capped the tolerance."""
+    """Lines on the measured noise: the largest judged, and the blobs too noisy to judge."""
     measured = [blob for blob in result.blobs
                 if blob.noise is not None and blob.noise.rel is not None]
     if not measured:
@@ -711,11 +739,13 @@ def _noise_notes(result: VerifyResult) -> list[str]:
     tol = result.tolerances
     loud, name = max((_sortable(blob.noise.rel or 0.0), blob.name) for blob in measured
                      if blob.noise is not None)
-    line = (f"noise (weights of a moved one ulp): largest {loud:.1e} in '{name}'; "
-            f"tolerance max(default, {tol.noise_multiple:g} x noise), at most {tol.ceiling:g}")
-    if tol.noise_multiple * loud > tol.ceiling:
-        line += " (reached: this net amplifies rounding too much to tell small errors apart)"
-    return [line]
+    lines = [f"noise (weights of a moved one ulp): largest {loud:.1e} in '{name}'; "
+             f"tolerance max(default, {tol.noise_multiple:g} x noise)"]
+    unjudged = [blob for blob, why in result.not_compared if why.startswith("too sensitive")]
+    if unjudged:
+        lines.append(f"not judged: {len(unjudged)} blobs too sensitive to rounding (from "
+                     f"'{unjudged[0]}'): their tolerance would exceed {tol.ceiling:g}")
+    return lines
 
 
 def _verify_whole(
