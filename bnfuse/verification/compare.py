@@ -703,12 +703,10 @@ def _check_verify_memory(net_a: Net, net_b: Net, inputs: Inputs | None, dtype: n
                          budget: int, *, calibrated: bool) -> None:
     """Refuse before anything runs when the comparison would not fit the memory budget."""
     given = given_input_shapes(net_a, inputs, budget)
-    estimate = estimate_verify(net_a, net_b, dtype=dtype, input_shapes=given)
+    # The noise run holds net a's values twice (its own and the moved run's).
+    estimate = estimate_verify(net_a, net_b, dtype=dtype, input_shapes=given,
+                               noise_run=calibrated)
     check_budget(estimate, budget, "verifying the two nets")
-    if calibrated:
-        # The noise run holds net a twice (its values and the moved run's).
-        check_budget(estimate_verify(net_a, net_a, dtype=dtype, input_shapes=given), budget,
-                     "measuring the noise of net a")
 
 
 def _feed_of(net: Net, given: Mapping[str, Array]) -> dict[str, Array]:
