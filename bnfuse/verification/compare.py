@@ -49,6 +49,15 @@ stores its weights in float32, whose rounding (~6e-8 per weight) is still there.
 float32, 1e-15 in float64) only matters for blobs that are (almost) all zero. An explicit
 ``rtol`` is applied as given, without depth scaling.
 
+That default is a *floor*. Deep nets amplify rounding by very different amounts (a deep
+plain chain with random weights turns one ulp of its weights into 4e-3 of its output), so
+by default the tolerance is measured on net ``a`` itself: ``max(floor, 4 x noise)``, the
+noise being what moving every weight of ``a`` by one ulp does to the blob
+(:mod:`bnfuse.verification.calibrate`, measured numbers in ``docs/math.md``); blobs that
+would need more than 0.05 are too sensitive to judge and listed in ``not_compared``.
+Index-valued blobs are compared exactly, ``DetectionOutput`` blobs as sets of detections
+(:mod:`bnfuse.verification.metrics`, :mod:`bnfuse.verification.detections`).
+
 Example:
     >>> import tempfile
     >>> from pathlib import Path
