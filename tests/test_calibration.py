@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,22 @@ def test_a_flipped_index_fails_unless_the_noise_flips_one_too() -> None:
                           backend="numpy", skip=["data"], noise=noisy)
     mask = next(blob for blob in result.blobs if blob.name == "mask")
     assert result.passed and (mask.differing, mask.allowed) == (1, NOISE_MULTIPLE * 1)
+
+
+def test_cli_prints_the_error_and_the_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    from bnfuse.cli import main
+
+    model = [str(bnfuse.example_path("prototxt")), str(bnfuse.example_path("caffemodel"))]
+    folded = [str(tmp_path / "f.prototxt"), str(tmp_path / "f.caffemodel")]
+    bnfuse.fold(*model).save(*folded)
+    report = tmp_path / "verify.json"
+    assert main(["verify", *model, *folded, "--json", str(report)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("PASSED (numpy, float32): 5 blobs compared, largest relative ")
+    assert ", noise " in first and first.endswith(")")
+    payload = json.loads(report.read_text())
+    assert payload["tolerances"]["calibrated"] is True
+    assert payload["tolerances"]["noise_multiple"] == NOISE_MULTIPLE
+    assert all(0 < blob["noise"]["rel"] < 2e-6 and blob["kind"] == "values"
+               for blob in payload["blobs"])
