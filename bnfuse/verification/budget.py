@@ -422,7 +422,7 @@ def estimate_verify(
     fed -= {top for layer in net_a.layers if layer.type != "Input" for top in layer.tops}
     compared = [_count(shapes_a[n]) for n in shapes_a if n in shapes_b and n not in fed]
     compare = held_a + run_b.held() + COMPARE_BYTES_PER_VALUE * max(compared, default=0)
-    noise = (held_a + run_a.peak, f"{run_a.peak_at} (moved one ulp)") if noise_run else (0, "")
+    noise = (held_a + run_a.peak, f"{run_a.peak_at} in the noise run") if noise_run else (0, "")
     peak, peak_at = max((run_a.peak, run_a.peak_at), (run_b.peak, run_b.peak_at),
                         (compare, "comparing the blobs"), noise)
     return MemoryEstimate(peak, peak_at, *largest)
