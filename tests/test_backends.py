@@ -149,6 +149,75 @@ def test_opencv_5_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         import_cv2()
 
 
+def _opencv_run_quietly(text: bytes, inputs: dict[str, np.ndarray],
+                        capfd: pytest.CaptureFixture[str]) -> UnsupportedLayerError:
+    """Run ``text`` with OpenCV, expect its failure; check nothing reached stderr."""
+    import cv2
+
+    from bnfuse.verification.backends.opencv_backend import run
+
+    level = cv2.utils.logging.getLogLevel()
+    with pytest.raises(UnsupportedLayerError) as caught:
+        run(load(text), inputs)
+    assert cv2.utils.logging.getLogLevel() == level  # OpenCV's log level is restored
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert "\n" not in str(caught.value)
+    return caught.value
+
+
+def test_opencv_refuses_a_40_axis_input_in_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    _cv2_or_skip()
+    dims = " ".join(["dim: 1"] * 40)
+    text = (f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} '
+            '} }\nlayer { name: "relu" type: "ReLU" bottom: "data" top: "out" }').encode()
+    error = _opencv_run_quietly(text, {"data": np.zeros((1,) * 40, np.float32)}, capfd)
+    assert str(error) == ("<prototxt bytes>: OpenCV refuses input 'data': Bad argument: in "
+                          "function 'setInput': blob dimensionality (=40) is too high; verify "
+                          "this net with the numpy backend")
+    assert error.path == "<prototxt bytes>"
+
+
+def test_opencv_logs_nothing_when_a_layer_fails(capfd: pytest.CaptureFixture[str]) -> None:
+    _cv2_or_skip()
+    # Concat of 3x3 and 4x4 maps: OpenCV logs five [ERROR] lines and raises, unless silenced.
+    text = b'''layer { name: "data" type: "Input" top: "a" top: "b"
+        input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 }
+                      shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "out" }'''
+    inputs = {"a": np.zeros((1, 2, 3, 3), np.float32), "b": np.zeros((1, 2, 4, 4), np.float32)}
+    error = _opencv_run_quietly(text, inputs, capfd)
+    assert str(error).startswith("<prototxt bytes>: OpenCV forward pass failed: Incorrect size "
+                                 "of input array: Inconsistent shape for ConcatLayer")
+
+
+def test_opencv_turns_off_fusion_and_winograd() -> None:
+    from bnfuse.verification.backends.opencv_backend import _configure
+
+    calls: list[tuple[str, object]] = []
+
+    class OldNet:  # an OpenCV release without Winograd convolutions
+        def enableFusion(self, on: bool) -> None:  # noqa: N802 - OpenCV's names
+            calls.append(("fusion", on))
+
+        def setPreferableBackend(self, value: int) -> None:  # noqa: N802
+            calls.append(("backend", value))
+
+        def setPreferableTarget(self, value: int) -> None:  # noqa: N802
+            calls.append(("target", value))
+
+    class NewNet(OldNet):
+        def enableWinograd(self, on: bool) -> None:  # noqa: N802
+            calls.append(("winograd", on))
+
+    cv2 = types.SimpleNamespace(dnn=types.SimpleNamespace(DNN_BACKEND_OPENCV=3, DNN_TARGET_CPU=0))
+    _configure(cv2, NewNet())
+    assert calls == [("fusion", False), ("winograd", False), ("backend", 3), ("target", 0)]
+    del calls[:]
+    _configure(cv2, OldNet())
+    assert calls == [("fusion", False), ("backend", 3), ("target", 0)]
+
+
 # --------------------------------------------------------------------------- pycaffe
 
 _FAKE_CAFFE = '''

@@ -339,10 +339,16 @@ def test_progress_reports_every_layer() -> None:
     verify((prototxt, caffemodel), (prototxt, caffemodel),
            progress=lambda done, total, what: calls.append((done, total, what)))
     total = calls[-1][1]
-    assert total == 5 + 5 + 1  # two nets of five layers, then the comparison
+    # net a's five layers, the noise run of net a, net b's five, then the comparison
+    assert total == 5 + 5 + 5 + 1
     assert calls[-1][0] == total
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
     assert any(what.startswith("b: ") for _, _, what in calls)
+    assert (10, total, "noise") in calls
+    uncalibrated: list[tuple[int, int, str]] = []
+    verify((prototxt, caffemodel), (prototxt, caffemodel), calibrate=False,
+           progress=lambda done, total, what: uncalibrated.append((done, total, what)))
+    assert uncalibrated[-1] == (11, 11, "compared")  # two nets of five layers, the comparison
 
 
 def test_top_k_on_class_scores() -> None:
@@ -382,3 +388,14 @@ def test_unknown_backend() -> None:
     prototxt, caffemodel = golden("conv_bn_scale_inplace")
     with pytest.raises(BnfuseError, match="unknown verification backend"):
         verify((prototxt, caffemodel), (prototxt, caffemodel), backend="tensorrt")
+
+
+def test_float64_extremes_give_an_infinite_difference_without_a_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning would reach stderr
+        c = compare_values("x", np.array([1e308, 1.0]), np.array([-1e308, 1.0]), rtol=1e-6,
+                           atol=0.0)
+    assert (c.passed, c.max_abs, c.max_rel) == (False, math.inf, math.inf)
+    assert c.reason == "values differ beyond tolerance"

@@ -407,11 +407,51 @@ def implied_bottom(layer: LayerLike, *, batch: int, spatial: int) -> Shape | Non
     return None
 
 
+#: What a top of a layer holds, for a comparison: float values (the default), integer
+#: indices stored as floats, or SSD detection rows ``[image, label, score, x0, y0, x1, y1]``.
+TOP_KINDS = ("values", "indices", "detections")
+
+
+def top_kind(layer: LayerLike, index: int) -> str:
+    """What top number ``index`` of ``layer`` holds: one of :data:`TOP_KINDS`.
+
+    Indices: the second top of MAX pooling (the arg-max mask SegNet's Upsample reads) and
+    the tops of ``ArgMax`` without ``out_max_val`` (with it, the top holds the maximum
+    values, alone or interleaved with their indices, and compares as values). Detections:
+    the top of ``DetectionOutput``, whose rows NMS may emit in another order.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "pool" type: "Pooling" bottom: "x" top: "p" top: "mask"
+        ...         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+        ... layer { name: "arg" type: "ArgMax" bottom: "p" top: "cls" }
+        ... layer { name: "det" type: "DetectionOutput" bottom: "p" top: "out" }
+        ... ''')
+        >>> [top_kind(net.layer("pool"), i) for i in (0, 1)]
+        ['values', 'indices']
+        >>> top_kind(net.layer("arg"), 0), top_kind(net.layer("det"), 0)
+        ('indices', 'detections')
+    """
+    from bnfuse import proto
+
+    if layer.type == "Pooling" and index == 1:
+        pooling = layer.param.pooling_param
+        if pooling.pool == proto.PoolingParameter.MAX:
+            return "indices"
+    if layer.type == "ArgMax" and not layer.param.argmax_param.out_max_val:
+        return "indices"
+    if layer.type == "DetectionOutput" and index == 0:
+        return "detections"
+    return "values"
+
+
 __all__ = [
     "CONV_TYPES",
     "DEPTHWISE_TYPES",
     "NORM_TYPES",
     "SPECS",
+    "TOP_KINDS",
     "Blob",
     "Dim",
     "LayerLike",
@@ -427,6 +467,7 @@ __all__ = [
     "legacy_shape",
     "spec_of",
     "squeeze_legacy",
+    "top_kind",
     "weight_layout",
     "weight_mismatch",
 ]

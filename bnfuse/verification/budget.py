@@ -386,10 +386,13 @@ def estimate_verify(
     *,
     dtype: npt.DTypeLike = np.float32,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    noise_run: bool = False,
 ) -> MemoryEstimate:
     """The memory :func:`bnfuse.verify` will hold at its peak (see the module docstring).
 
     ``input_shapes`` are the shapes of given inputs (default: the Input layers').
+    ``noise_run``: net a also runs a second time, with its values held (the calibration
+    of the tolerances, :mod:`bnfuse.verification.calibrate`).
 
     Example:
         >>> import bnfuse
@@ -412,8 +415,9 @@ def estimate_verify(
     fed -= {top for layer in net_a.layers if layer.type != "Input" for top in layer.tops}
     compared = [_count(shapes_a[n]) for n in shapes_a if n in shapes_b and n not in fed]
     compare = held_a + run_b.held() + COMPARE_BYTES_PER_VALUE * max(compared, default=0)
+    noise = (held_a + run_a.peak, f"{run_a.peak_at} in the noise run") if noise_run else (0, "")
     peak, peak_at = max((run_a.peak, run_a.peak_at), (run_b.peak, run_b.peak_at),
-                        (compare, "comparing the blobs"))
+                        (compare, "comparing the blobs"), noise)
     return MemoryEstimate(peak, peak_at, *largest)
 
 

@@ -49,6 +49,15 @@ stores its weights in float32, whose rounding (~6e-8 per weight) is still there.
 float32, 1e-15 in float64) only matters for blobs that are (almost) all zero. An explicit
 ``rtol`` is applied as given, without depth scaling.
 
+That default is a *floor*. Deep nets amplify rounding by very different amounts (a deep
+plain chain with random weights turns one ulp of its weights into 4e-3 of its output), so
+by default the tolerance is measured on net ``a`` itself: ``max(floor, 4 x noise)``, the
+noise being what moving every weight of ``a`` by one ulp does to the blob
+(:mod:`bnfuse.verification.calibrate`, measured numbers in ``docs/math.md``); blobs that
+would need more than 0.05 are too sensitive to judge and listed in ``not_compared``.
+Index-valued blobs are compared exactly, ``DetectionOutput`` blobs as sets of detections
+(:mod:`bnfuse.verification.metrics`, :mod:`bnfuse.verification.detections`).
+
 Example:
     >>> import tempfile
     >>> from pathlib import Path
@@ -64,6 +73,7 @@ Example:
     PASSED (numpy, float32): 5 blobs compared, largest relative difference ...
     top-5 of 'prob': top-1 agrees on 100% of 1 items, top-5 overlap 100%
     not compared: 2 blobs only in a, 0 only in b
+    noise (weights of a moved one ulp): largest ... in '...'; tolerance max(default, 4 x ...
     >>> result.only_in_a  # renamed tops of the folded BatchNorm and Scale
     ['conv2', 'conv2/bn']
 """
@@ -72,14 +82,9 @@ from __future__ import annotations
 
 import math
 import os
-import stat
-import zipfile
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -92,10 +97,16 @@ from bnfuse._checks import (
     require_optional_number,
     require_seed,
 )
-from bnfuse._text import escape_user_text, quote_user_text
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.graph import Graph, build_graph
 from bnfuse.layertypes import accumulates
+from bnfuse.verification._given import (
+    MAX_INPUT_MEMBERS,
+    Inputs,
+    given_input_shapes,
+    load_inputs,
+    resolve_inputs,
+)
 from bnfuse.verification.backends import (
     BACKENDS,
     BackendRun,
@@ -107,22 +118,35 @@ from bnfuse.verification.backends import (
 from bnfuse.verification.budget import (
     MemoryBudgetError,
     check_budget,
-    default_max_memory,
     estimate_verify,
     format_size,
     resolve_max_memory,
 )
-from bnfuse.verification.inputs import input_layer_shapes, net_input_shapes, seeded_inputs
+from bnfuse.verification.calibrate import measure_noise
+from bnfuse.verification.detections import detection_rules
+from bnfuse.verification.metrics import (
+    BlobComparison,
+    Noise,
+    _sortable,
+    blob_kind,
+    blob_noise,
+    compare_detection_blob,
+    compare_indices,
+    compare_values,
+)
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
 
 Array = npt.NDArray[Any]
-#: Inputs for :func:`verify`: name -> array, or a ``.npz`` file (keys ``name`` or ``input:name``).
-Inputs = Mapping[str, npt.ArrayLike] | str | os.PathLike[str]
 
 #: Depth (weighted layers) up to which the default tolerance is not widened.
 DEPTH_UNIT = 5
+#: A fold may differ from the original by this many times the measured noise.
+NOISE_MULTIPLE = 4.0
+#: No calibrated tolerance exceeds this (relative; the smallest wrong fold measured on a
+#: deep net is at 0.1): a blob that would need more is too sensitive to be judged.
+NOISE_CEILING = 0.05
 
 
 @dataclass(frozen=True)
@@ -131,18 +155,28 @@ class Tolerances:
 
     ``rtol`` is relative to each blob's max ``|value|`` in the reference net; when
     ``depth_scaled`` is true the tolerance of a blob ``d`` weighted layers deep is
-    ``rtol * max(1, d / 5)``.
+    ``rtol * max(1, d / 5)``: the *floor*. When ``calibrated`` is true, a blob whose
+    measured noise is ``n`` (see :func:`verify`) gets ``max(floor, noise_multiple * n)``,
+    and is not judged at all when that exceeds both the floor and ``ceiling``.
 
     Example:
         >>> tol = default_tolerances(np.float32)
         >>> tol.rtol, tol.for_depth(5), round(tol.for_depth(50), 6)
         (0.0002, 0.0002, 0.002)
+        >>> calibrated = Tolerances(2e-4, 1e-7, True, "float32", calibrated=True)
+        >>> calibrated.with_noise(2e-4, 1e-3), calibrated.too_noisy(2e-4, 1e-3)
+        (0.004, False)
+        >>> calibrated.too_noisy(2e-4, 0.02)  # 4 x 0.02 > 0.05
+        True
     """
 
     rtol: float
     atol: float
     depth_scaled: bool
     dtype: str
+    calibrated: bool = False
+    noise_multiple: float = NOISE_MULTIPLE
+    ceiling: float = NOISE_CEILING
 
     def for_depth(self, depth: int) -> float:
         """The relative tolerance for a blob ``depth`` weighted layers from the inputs."""
@@ -150,10 +184,24 @@ class Tolerances:
             return self.rtol
         return self.rtol * max(1.0, depth / DEPTH_UNIT)
 
+    def with_noise(self, floor: float, noise: float | None) -> float:
+        """The tolerance of a blob whose floor is ``floor`` and measured noise ``noise``."""
+        if not self.calibrated or noise is None or not math.isfinite(noise):
+            return floor
+        return max(floor, self.noise_multiple * noise)
+
+    def too_noisy(self, floor: float, noise: float | None) -> bool:
+        """Whether a blob with this noise cannot be judged: its tolerance would exceed
+        both the floor and the ceiling (or one ulp made its values non-finite)."""
+        if not self.calibrated or noise is None:
+            return False
+        return not self.noise_multiple * noise <= max(floor, self.ceiling)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
         return {"rtol": self.rtol, "atol": self.atol, "depth_scaled": self.depth_scaled,
-                "depth_unit": DEPTH_UNIT, "dtype": self.dtype}
+                "depth_unit": DEPTH_UNIT, "dtype": self.dtype, "calibrated": self.calibrated,
+                "noise_multiple": self.noise_multiple, "ceiling": self.ceiling}
 
 
 def default_tolerances(
@@ -175,39 +223,6 @@ def default_tolerances(
         depth_scaled=rtol is None,
         dtype=str(resolved),
     )
-
-
-@dataclass
-class BlobComparison:
-    """One blob compared between the two nets.
-
-    ``max_rel`` is ``max_abs`` over the reference blob's max ``|value|``; ``rtol``
-    is the tolerance applied to this blob; ``reason`` says why it failed.
-
-    Example:
-        >>> c = BlobComparison("conv1", (1, 8, 4, 4), (1, 8, 4, 4), 1e-6, 2e-7, True, False)
-        >>> c.passed, c.to_dict()["name"]
-        (True, 'conv1')
-    """
-
-    name: str
-    shape_a: tuple[int, ...] | None
-    shape_b: tuple[int, ...] | None
-    max_abs: float
-    max_rel: float
-    passed: bool
-    is_output: bool
-    rtol: float = 0.0
-    depth: int = 0
-    producer: str = ""
-    reason: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (infinite differences become the string ``"inf"``)."""
-        return {"name": self.name, "shape_a": _list(self.shape_a), "shape_b": _list(self.shape_b),
-                "max_abs": _json_float(self.max_abs), "max_rel": _json_float(self.max_rel),
-                "passed": self.passed, "is_output": self.is_output, "rtol": self.rtol,
-                "depth": self.depth, "producer": self.producer, "reason": self.reason}
 
 
 @dataclass
@@ -303,20 +318,24 @@ class VerifyResult:
             PASSED (numpy, float32): 0 blobs compared
         """
         verdict = "PASSED" if self.passed else "FAILED"
+        values = [blob for blob in self.blobs if blob.kind == "values"]
         lines = [f"{verdict} ({self.backend}, {self.tolerances.dtype}): "
-                 f"{len(self.blobs)} blobs compared"]
-        if self.blobs:
-            worst = max(self.blobs, key=lambda b: (not b.passed, _sortable(b.max_rel)))
+                 f"{len(values)} blobs compared"]
+        if values:
+            worst = max(values, key=lambda b: (not b.passed, _sortable(b.max_rel)))
             lines[0] += (f", largest relative difference {worst.max_rel:.2e} in "
-                         f"'{worst.name}' (tolerance {worst.rtol:.1e})")
+                         f"'{worst.name}' (tolerance {worst.rtol:.1e}")
+            if worst.noise is not None and worst.noise.rel is not None:
+                lines[0] += f", noise {worst.noise.rel:.1e}"
+            lines[0] += ")"
+        lines.extend(self._apart_lines())
         if self.scope_reason:
             lines.append(f"note: {self.scope_reason}; comparing the changed layers locally "
                          "instead")
         if self.first_divergence is not None:
             lines.append(f"first divergence: '{self.first_divergence}'")
         for blob in self.failures[:max_lines]:
-            lines.append(f"  {blob.name}: {blob.reason or 'differs'} (max_abs {blob.max_abs:.3e}, "
-                         f"max_rel {blob.max_rel:.3e}, tolerance {blob.rtol:.1e})")
+            lines.append(f"  {blob.name}: {blob.reason or 'differs'} ({blob.describe()})")
         if len(self.failures) > max_lines:
             lines.append(f"  ... and {len(self.failures) - max_lines} more failing blobs")
         for name in self.missing_outputs:
@@ -332,293 +351,18 @@ class VerifyResult:
         lines.extend(self.notes)
         return "\n".join(lines)
 
-
-def _list(shape: tuple[int, ...] | None) -> list[int] | None:
-    return None if shape is None else [int(d) for d in shape]
-
-
-def _json_float(value: float) -> float | str:
-    return value if math.isfinite(value) else ("inf" if value > 0 else "nan")
-
-
-def _sortable(value: float) -> float:
-    return math.inf if math.isnan(value) else value
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-#: More members than this in an inputs ``.npz`` is not a set of net inputs.
-MAX_INPUT_MEMBERS = 4096
-#: Largest ``.npy`` header read from an inputs file (numpy's own default limit).
-_MAX_NPY_HEADER = 10_000
-
-
-@dataclass(frozen=True)
-class _Member:
-    """One array of an inputs ``.npz``, known from its header before any data is read."""
-
-    name: str  # the zip member
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    stored: int  # uncompressed bytes the archive says the member has
-    header: int  # bytes of its .npy header
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
-def _input_problem(key: str, shape: tuple[int, ...], dtype: np.dtype[Any],
-                   expected: Mapping[str, tuple[int, ...] | None] | None) -> str | None:
-    """Why an array cannot be fed as input ``key`` (None: it can); no data is touched."""
-    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
-        kind = ("object" if dtype.hasobject else
-                "structured" if dtype.names is not None else "sub-array")
-        return (f"input {quote_user_text(key)} is an array of {kind} dtype {dtype}; inputs "
-                "must be real numbers (float or int)")
-    if dtype.kind not in "fiu":
-        return (f"input {quote_user_text(key)} has dtype {dtype}; inputs must be real numbers "
-                "(float or int)")
-    if expected is None:
-        return None
-    if key not in expected:
-        names = ", ".join(quote_user_text(n, 60) for n in list(expected)[:20])
-        more = f" and {len(expected) - 20} more" if len(expected) > 20 else ""
-        return (f"{quote_user_text(key)} is not an input of the net (its inputs: "
-                f"{names or 'none'}{more}); a misnamed input would be replaced by random data")
-    wanted = expected[key]
-    if wanted is not None and tuple(shape) != tuple(wanted):
-        return (f"input {quote_user_text(key)} has shape {tuple(shape)}, the net expects "
-                f"{tuple(wanted)}")
-    return None
-
-
-def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...],
-                                                                       np.dtype[Any], int]:
-    """Shape, dtype and header length of one ``.npy`` member, from its header alone."""
-    with zf.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(
-                member, max_header_size=_MAX_NPY_HEADER)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(
-                member, max_header_size=_MAX_NPY_HEADER)
-        else:
-            raise ValueError(f".npy format version {version} is not one numpy.savez writes "
-                             "for numbers")
-        return tuple(int(d) for d in shape), np.dtype(dtype), member.tell()
-
-
-def _npz_members(path: Path, max_bytes: int) -> tuple[BinaryIO, zipfile.ZipFile,
-                                                       dict[str, _Member]]:
-    """Open an inputs ``.npz`` and read every member's header; refuse what is not inputs.
-
-    Returns the open file and archive (the caller closes both) and the members by key,
-    after the ``input:`` rule (keys ``input:<name>`` when any member has one, else every
-    key).
-    """
-    shown = escape_user_text(path)
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise BnfuseError(f"{shown}: no such file") from None
-    except IsADirectoryError:
-        raise BnfuseError(f"{shown}: is a folder; pass the .npz file of the inputs") from None
-    except OSError as exc:
-        raise BnfuseError(f"{shown}: cannot read the inputs: {exc.strerror or exc}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise BnfuseError(f"{shown}: is a folder; pass the .npz file of the inputs")
-        raise BnfuseError(f"{shown}: is not a regular file (a FIFO, device or socket); "
-                          "pass the .npz file of the inputs")
-    handle = os.fdopen(fd, "rb")
-    try:
-        if info.st_size == 0:
-            raise BnfuseError(f"{shown}: the inputs file is empty; write it with "
-                              "numpy.savez(path, data=array)")
-        if info.st_size > max_bytes:
-            raise BnfuseError(f"{shown}: the inputs file is {info.st_size:,} bytes, more than "
-                              f"the memory budget of {format_size(max_bytes)} "
-                              f"({max_bytes:,} bytes)")
-        if handle.read(6) == b"\x93NUMPY":
-            raise BnfuseError(f"{shown}: is a .npy file (one unnamed array); --inputs needs a "
-                              ".npz that names each input: numpy.savez(path, data=array)")
-        handle.seek(0)
-        try:
-            zf = zipfile.ZipFile(handle)
-            infos = zf.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-                NotImplementedError) as exc:
-            raise BnfuseError(f"{shown}: is not a .npz (zip) file: "
-                              f"{escape_user_text(exc, 120)}") from None
-        if not infos:
-            raise BnfuseError(f"{shown}: holds no arrays")
-        if len(infos) > MAX_INPUT_MEMBERS:
-            raise BnfuseError(f"{shown}: holds {len(infos):,} members, more than the "
-                              f"{MAX_INPUT_MEMBERS} a set of net inputs can have")
-        keys = {zinfo.filename[:-4] if zinfo.filename.endswith(".npy") else zinfo.filename:
-                zinfo for zinfo in infos}
-        if len(keys) != len(infos):
-            raise BnfuseError(f"{shown}: names an array twice")
-        if any(key.startswith("input:") for key in keys):
-            keys = {key[len("input:"):]: zinfo for key, zinfo in keys.items()
-                    if key.startswith("input:")}
-        members: dict[str, _Member] = {}
-        for key, zinfo in keys.items():
-            where = f"{shown}: member {quote_user_text(zinfo.filename)}"
-            if not zinfo.filename.endswith(".npy"):
-                raise BnfuseError(f"{where} is not a .npy array")
-            if zinfo.flag_bits & 0x1:
-                raise BnfuseError(f"{where} is encrypted")
-            try:
-                shape, dtype, header = _read_header(zf, zinfo)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-                    NotImplementedError, RuntimeError) as exc:
-                raise BnfuseError(f"{where}: not a readable .npy header: "
-                                  f"{escape_user_text(exc, 120)}") from None
-            members[key] = _Member(zinfo.filename, shape, dtype, zinfo.file_size, header)
-        return handle, zf, members
-    except BaseException:
-        handle.close()
-        raise
-
-
-@contextmanager
-def _open_npz(path: Path, expected: Mapping[str, tuple[int, ...] | None] | None,
-              max_bytes: int) -> Iterator[tuple[zipfile.ZipFile, dict[str, _Member]]]:
-    """The archive and its members, every header checked (against the net when
-    ``expected`` is given) before the caller reads any data."""
-    handle, zf, members = _npz_members(path, max_bytes)
-    try:
-        shown = escape_user_text(path)
-        for key, member in members.items():
-            problem = _input_problem(key, member.shape, member.dtype, expected)
-            if problem is not None:
-                raise BnfuseError(f"{shown}: {problem}")
-            if member.nbytes > max_bytes:
-                raise BnfuseError(
-                    f"{shown}: member {quote_user_text(member.name)}: the array "
-                    f"{quote_user_text(key)} of shape {member.shape} and dtype {member.dtype} "
-                    f"would take {format_size(member.nbytes)} ({member.nbytes:,} bytes), more "
-                    f"than the memory budget of {format_size(max_bytes)}")
-            if member.stored < member.header + member.nbytes:
-                raise BnfuseError(f"{shown}: member {quote_user_text(member.name)}: holds "
-                                  f"{member.stored:,} bytes, its header announces "
-                                  f"{member.header + member.nbytes:,}: the file is truncated "
-                                  "or corrupt")
-        total = sum(member.nbytes for member in members.values())
-        if total > max_bytes:
-            raise BnfuseError(f"{shown}: the arrays would take {format_size(total)} ({total:,} "
-                              f"bytes), more than the memory budget of {format_size(max_bytes)}")
-        yield zf, members
-    finally:
-        zf.close()
-        handle.close()
-
-
-def _npz_input_shapes(path: Path, expected: Mapping[str, tuple[int, ...] | None] | None,
-                      max_bytes: int) -> dict[str, tuple[int, ...]]:
-    """The shape of every input an ``.npz`` holds, checked against the net, from headers."""
-    with _open_npz(path, expected, max_bytes) as (_, members):
-        return {key: member.shape for key, member in members.items()}
-
-
-def load_inputs(
-    path: str | os.PathLike[str],
-    expected: Mapping[str, tuple[int, ...] | None] | None = None,
-    *,
-    max_bytes: int | None = None,
-) -> dict[str, Array]:
-    """Read inputs from a ``.npz`` file: keys ``input:<name>`` when present, else every key.
-
-    The golden fixtures' ``blobs.npz`` files work as they are. Nothing is read before
-    every member's header has been checked: a ``.npy`` member of real numbers (no
-    pickles, no object or structured arrays), at most ``max_bytes`` in all (default:
-    :func:`~bnfuse.verification.budget.default_max_memory`), the file itself no larger.
-    With ``expected`` (name -> shape, ``None`` for any shape; see
-    :func:`~bnfuse.verification.inputs.net_input_shapes`) every key must be one of its
-    names and every shape the expected one. Any problem is a one-line
-    :class:`~bnfuse.errors.BnfuseError` naming the file.
-
-    Example:
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> path = Path(tempfile.mkdtemp()) / "blobs.npz"
-        >>> np.savez(path, **{"input:data": np.zeros((1, 3, 4, 4)), "prob": np.ones((1, 10))})
-        >>> {name: value.shape for name, value in load_inputs(path).items()}
-        {'data': (1, 3, 4, 4)}
-        >>> load_inputs(path, {"data": (1, 3, 8, 8)})  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        bnfuse.errors.BnfuseError: ...blobs.npz: input 'data' has shape (1, 3, 4, 4), the net \
-expects (1, 3, 8, 8)
-    """
-    source = Path(path)
-    budget = default_max_memory() if max_bytes is None else max_bytes
-    result: dict[str, Array] = {}
-    with _open_npz(source, expected, budget) as (zf, members):
-        for key, member in members.items():
-            try:
-                with zf.open(member.name) as stream:
-                    array = np.lib.format.read_array(stream, allow_pickle=False)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
-                    RuntimeError) as exc:
-                raise BnfuseError(f"{escape_user_text(source)}: member "
-                                  f"{quote_user_text(member.name)}: cannot read the array: "
-                                  f"{escape_user_text(exc, 120)}") from None
-            if array.shape != member.shape or array.dtype != member.dtype:
-                raise BnfuseError(f"{escape_user_text(source)}: member "
-                                  f"{quote_user_text(member.name)} does not hold what its "
-                                  "header announces")
-            result[key] = array
-    return result
-
-
-def _mapping_input_shapes(inputs: Mapping[str, npt.ArrayLike],
-                          expected: Mapping[str, tuple[int, ...] | None]
-                          ) -> dict[str, tuple[int, ...]]:
-    """Shapes of inputs given as a mapping, checked against the net before any cast."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key, value in inputs.items():
-        if not isinstance(key, str):
-            raise TypeError(f"verify: the keys of inputs must be blob names (str), not "
-                            f"{type(key).__name__}")
-        array = value if isinstance(value, np.ndarray) else np.asarray(value)
-        problem = _input_problem(key, tuple(array.shape), array.dtype, expected)
-        if problem is not None:
-            raise BnfuseError(f"inputs: {problem}")
-        shapes[key] = tuple(int(d) for d in array.shape)
-    return shapes
-
-
-def _given_input_shapes(net: Net, inputs: Inputs | None,
-                        max_bytes: int) -> dict[str, tuple[int, ...]] | None:
-    """The shapes of the given inputs, every name and shape checked against net ``a``."""
-    if inputs is None:
-        return None
-    expected = net_input_shapes(net.layers)
-    if isinstance(inputs, (str, os.PathLike)):
-        return _npz_input_shapes(Path(inputs), expected, max_bytes)
-    return _mapping_input_shapes(inputs, expected)
-
-
-def _resolve_inputs(net: Net, inputs: Inputs | None, seed: int,
-                    dtype: npt.DTypeLike, max_bytes: int | None = None) -> dict[str, Array]:
-    if inputs is None:
-        return seeded_inputs(input_layer_shapes(net.layers), seed, dtype)
-    expected = net_input_shapes(net.layers)
-    if isinstance(inputs, (str, os.PathLike)):
-        loaded = load_inputs(inputs, expected, max_bytes=max_bytes)
-    else:
-        _mapping_input_shapes(inputs, expected)
-        loaded = {name: np.asarray(value) for name, value in inputs.items()}
-    return {name: np.asarray(value, dtype=dtype) for name, value in loaded.items()}
+    def _apart_lines(self) -> list[str]:
+        """The index-valued and detection blobs, reported apart from the values."""
+        lines: list[str] = []
+        indices = [blob for blob in self.blobs if blob.kind == "indices"]
+        if indices:
+            differing = sum(blob.differing for blob in indices)
+            total = sum(math.prod(blob.shape_a or ()) for blob in indices)
+            lines.append(f"indices: {len(indices)} blobs compared exactly, {differing} of "
+                         f"{total} elements differ")
+        lines.extend(f"detections '{blob.name}': {blob.describe()}"
+                     for blob in self.blobs if blob.kind == "detections")
+        return lines
 
 
 # --------------------------------------------------------------------------- graph facts
@@ -664,40 +408,43 @@ def _top_k(name: str, a: Array, b: Array, k: int) -> TopKAgreement | None:
     return TopKAgreement(name=name, k=kk, items=shape[0], top1=top1, overlap=overlap)
 
 
-def compare_values(name: str, a: Array, b: Array, *, rtol: float, atol: float) -> BlobComparison:
-    """Compare one blob's two values with the metric described in the module docstring.
+def _too_noisy_reason(name: str, layer: Layer, depth: int, tolerances: Tolerances,
+                      noise: Mapping[str, Noise] | None) -> str | None:
+    """Why blob ``name`` is too sensitive to be judged (None: it can be judged)."""
+    measured = None if noise is None else noise.get(name)
+    if measured is None or measured.rel is None or blob_kind(layer, name) == "indices":
+        return None
+    if not tolerances.too_noisy(tolerances.for_depth(depth), measured.rel):
+        return None
+    return (f"too sensitive to judge: one ulp of net a's weights moves it by "
+            f"{measured.rel:.1e}, so a tolerance of {tolerances.noise_multiple:g} x noise "
+            f"would exceed {tolerances.ceiling:g}; float32 cannot tell a correct fold from "
+            "a wrong one here")
 
-    Example:
-        >>> c = compare_values("x", np.array([1.0, 2.0]), np.array([1.0, 2.001]),
-        ...                    rtol=1e-3, atol=0.0)
-        >>> round(c.max_rel, 6), c.passed
-        (0.0005, True)
-    """
-    shape_a, shape_b = tuple(int(d) for d in a.shape), tuple(int(d) for d in b.shape)
-    if shape_a != shape_b:
-        return BlobComparison(name, shape_a, shape_b, math.inf, math.inf, False, False,
-                              rtol=rtol, reason=f"shape {shape_a} vs {shape_b}")
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    finite_x, finite_y = np.isfinite(x), np.isfinite(y)
-    # Non-finite values must agree exactly (same inf, or NaN in both).
-    same_special = (x == y) | (np.isnan(x) & np.isnan(y))
-    bad_special = ~(finite_x & finite_y) & ~same_special
-    both = finite_x & finite_y
-    diff = np.abs(x[both] - y[both])
-    max_abs = float(diff.max()) if diff.size else 0.0
-    reference = float(np.abs(x[finite_x]).max()) if finite_x.any() else 0.0
-    reason = ""
-    if bad_special.any():
-        max_abs = math.inf
-        reason = f"{int(bad_special.sum())} non-finite values differ"
-    # Against an all-zero reference any difference at all is infinitely relative.
-    max_rel = max_abs / reference if reference > 0 else (0.0 if max_abs == 0 else math.inf)
-    passed = not reason and max_abs <= atol + rtol * reference
-    if not passed and not reason:
-        reason = "values differ beyond tolerance"
-    return BlobComparison(name, shape_a, shape_b, max_abs, max_rel, passed, False,
-                          rtol=rtol, reason=reason)
+
+def _compare_blob(name: str, layer: Layer, a: Array, b: Array, *, depth: int,
+                  tolerances: Tolerances, noise: Noise | None) -> BlobComparison:
+    """One blob compared by its kind, with its floor and calibrated tolerance."""
+    kind = blob_kind(layer, name)
+    floor = tolerances.for_depth(depth)
+    if kind == "indices":
+        count = noise.count if noise is not None else None
+        allowed = (int(tolerances.noise_multiple * count)
+                   if tolerances.calibrated and count is not None else 0)
+        comparison = compare_indices(name, a, b, allowed=allowed)
+    else:
+        rtol = tolerances.with_noise(floor, None if noise is None else noise.rel)
+        if kind == "detections":
+            comparison = compare_detection_blob(name, a, b, rtol=rtol, atol=tolerances.atol,
+                                                rules=detection_rules(layer))
+        else:
+            comparison = compare_values(name, a, b, rtol=rtol, atol=tolerances.atol)
+    comparison.kind = kind
+    comparison.floor = floor
+    comparison.noise = noise
+    comparison.depth = depth
+    comparison.producer = layer.name
+    return comparison
 
 
 def compare_runs(
@@ -710,11 +457,13 @@ def compare_runs(
     backend: str,
     skip: Sequence[str] = (),
     top_k: int = 5,
+    noise: Mapping[str, Noise] | None = None,
 ) -> VerifyResult:
     """Compare two runs' blobs (the core of :func:`verify`, reused by the local check).
 
     ``layers_a``/``layers_b`` are the layers that produced ``values_a``/``values_b``;
-    ``skip`` names blobs not to compare (the inputs, fed identically).
+    ``skip`` names blobs not to compare (the inputs, fed identically); ``noise`` is the
+    measured noise per blob (:func:`measure_noise`), used when ``tolerances.calibrated``.
 
     Example:
         >>> import bnfuse
@@ -752,17 +501,19 @@ def compare_runs(
         if writers_a and writers_b:
             reason = (_moved_reason(name, writers_a, writers_b, by_name_b, "a")
                       or _moved_reason(name, writers_b, writers_a, by_name_a, "b"))
+        depth = depths[graph_a.final_version(name)]
+        reason = reason or _too_noisy_reason(name, layers_a[final_index[name]], depth,
+                                             tolerances, noise)
         if reason is not None:
             not_compared.append((name, reason))
             continue
-        depth = depths[graph_a.final_version(name)]
-        comparison = compare_values(name, values_a[name], values_b[name],
-                                    rtol=tolerances.for_depth(depth), atol=tolerances.atol)
-        comparison.depth = depth
-        comparison.producer = layers_a[final_index[name]].name
+        comparison = _compare_blob(name, layers_a[final_index[name]], values_a[name],
+                                   values_b[name], depth=depth,
+                                   tolerances=tolerances,
+                                   noise=None if noise is None else noise.get(name))
         comparison.is_output = name in outputs_a
         comparisons.append(comparison)
-        if comparison.is_output:
+        if comparison.is_output and comparison.kind == "values":
             agreement = _top_k(name, values_a[name], values_b[name], top_k)
             if agreement is not None:
                 topk.append(agreement)
@@ -808,6 +559,7 @@ def verify(
     progress: Progress | None = None,
     fallback: str = "none",
     max_memory: int | None = None,
+    calibrate: bool = True,
 ) -> VerifyResult:
     """Run nets ``a`` (the reference) and ``b`` on the same inputs and compare every blob.
 
@@ -837,6 +589,18 @@ def verify(
     shapes, and a :class:`~bnfuse.verification.budget.MemoryBudgetError` naming the
     estimate, the budget and the largest blob is raised above it. Wrong argument types
     raise ``TypeError``.
+
+    ``calibrate`` (default true, ignored with an explicit ``rtol``) measures the noise of
+    each blob on net ``a`` itself before judging: net ``a`` is run a second time by the
+    numpy executor with every weight moved one ulp at random
+    (:mod:`bnfuse.verification.calibrate`, signs from ``seed``), and a blob whose values
+    moved by ``n`` (relative) may differ between ``a`` and ``b`` by ``max(floor, 4 * n)``,
+    the floor being the depth-scaled default; an index-valued blob may have ``4 * k``
+    differing elements when ``k`` moved. A blob whose ``4 * n`` exceeds both its floor
+    and 0.05 is not judged: it is listed in :attr:`VerifyResult.not_compared` with its
+    noise, as float32 cannot tell a correct fold from a wrong one there (the blobs before
+    it still are judged). Each :class:`BlobComparison` carries its ``noise`` and
+    ``floor``. When the executor cannot run net ``a``, the floors apply and a note says so.
 
     Example:
         >>> import tempfile
@@ -879,17 +643,13 @@ def verify(
     budget = _check_verify_arguments(
         a, b, inputs=inputs, backend=backend, rtol=rtol, atol=atol, seed=seed, top_k=top_k,
         dtype=dtype, allow_python_layers=allow_python_layers, progress=progress,
-        fallback=fallback, max_memory=max_memory)
-    if backend not in BACKENDS:
-        raise BnfuseError(f"unknown verification backend {backend!r}; "
-                          f"choose one of {', '.join(BACKENDS)}")
-    if fallback not in FALLBACKS:
-        raise BnfuseError(f"unknown verification fallback {fallback!r}; "
-                          f"choose one of {', '.join(FALLBACKS)}")
+        fallback=fallback, max_memory=max_memory, calibrate=calibrate)
     run = get_backend(backend)
-    tolerances = default_tolerances(dtype, rtol, atol)
+    tolerances = replace(default_tolerances(dtype, rtol, atol),
+                         calibrated=calibrate and rtol is None)
     net_a, net_b = as_net(a), as_net(b)
-    _check_verify_memory(net_a, net_b, inputs, dtype, budget)
+    _check_verify_memory(net_a, net_b, inputs, dtype, budget,
+                         calibrated=tolerances.calibrated)
     try:
         return _verify_whole(net_a, net_b, run, backend, tolerances, inputs=inputs, seed=seed,
                              top_k=top_k, dtype=dtype, allow_python_layers=allow_python_layers,
@@ -915,7 +675,7 @@ def verify(
 def _check_verify_arguments(a: object, b: object, *, inputs: object, backend: object,
                             rtol: object, atol: object, seed: object, top_k: object,
                             dtype: object, allow_python_layers: object, progress: object,
-                            fallback: object, max_memory: object) -> int:
+                            fallback: object, max_memory: object, calibrate: object) -> int:
     """:func:`verify`'s own argument checks (``TypeError`` for a wrong type); the budget."""
     require_net_or_paths(a, "verify", "a")
     require_net_or_paths(b, "verify", "b")
@@ -937,16 +697,62 @@ def _check_verify_arguments(a: object, b: object, *, inputs: object, backend: ob
     if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise BnfuseError(f"verify: dtype must be float32 or float64, not {resolved}")
     require_bool(allow_python_layers, "verify", "allow_python_layers")
+    require_bool(calibrate, "verify", "calibrate")
     require_callable(progress, "verify", "progress")
+    if backend not in BACKENDS:
+        raise BnfuseError(f"unknown verification backend {backend!r}; "
+                          f"choose one of {', '.join(BACKENDS)}")
+    if fallback not in FALLBACKS:
+        raise BnfuseError(f"unknown verification fallback {fallback!r}; "
+                          f"choose one of {', '.join(FALLBACKS)}")
     return resolve_max_memory(max_memory, "verify")
 
 
 def _check_verify_memory(net_a: Net, net_b: Net, inputs: Inputs | None, dtype: npt.DTypeLike,
-                         budget: int) -> None:
+                         budget: int, *, calibrated: bool) -> None:
     """Refuse before anything runs when the comparison would not fit the memory budget."""
-    given = _given_input_shapes(net_a, inputs, budget)
-    estimate = estimate_verify(net_a, net_b, dtype=dtype, input_shapes=given)
+    given = given_input_shapes(net_a, inputs, budget)
+    # The noise run holds net a's values twice (its own and the moved run's).
+    estimate = estimate_verify(net_a, net_b, dtype=dtype, input_shapes=given,
+                               noise_run=calibrated)
     check_budget(estimate, budget, "verifying the two nets")
+
+
+def _feed_of(net: Net, given: Mapping[str, Array]) -> dict[str, Array]:
+    """The given inputs this net reads (the executor rejects unknown names)."""
+    graph = build_graph(net.layers)
+    return {name: value for name, value in given.items() if graph.versions_of(name)}
+
+
+def _noise_or_note(net_a: Net, feed: Mapping[str, Array], tolerances: Tolerances, *,
+                   dtype: npt.DTypeLike, seed: int,
+                   baseline: Mapping[str, Array] | None) -> tuple[dict[str, Noise] | None, str]:
+    """The measured noise of net ``a``, or None and why it could not be measured."""
+    if not tolerances.calibrated:
+        return None, ""
+    try:
+        return measure_noise(net_a, feed, dtype=dtype, seed=seed, baseline=baseline), ""
+    except BnfuseError as exc:
+        return None, (f"tolerance not calibrated (the numpy executor cannot run net a: "
+                      f"{exc}); the depth-scaled defaults apply")
+
+
+def _noise_notes(result: VerifyResult) -> list[str]:
+    """Lines on the measured noise: the largest judged, and the blobs too noisy to judge."""
+    measured = [blob for blob in result.blobs
+                if blob.noise is not None and blob.noise.rel is not None]
+    if not measured:
+        return []
+    tol = result.tolerances
+    loud, name = max((_sortable(blob.noise.rel or 0.0), blob.name) for blob in measured
+                     if blob.noise is not None)
+    lines = [f"noise (weights of a moved one ulp): largest {loud:.1e} in '{name}'; "
+             f"tolerance max(default, {tol.noise_multiple:g} x noise)"]
+    unjudged = [blob for blob, why in result.not_compared if why.startswith("too sensitive")]
+    if unjudged:
+        lines.append(f"not judged: {len(unjudged)} blobs too sensitive to rounding (from "
+                     f"'{unjudged[0]}'): their tolerance would exceed {tol.ceiling:g}")
+    return lines
 
 
 def _verify_whole(
@@ -964,48 +770,88 @@ def _verify_whole(
     progress: Progress | None,
     max_bytes: int | None = None,
 ) -> VerifyResult:
-    """:func:`verify` on the whole nets, without the fallback."""
-    given = _resolve_inputs(net_a, inputs, seed, dtype, max_bytes)
-    size_a, size_b = max(1, len(net_a.layers)), max(1, len(net_b.layers))
-    total = size_a + size_b + 1
+    """:func:`verify` on the whole nets, without the fallback: run, measure, compare."""
+    given = resolve_inputs(net_a, inputs, seed, dtype, max_bytes)
+    steps = _Progress(progress, len(net_a.layers), len(net_b.layers), tolerances.calibrated)
+    feed_a = _feed_of(net_a, given)
+    noise: dict[str, Noise] | None = None
+    note = ""
+    if backend != "numpy":
+        # Measured by the numpy executor before the other backend holds anything.
+        noise, note = _noise_or_note(net_a, feed_a, tolerances, dtype=dtype, seed=seed,
+                                     baseline=None)
+        steps.done("noise")
+    # An unedited Net read from files reaches file-based backends as those files.
+    values_a = run(net_a, feed_a, dtype=dtype, progress=steps.part("a"),
+                   allow_python_layers=allow_python_layers)
+    if backend == "numpy":
+        noise, note = _noise_or_note(net_a, feed_a, tolerances, dtype=dtype, seed=seed,
+                                     baseline=values_a)
+        steps.done("noise")
+    values_b = run(net_b, _feed_of(net_b, given), dtype=dtype, progress=steps.part("b"),
+                   allow_python_layers=allow_python_layers)
+    result = compare_runs(net_a.layers, net_b.layers, values_a, values_b,
+                          tolerances=tolerances, backend=backend, skip=list(given), top_k=top_k,
+                          noise=noise)
+    result.notes.extend([note] if note else _noise_notes(result))
+    steps.finish()
+    return result
 
-    def scaled(offset: int, size: int, label: str) -> Progress | None:
-        if progress is None:
+
+class _Progress:
+    """Progress of :func:`verify`: net a's layers, the noise run, net b's, the comparison."""
+
+    def __init__(self, report: Progress | None, size_a: int, size_b: int,
+                 calibrated: bool) -> None:
+        self._report = report
+        self._sizes = {"a": max(1, size_a), "noise": max(1, size_a) if calibrated else 0,
+                       "b": max(1, size_b)}
+        self._offset = 0
+        self.total = sum(self._sizes.values()) + 1
+
+    def part(self, label: str) -> Progress | None:
+        """The callback a backend reports its own steps of part ``label`` through."""
+        if self._report is None:
             return None
-        report = progress
+        report, offset, size, total = self._report, self._offset, self._sizes[label], self.total
+        self._offset += size
 
         def inner(done: int, of: int, what: str) -> None:
             report(offset + round(size * done / max(1, of)), total, f"{label}: {what}")
 
         return inner
 
-    values: list[dict[str, Array]] = []
-    for net, offset, size, label in ((net_a, 0, size_a, "a"), (net_b, size_a, size_b, "b")):
-        graph = build_graph(net.layers)
-        # A net is fed only the inputs it has (the executor rejects unknown names).
-        feed = {name: value for name, value in given.items() if graph.versions_of(name)}
-        # An unedited Net read from files reaches file-based backends as those files.
-        values.append(run(net, feed, dtype=dtype, progress=scaled(offset, size, label),
-                          allow_python_layers=allow_python_layers))
-    result = compare_runs(net_a.layers, net_b.layers, values[0], values[1],
-                          tolerances=tolerances, backend=backend, skip=list(given), top_k=top_k)
-    if progress is not None:
-        progress(total, total, "compared")
-    return result
+    def done(self, label: str) -> None:
+        """Part ``label`` (no callback of its own) has finished."""
+        if self._report is not None and self._sizes[label]:
+            self._offset += self._sizes[label]
+            self._report(self._offset, self.total, label)
+
+    def finish(self) -> None:
+        """Everything, the comparison included, has finished."""
+        if self._report is not None:
+            self._report(self.total, self.total, "compared")
 
 
 __all__ = [
     "DEPTH_UNIT",
     "FALLBACKS",
     "MAX_INPUT_MEMBERS",
+    "NOISE_CEILING",
+    "NOISE_MULTIPLE",
     "BlobComparison",
     "Inputs",
+    "Noise",
     "Tolerances",
     "TopKAgreement",
     "VerifyResult",
+    "blob_noise",
+    "compare_detection_blob",
+    "compare_indices",
     "compare_runs",
     "compare_values",
     "default_tolerances",
     "load_inputs",
+    "measure_noise",
     "verify",
 ]

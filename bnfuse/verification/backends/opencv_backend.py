@@ -13,9 +13,16 @@ What it can compare, and what it cannot:
   backend turns that off (``enableFusion(False)``): OpenCV 4.x's own fusion of
   BatchNorm + Scale into a *grouped* Deconvolution is wrong (golden case
   ``deconv_grouped``: max abs error 2.5 against real Caffe with fusion, 5e-7
-  without), and a reference must compute each layer as Caffe does.
-- Layer types OpenCV's importer does not know (``Python`` layers, most fork layers)
-  make the import fail; that is reported as a :class:`~bnfuse.errors.BnfuseError`.
+  without), and a reference must compute each layer as Caffe does. Winograd
+  convolutions are off too (``enableWinograd(False)``, where the OpenCV release has
+  it): they round differently from Caffe's direct convolution (ResNet-101: 4.6e-3
+  relative with Winograd, 9e-4 without), noise that would hide real errors.
+- Anything OpenCV refuses (layer types its importer does not know, such as ``Python``
+  layers and most fork layers; a shape it cannot handle, such as an input of 40 axes)
+  raises ``cv2.error``, which becomes one line in an
+  :class:`~bnfuse.errors.UnsupportedLayerError` naming the prototxt, the stage and
+  OpenCV's reason. OpenCV's own log lines are silenced while it runs (its log level is
+  restored afterwards), so nothing but bnfuse's message reaches stderr.
 - OpenCV ignores ``inner_product_param.transpose`` (it reads the weights as
   ``(N, K)`` regardless); nets using it are refused rather than miscomputed.
 - OpenCV computes in float32 only.
@@ -35,13 +42,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse.errors import BackendUnavailableError, BnfuseError
+from bnfuse._text import escape_user_text, quote_user_text
+from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
 from bnfuse.verification.backends import NetOrPaths, Progress, as_net, net_files
 
 NAME = "opencv"
@@ -85,9 +95,38 @@ def import_cv2() -> Any:
 
 
 def _one_line(exc: BaseException) -> str:
+    """OpenCV's reason from a ``cv2.error``: its code, assertion or overload complaint."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # cv2.error messages carry the useful part last ("... error: (-215) ... in function ...").
-    return lines[-1] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    # "OpenCV(4.x) file.cpp:12: error: (-215:Assertion failed) cond in function 'f'",
+    # then for wrong arguments "> Overload resolution failed:" and "> - reason" lines.
+    head = lines[0]
+    match = re.search(r"error: \((-?\d+):([^)]*)\)\s*(.*)", head)
+    reason = f"{match.group(2)}: {match.group(3)}".rstrip(": ") if match else head
+    bullets = [found.group(1) for line in lines[1:]
+               if (found := re.match(r">\s*-\s*(.+)", line)) is not None]
+    if bullets:
+        reason += f": {bullets[0]}"
+    return escape_user_text(reason, 300)
+
+
+@contextmanager
+def _opencv_step(cv2: Any, source: str, stage: str) -> Iterator[None]:
+    """Run one step of OpenCV quietly; a ``cv2.error`` becomes one line naming the file."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = None
+    if logging is not None and hasattr(logging, "getLogLevel"):
+        level = logging.getLogLevel()
+        logging.setLogLevel(getattr(logging, "LOG_LEVEL_SILENT", 0))
+    try:
+        yield
+    except cv2.error as exc:
+        raise UnsupportedLayerError(f"{source}: OpenCV {stage}: {_one_line(exc)}; verify "
+                                    "this net with the numpy backend", path=source) from None
+    finally:
+        if level is not None and logging is not None:
+            logging.setLogLevel(level)
 
 
 def run(
@@ -141,30 +180,23 @@ def run(
             final_writer[top] = (layer.name, index)
     if progress is not None:
         progress(0, 2, "opencv: import")
-    with net_files(net_or_paths) as (prototxt, caffemodel):
-        try:
-            if caffemodel is None:
-                cvnet = cv2.dnn.readNetFromCaffe(str(prototxt))
-            else:
-                cvnet = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
-        except cv2.error as exc:
-            raise BnfuseError(
-                f"{prototxt}: OpenCV cannot import the net: {_one_line(exc)}") from None
+    source = escape_user_text(net.prototxt_source)
+    with net_files(net_or_paths) as (prototxt, caffemodel), \
+            _opencv_step(cv2, source, "cannot import the net"):
+        files = [str(prototxt)] + ([] if caffemodel is None else [str(caffemodel)])
+        cvnet = cv2.dnn.readNetFromCaffe(*files)
     known = set(cvnet.getLayerNames())
     wanted = [(blob, layer) for blob, (layer, index) in final_writer.items()
               if index == 0 and layer in known and blob not in given]
-    # OpenCV's layer fusion miscomputes some nets (see the module docstring): off.
-    cvnet.enableFusion(False)
-    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    with _opencv_step(cv2, source, "cannot configure the net"):
+        _configure(cv2, cvnet)
     for name, value in given.items():
-        cvnet.setInput(value, name)
+        with _opencv_step(cv2, source, f"refuses input {quote_user_text(name)}"):
+            cvnet.setInput(value, name)
     if progress is not None:
         progress(1, 2, "opencv: forward")
-    try:
+    with _opencv_step(cv2, source, "forward pass failed"):
         outputs = cvnet.forward([layer for _, layer in wanted]) if wanted else []
-    except cv2.error as exc:
-        raise BnfuseError(f"{prototxt}: OpenCV forward pass failed: {_one_line(exc)}") from None
     # OpenCV sometimes drops Caffe's trailing singleton axes (InnerProduct gives (N, C));
     # give such values Caffe's shape so a shape difference means a real difference.
     try:
@@ -182,6 +214,16 @@ def run(
     if progress is not None:
         progress(2, 2, "opencv: done")
     return result
+
+
+def _configure(cv2: Any, cvnet: Any) -> None:
+    """Compute each layer as Caffe does: no fusion, no Winograd, the plain CPU path."""
+    # Fusion miscomputes some nets, Winograd rounds differently (module docstring).
+    cvnet.enableFusion(False)
+    if hasattr(cvnet, "enableWinograd"):
+        cvnet.enableWinograd(False)
+    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
 
 
 __all__ = ["NAME", "import_cv2", "run"]
