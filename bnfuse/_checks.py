@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "require_bool",
     "require_callable",
     "require_destination",
+    "require_inputs",
     "require_int",
     "require_net",
     "require_net_or_paths",
@@ -175,6 +177,25 @@ def _check_path(value: str | os.PathLike[Any], func: str, arg: str) -> None:
     if "\0" in text:
         raise BnfuseError(f"{escape_user_text(text)}: the {arg} path contains a NUL byte, "
                           "which no file name can hold")
+
+
+def require_inputs(value: object, func: str, arg: str = "inputs") -> None:
+    """Given inputs: None, a mapping of blob name to array, or the path of a ``.npz``.
+
+    Example:
+        >>> require_inputs("in\\0puts.npz", "verify")
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.BnfuseError: in\\x00puts.npz: the inputs path contains a NUL byte, \
+which no file name can hold
+    """
+    if value is None or isinstance(value, Mapping):
+        return
+    if isinstance(value, (str, os.PathLike)):
+        _check_path(value, func, arg)
+        return
+    raise TypeError(f"{func}: {arg} must be a mapping of blob name to array, a .npz path or "
+                    f"None, not {_kind(value)}")
 
 
 def require_source(value: object, func: str, arg: str, *, optional: bool = False) -> None:

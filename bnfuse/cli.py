@@ -201,8 +201,10 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
             # The complete temporary pair is what gets renamed into place: verifying it
             # checks the very bytes, and a failure (or a budget refusal) writes nothing.
             out.say()
-            checked = _verify_and_report(out, (prototxt, caffemodel), (text_temp, model_temp),
-                                         args)
+            folded = bnfuse.load(text_temp, model_temp)
+            # Messages name the file the user asked for, not its hidden temporary twin.
+            folded.prototxt_source = str(out_text)
+            checked = _verify_and_report(out, (prototxt, caffemodel), folded, args)
             verdicts.append(checked)
             if not checked.passed:
                 raise _NotCommittedError

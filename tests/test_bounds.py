@@ -78,8 +78,8 @@ def test_verify_refuses_the_12000x12000_input_before_allocating(tmp_path: Path) 
     assert isinstance(exc, MemoryBudgetError) and isinstance(exc, BnfuseError)
     assert peak < 16 * 2**20  # not one of the 1.7 GB blobs was allocated
     message = str(exc)
-    assert message.startswith("verifying the two nets needs about 27.4 GiB (29,376,000,000 "
-                              "bytes) of memory at its peak (comparing the blobs)")
+    assert message.startswith(f"verifying {paths[0]} against {paths[0]} needs about 27.4 GiB "
+                              "(29,376,000,000 bytes) of memory at its peak (comparing the blobs)")
     assert "more than the budget of 1.0 GiB (1,073,741,824 bytes)" in message
     assert "the largest blob is 'data' with shape (1, 3, 12000, 12000) (1.6 GiB)" in message
     assert "--max-memory" in message
@@ -101,7 +101,8 @@ def test_fold_verify_refuses_under_an_address_space_limit(tmp_path: Path) -> Non
         env=env, capture_output=True, text=True, preexec_fn=cap, timeout=120, check=False)
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("error: verifying the two nets needs about 27.4 GiB")
+    assert done.stderr.startswith(f"error: verifying {prototxt} against {tmp_path / 'f.prototxt'} "
+                                  "needs about 27.4 GiB")
     assert f"more than the budget of {format_size(limit // 2)}" in done.stderr
     assert "'data' with shape (1, 3, 12000, 12000)" in done.stderr
 

@@ -81,7 +81,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -92,11 +91,13 @@ import numpy.typing as npt
 from bnfuse._checks import (
     require_bool,
     require_callable,
+    require_inputs,
     require_int,
     require_net_or_paths,
     require_optional_number,
     require_seed,
 )
+from bnfuse._text import escape_user_text
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.graph import Graph, build_graph
 from bnfuse.layertypes import accumulates
@@ -679,9 +680,7 @@ def _check_verify_arguments(a: object, b: object, *, inputs: object, backend: ob
     """:func:`verify`'s own argument checks (``TypeError`` for a wrong type); the budget."""
     require_net_or_paths(a, "verify", "a")
     require_net_or_paths(b, "verify", "b")
-    if inputs is not None and not isinstance(inputs, (Mapping, str, os.PathLike)):
-        raise TypeError("verify: inputs must be a mapping of blob name to array, a .npz "
-                        f"path or None, not {type(inputs).__name__}")
+    require_inputs(inputs, "verify")
     for name, value in (("backend", backend), ("fallback", fallback)):
         if not isinstance(value, str):
             raise TypeError(f"verify: {name} must be a str, not {type(value).__name__}")
@@ -715,7 +714,11 @@ def _check_verify_memory(net_a: Net, net_b: Net, inputs: Inputs | None, dtype: n
     # The noise run holds net a's values twice (its own and the moved run's).
     estimate = estimate_verify(net_a, net_b, dtype=dtype, input_shapes=given,
                                noise_run=calibrated)
-    check_budget(estimate, budget, "verifying the two nets")
+    names = (net_a.prototxt_source, net_b.prototxt_source)
+    # The message names the files when there are files to name (not "<prototxt bytes>").
+    doing = ("verifying the two nets" if any(n.startswith("<") for n in names)
+             else f"verifying {escape_user_text(names[0])} against {escape_user_text(names[1])}")
+    check_budget(estimate, budget, doing)
 
 
 def _feed_of(net: Net, given: Mapping[str, Array]) -> dict[str, Array]:
