@@ -13,6 +13,10 @@ edit methods, and lists every change:
   a train net that has its own ``Softmax`` (a ``prob`` layer) keeps it. The logits
   rank the classes as the probabilities do, and bnfuse adds no layer the net's author
   did not write;
+- a ``BatchNorm`` that says ``use_global_stats: false`` (train/val nets share one
+  definition between phases and write it for training) is set to ``true``: a deploy
+  net normalises with the stored statistics, as every published deploy file of such a
+  net does, and Caffe's own TEST-phase default is ``true``;
 - each data layer (``Data``, ``ImageData``, ``MemoryData``, ...; see
   :mod:`bnfuse.layertypes.datalayers`) becomes an ``Input`` layer of the same name with
   the shapes its prototxt states (or ``input_shapes`` gives); its tops no layer reads
@@ -57,7 +61,8 @@ Shape = tuple[int, ...]
 
 @dataclass(frozen=True)
 class DeployChange:
-    """One change :func:`to_deploy` made: ``action`` is ``"removed"`` or ``"made_input"``.
+    """One change :func:`to_deploy` made: ``action`` is ``"removed"``, ``"made_input"`` or
+    ``"set_global_stats"``.
 
     Example:
         >>> change = DeployChange("loss", "SoftmaxWithLoss", "removed", "a loss layer")
@@ -73,6 +78,8 @@ class DeployChange:
     def __str__(self) -> str:
         if self.action == "made_input":
             return f"made {self.layer} ({self.type}) an Input layer: {self.detail}"
+        if self.action == "set_global_stats":
+            return f"set use_global_stats: true in {self.layer} ({self.type}): {self.detail}"
         return f"{self.action} {self.layer} ({self.type}): {self.detail}"
 
     def to_dict(self) -> dict[str, str]:
@@ -96,6 +103,14 @@ def training_only(layer: Layer) -> str | None:
     if layer.type == "Silence":
         return "consumes blobs nothing else reads (training only)"
     return None
+
+
+def _batch_statistics(layer: Layer) -> bool:
+    """A BatchNorm told to normalise with the batch's statistics (``use_global_stats:
+    false``), as train/val nets write for training."""
+    param = layer.param.batch_norm_param
+    return (layer.type == "BatchNorm" and param.HasField("use_global_stats")
+            and not param.use_global_stats)
 
 
 def _shown(shape: Shape) -> str:
@@ -136,6 +151,13 @@ def to_deploy(net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None
         net.remove_layer(layer)
         changes.append(DeployChange(layer.name, layer.type, "removed",
                                     training_only(layer) or ""))
+    for layer in net.layers:
+        if _batch_statistics(layer):
+            net.set_field(layer, ("batch_norm_param", "use_global_stats"), True)
+            changes.append(DeployChange(
+                layer.name, layer.type, "set_global_stats",
+                "use_global_stats: false is a training setting; a deploy net normalises with "
+                "the stored statistics"))
     read = {name for layer in net.layers for name in layer.bottoms}
     shapes = input_layer_shapes(net.layers, given, required=False)
     for layer in [layer for layer in net.layers if layer.type in DATA_TYPES]:

@@ -90,9 +90,9 @@ def test_unknown_channels_name_the_blob_and_what_to_pass() -> None:
     with pytest.raises(UnsupportedLayerError) as info:
         input_layer_shapes(net.layers)
     assert str(info.value) == (
-        "cannot tell the shape of blob 'data' (top of layer 'val', Data): the database decides "
-        "the image size unless transform_param sets crop_size; pass "
-        "input_shapes={'data': (2, C, 8, 8)}")
+        "cannot tell the shape of blob 'data' (top of layer 'val', Data): the stored images "
+        "decide the channels (transform_param's force_color or force_gray, or one mean_value "
+        "per channel, would state them); pass input_shapes={'data': (2, C, 8, 8)}")
     assert info.value.layer == "val"
     # What the prototxt leaves open is given; what it states is the TEST phase's.
     assert input_layer_shapes(net.layers, {"data": (2, 3, 8, 8)}) == {
@@ -133,3 +133,19 @@ def test_random_weights_names_the_input_shape_it_needs() -> None:
     # Measured on the batch drawn for the TEST data layer: mean 0 after the BatchNorm.
     out = forward(_without_loss(net), seed=0)["conv"]
     assert float(abs(out.mean(axis=(0, 2, 3))).max()) < 1e-4
+
+
+def test_random_weights_that_can_shape_nothing_asks_for_the_shape() -> None:
+    text = b"""
+layer { name: "h5" type: "HDF5Data" top: "data" top: "label"
+        hdf5_data_param { source: "list.txt" batch_size: 10 } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 2 } }
+"""
+    with pytest.raises(UnsupportedLayerError) as info:
+        random_weights(text, unmeasurable="unit")
+    assert str(info.value) == (
+        "cannot tell the shape of blob 'data' (top of layer 'h5', HDF5Data): the HDF5 files "
+        "decide every shape; pass input_shapes={'data': (10, C, H, W)}")
+    net = random_weights(text, unmeasurable="unit", input_shapes={"data": (10, 6)})
+    assert net.layer("fc").blobs[0].shape == (2, 6)

@@ -165,3 +165,14 @@ def test_feed_at_reshapes_inputs_and_data_layers(model: tuple[Path, Path]) -> No
     assert (net.layers[0].type, net.layers[0].tops) == ("Input", ("data", "label"))
     shapes = infer_shapes(net, stop_at_unknown=True)
     assert (shapes["label"], shapes["fc"]) == ((2,), (4, 5))
+
+
+def test_batch_statistics_become_stored_statistics_in_deploy() -> None:
+    net = bnfuse.load(TRAIN_VAL.replace("use_global_stats: true", "use_global_stats: false")
+                      .encode())
+    changes = to_deploy(net)
+    assert str(changes[-2]) == (
+        "set use_global_stats: true in bn1 (BatchNorm): use_global_stats: false is a training "
+        "setting; a deploy net normalises with the stored statistics")
+    assert net.layer("bn1").param.batch_norm_param.use_global_stats is True
+    assert net.layer("bn1").text_field("batch_norm_param", "use_global_stats") == "true"

@@ -63,6 +63,11 @@ DECIDED_BY = {
 }
 
 
+#: Why the channels of a cropped database image are not stated.
+CHANNELS_DECIDED_BY = ("the stored images decide the channels (transform_param's force_color "
+                       "or force_gray, or one mean_value per channel, would state them)")
+
+
 def _positive(value: int) -> int | None:
     return int(value) if value > 0 else None
 
@@ -209,4 +214,4 @@ def data_shapes(layer: LayerLike) -> list[PartialShape | None]:
     return _RULES[layer.type](layer)
 
 
-__all__ = ["DATA_TYPES", "DECIDED_BY", "PartialShape", "data_shapes"]
+__all__ = ["CHANNELS_DECIDED_BY", "DATA_TYPES", "DECIDED_BY", "PartialShape", "data_shapes"]

@@ -28,7 +28,13 @@ from bnfuse._text import quote_user_text
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
 from bnfuse.layertypes import implied_bottom, spec_of, weight_layout
 from bnfuse.layertypes._base import LayerLike, NetLike, Shape, unsupported, where
-from bnfuse.layertypes.datalayers import DATA_TYPES, DECIDED_BY, PartialShape, data_shapes
+from bnfuse.layertypes.datalayers import (
+    CHANNELS_DECIDED_BY,
+    DATA_TYPES,
+    DECIDED_BY,
+    PartialShape,
+    data_shapes,
+)
 from bnfuse.layertypes.geometry import check_blob_shape
 
 
@@ -85,6 +91,9 @@ def input_shape_error(layer: LayerLike, top: str,
         input_shapes={'data': (8, C, H, W)}
     """
     reason = DECIDED_BY.get(layer.type, "its shape is not stated")
+    if shape is not None and len(shape) == 4 and shape[1] is None and None not in (
+            shape[0], shape[2], shape[3]) and layer.type in ("Data", "AnnotatedData"):
+        reason = CHANNELS_DECIDED_BY
     return UnsupportedLayerError(
         f"cannot tell the shape of blob {quote_user_text(top)} (top of layer "
         f"{quote_user_text(layer.name)}, {layer.type}): {reason}; pass "

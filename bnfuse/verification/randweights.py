@@ -308,6 +308,9 @@ def _fill(net: Net, *, seed: int, factor: float | None,
             if last_read.get(name, -1) <= index and name in values:
                 # Keep net outputs' values only as long as needed: nothing reads them.
                 del values[name]
+    if shape_errors and not any(layer.blobs for layer in net.layers):
+        # Even "unit" mode shaped nothing: the input shape is what is missing, say so.
+        raise next(iter(shape_errors.values()))
     return net
 
 
