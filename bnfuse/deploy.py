@@ -17,10 +17,11 @@ edit methods, and lists every change:
   definition between phases and write it for training) is set to ``true``: a deploy
   net normalises with the stored statistics, as every published deploy file of such a
   net does, and Caffe's own TEST-phase default is ``true``;
-- each data layer (``Data``, ``ImageData``, ``MemoryData``, ...; see
-  :mod:`bnfuse.layertypes.datalayers`) becomes an ``Input`` layer of the same name with
-  the shapes its prototxt states (or ``input_shapes`` gives); its tops no layer reads
-  any more (the label) are dropped, and a data layer left with none is removed.
+- each data layer (``Data``, ``ImageData``, ``MemoryData``, ..., and ``Python`` layers
+  without bottoms; see :mod:`bnfuse.layertypes.datalayers`) becomes an ``Input`` layer
+  of the same name with the shapes its prototxt states (or ``input_shapes`` gives); its
+  tops no layer reads any more (the label) are dropped, and a data layer left with none
+  is removed.
 
 Everything else -- what the net computes, auxiliary classifier branches included -- is
 kept, so every blob of the deploy net has the value it had in the train/val net.
@@ -52,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bnfuse.layertypes.datalayers import DATA_TYPES, data_shapes
+from bnfuse.layertypes.datalayers import data_shapes, is_data_layer
 from bnfuse.layertypes.shapes import input_layer_shapes, input_shape_error, is_input_layer
 from bnfuse.net import Layer, Net
 
@@ -121,7 +122,7 @@ def _feed_as_input(net: Net, layer: Layer, shapes: Mapping[str, Shape],
                    needed: set[str]) -> DeployChange:
     """Make ``layer`` an Input of its ``needed`` tops at ``shapes``; say what changed."""
     keep = [top for top in layer.tops if top in needed]
-    stated = data_shapes(layer) if layer.type in DATA_TYPES else [None] * len(layer.tops)
+    stated = data_shapes(layer) if is_data_layer(layer) else [None] * len(layer.tops)
     for top in keep:
         if top not in shapes:
             raise input_shape_error(layer, top, stated[layer.tops.index(top)])
@@ -160,7 +161,7 @@ def to_deploy(net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None
                 "the stored statistics"))
     read = {name for layer in net.layers for name in layer.bottoms}
     shapes = input_layer_shapes(net.layers, given, required=False)
-    for layer in [layer for layer in net.layers if layer.type in DATA_TYPES]:
+    for layer in [layer for layer in net.layers if is_data_layer(layer)]:
         if not read.intersection(layer.tops):
             net.remove_layer(layer)
             changes.append(DeployChange(layer.name, layer.type, "removed",

@@ -176,3 +176,24 @@ def test_batch_statistics_become_stored_statistics_in_deploy() -> None:
         "setting; a deploy net normalises with the stored statistics")
     assert net.layer("bn1").param.batch_norm_param.use_global_stats is True
     assert net.layer("bn1").text_field("batch_norm_param", "use_global_stats") == "true"
+
+
+def test_a_python_data_layer_becomes_an_input_at_the_shape_given() -> None:
+    text = b"""
+layer { name: "input-data" type: "Python" top: "data" top: "labels"
+        python_param { module: "roi_data_layer.layer" layer: "RoIDataLayer" } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv" bottom: "labels" top: "loss" }
+"""
+    with pytest.raises(UnsupportedLayerError) as info:
+        to_deploy(bnfuse.load(text))
+    assert str(info.value) == (
+        "cannot tell the shape of blob 'data' (top of layer 'input-data', Python): a Python data "
+        "layer's module decides its shapes; pass input_shapes={'data': (N, C, H, W)}")
+    net = bnfuse.load(text)
+    assert [str(c) for c in to_deploy(net, {"data": (1, 3, 6, 6)})] == [
+        "removed loss (SoftmaxWithLoss): a loss layer (training only)",
+        "made input-data (Python) an Input layer: data (1, 3, 6, 6); dropped labels (no layer "
+        "reads it)"]
+    assert infer_shapes(net)["conv"] == (1, 2, 6, 6)

@@ -437,15 +437,17 @@ def test_fork_enum_values_round_trip_and_are_listed_unknown(tmp_path: Path) -> N
     text = (b'layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 2 } } }\n'
             b'layer { name: "conv" type: "Convolution" bottom: "d" top: "c"\n'
             b'  convolution_param { num_output: 2 kernel_size: 1 engine: MKL2017 } }\n'
-            b'layer { name: "rpn" type: "Python" bottom: "c" top: "r"\n'
-            b'  include { phase: PRE_FIXED } }\n')
+            b'layer { name: "loss_bbox" type: "SmoothL1Loss" bottom: "c" bottom: "d"\n'
+            b'  top: "loss" loss_param { normalization: PRE_FIXED pre_fixed_normalizer: 128 } }\n')
     net = bnfuse.load(text)
     conv = net.layer("conv")
     assert conv.unknown_fields == ("convolution_param.engine",)
     assert not conv.param.convolution_param.HasField("engine")  # never the default in silence
     assert conv.text_field("convolution_param", "engine") == "MKL2017"
-    # An include rule whose phase is unknown to bnfuse has no phase: it matches TEST.
-    assert net.layer("rpn").unknown_fields == ("include[0].phase",)
+    # py-R-FCN's loss normalisation: a fork's enum value and a fork field, both kept.
+    loss = net.layer("loss_bbox")
+    assert loss.unknown_fields == ("loss_param.normalization", "loss_param.pre_fixed_normalizer")
+    assert not loss.param.loss_param.HasField("normalization")
     out = tmp_path / "same.prototxt"
     bnfuse.save(net, out)
     assert out.read_bytes() == text

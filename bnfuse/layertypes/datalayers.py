@@ -47,8 +47,24 @@ DATA_TYPES = frozenset({
     "MemoryData", "DummyData",
 })
 
+
+
+def is_data_layer(layer: LayerLike) -> bool:
+    """A data layer: one of :data:`DATA_TYPES`, or a ``Python`` layer without bottoms
+    (py-faster-rcnn's ``input-data``: its module makes the data, and its shapes).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> [is_data_layer(SimpleNamespace(type=t, bottoms=b))
+        ...  for t, b in (("Data", ()), ("Python", ()), ("Python", ("x",)), ("ReLU", ()))]
+        [True, True, False, False]
+    """
+    return layer.type in DATA_TYPES or (layer.type == "Python" and not layer.bottoms)
+
+
 #: Why an axis is not stated, by type: the words an error about the blob uses.
 DECIDED_BY = {
+    "Python": "a Python data layer's module decides its shapes",
     "Data": "the database decides the image size unless transform_param sets crop_size",
     "AnnotatedData": "the database decides the image size unless transform_param sets "
                      "crop_size or resize_param",
@@ -183,6 +199,10 @@ def _dummy_data(layer: LayerLike) -> list[PartialShape | None]:
     return found
 
 
+def _python_data(layer: LayerLike) -> list[PartialShape | None]:
+    return [None] * len(layer.tops)  # bnfuse never imports a Python layer's module
+
+
 _RULES = {
     "Data": _database,
     "AnnotatedData": _database,
@@ -192,6 +212,7 @@ _RULES = {
     "MemoryData": _memory_data,
     "HDF5Data": _hdf5_data,
     "DummyData": _dummy_data,
+    "Python": _python_data,
 }
 
 
@@ -214,4 +235,11 @@ def data_shapes(layer: LayerLike) -> list[PartialShape | None]:
     return _RULES[layer.type](layer)
 
 
-__all__ = ["CHANNELS_DECIDED_BY", "DATA_TYPES", "DECIDED_BY", "PartialShape", "data_shapes"]
+__all__ = [
+    "CHANNELS_DECIDED_BY",
+    "DATA_TYPES",
+    "DECIDED_BY",
+    "PartialShape",
+    "data_shapes",
+    "is_data_layer",
+]

@@ -30,24 +30,24 @@ from bnfuse.layertypes import implied_bottom, spec_of, weight_layout
 from bnfuse.layertypes._base import LayerLike, NetLike, Shape, unsupported, where
 from bnfuse.layertypes.datalayers import (
     CHANNELS_DECIDED_BY,
-    DATA_TYPES,
     DECIDED_BY,
     PartialShape,
     data_shapes,
+    is_data_layer,
 )
 from bnfuse.layertypes.geometry import check_blob_shape
 
 
 def is_input_layer(layer: LayerLike) -> bool:
     """Whether the net is fed through ``layer``: an ``Input`` or a data layer
-    (:data:`~bnfuse.layertypes.datalayers.DATA_TYPES`), whose tops verification feeds.
+    (:func:`~bnfuse.layertypes.datalayers.is_data_layer`), whose tops verification feeds.
 
     Example:
         >>> from types import SimpleNamespace
-        >>> [is_input_layer(SimpleNamespace(type=t)) for t in ("Input", "Data", "ReLU")]
+        >>> [is_input_layer(SimpleNamespace(type=t, bottoms=())) for t in ("Input", "Data", "ReLU")]
         [True, True, False]
     """
-    return layer.type == "Input" or layer.type in DATA_TYPES
+    return layer.type == "Input" or is_data_layer(layer)
 
 
 def _declared(layer: LayerLike) -> list[PartialShape | None]:

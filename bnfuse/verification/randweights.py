@@ -316,9 +316,9 @@ def _fill(net: Net, *, seed: int, factor: float | None,
 
 def _stated(layer: Layer, top: str) -> tuple[int | None, ...] | None:
     """What the prototxt states of the shape of ``layer``'s ``top`` (for the error)."""
-    from bnfuse.layertypes.datalayers import DATA_TYPES, data_shapes
+    from bnfuse.layertypes.datalayers import data_shapes, is_data_layer
 
-    if layer.type not in DATA_TYPES:
+    if not is_data_layer(layer):
         return None
     return data_shapes(layer)[layer.tops.index(top)]
 
