@@ -449,9 +449,12 @@ class Net:
             >>> print(net.document.render())
             layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 } } }
         """
-        node = self._text(layer)
         if not shapes:
             raise BnfuseError(f"layer {layer.name!r}: an Input layer needs at least one top")
+        if layer.node is None and id(layer) in self._position:
+            self._reshape_input_fields(layer, shapes)
+            return
+        node = self._text(layer)
         holder = node.parent
         if not isinstance(holder, FieldNode) or holder.parent is not self.document.root:
             raise BnfuseError(f"layer {layer.name!r} is not a top-level 'layer' entry")
@@ -465,6 +468,27 @@ class Net:
         assert isinstance(fresh.value, MessageNode)
         object.__setattr__(layer, "_node", fresh.value)
         self._rederive(layer)
+
+    def _reshape_input_fields(self, layer: Layer,
+                              shapes: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """:meth:`make_input` for the Input layer of top-level ``input`` fields: their
+        ``input_dim``/``input_shape`` fields are written anew, one ``input_shape`` each."""
+        if [top for top, _ in shapes] != list(layer.tops):
+            raise BnfuseError(f"layer {layer.name!r} comes from the net's input fields: "
+                              "give a shape for each of its tops, in order")
+        root = self.document.root
+        for item in [*root.all("input_dim"), *root.all("input_shape")]:
+            root.remove(item)
+        anchor = root.all("input")[-1]
+        for _, shape in reversed(shapes):
+            root.add("input_shape", [("dim", int(d)) for d in shape], after=anchor)
+        param = LayerParameter()
+        param.CopyFrom(layer.param)
+        param.input_param.ClearField("shape")
+        for _, shape in shapes:
+            param.input_param.shape.add().dim.extend(int(d) for d in shape)
+        layer._adopt(param, ())
+        self._edited = True
 
     def set_top(self, layer: Layer, index: int, blob: str) -> None:
         """Rename the ``index``-th top of ``layer``."""

@@ -197,3 +197,14 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv" bottom: "labels" top
         "made input-data (Python) an Input layer: data (1, 3, 6, 6); dropped labels (no layer "
         "reads it)"]
     assert infer_shapes(net)["conv"] == (1, 2, 6, 6)
+
+
+def test_feed_at_rewrites_top_level_input_fields(tmp_path: Path) -> None:
+    net = bnfuse.load(b'input: "data"\ninput_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4\n'
+                      b'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    feed_at(net, {"data": (2, 3, 5, 5)})
+    out = tmp_path / "fed.prototxt"
+    bnfuse.save(net, out)
+    assert out.read_bytes() == (b'input: "data"\ninput_shape { dim: 2 dim: 3 dim: 5 dim: 5 }\n'
+                                b'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    assert infer_shapes(net)["r"] == infer_shapes(bnfuse.load(out))["r"] == (2, 3, 5, 5)
