@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -59,6 +60,31 @@ class _Out:
             stream.flush()
 
         return draw
+
+
+#: The library names its keyword arguments in messages; the command line shows the flag
+#: that sets each (the one table of which flag is which keyword).
+_FLAG_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"unmeasurable='unit'"), "--fill-unmeasurable"),
+    (re.compile(r"force_global_stats=True"), "--force-global-stats"),
+    (re.compile(r"deploy=True"), "--deploy"),
+    (re.compile(r"--max-memory \(max_memory=\)"), "--max-memory"),
+    (re.compile(r"input_shapes=\{'((?:[^'\\]|\\.)*)': \(([^)]*)\)\}(?: to verify_local)?"),
+     "--input-shape {0}={1}"),
+)
+
+
+def cli_words(text: str) -> str:
+    """A library message as the command line prints it: flags instead of keywords.
+
+    Example:
+        >>> print(cli_words("pass unmeasurable='unit' or input_shapes={'data': (8, C, H, W)}"))
+        pass --fill-unmeasurable or --input-shape data=8,C,H,W
+    """
+    for pattern, flag in _FLAG_WORDS:
+        text = pattern.sub(lambda m, flag=flag: flag.format(  # type: ignore[misc]
+            *(g.replace(" ", "").rstrip(",") for g in m.groups())), text)
+    return text
 
 
 def _write_json(payload: Any, target: str, inputs: Sequence[str | Path] = ()) -> None:
@@ -117,6 +143,10 @@ _KIND_LABELS = {
 def _describe_action(action: Any) -> str:
     label = _KIND_LABELS.get(action.kind, action.kind)
     chain = " + ".join(action.chain)
+    return cli_words(_action_text(action, label, chain))
+
+
+def _action_text(action: Any, label: str, chain: str) -> str:
     if action.kind == "folded_into_producer":
         return f"{label} {chain} into {action.target[0]}"
     if action.kind == "folded_forward":
@@ -151,6 +181,28 @@ def _default_outputs(prototxt: Path, caffemodel: Path) -> tuple[Path, Path]:
             caffemodel.with_name(f"{caffemodel.stem}_inference.caffemodel"))
 
 
+def _shapes_of(net: Any, args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
+    """The input shapes ``--input-shape`` and ``--batch`` ask for (None: neither given).
+
+    ``--batch`` replaces axis 0 of every input the net states or ``--input-shape`` gives.
+    """
+    from bnfuse.layertypes.shapes import input_layer_shapes
+
+    given = dict(args.input_shape or [])
+    if args.batch is None:
+        return given or None
+    stated = input_layer_shapes(net.layers, given, required=False)
+    return {name: (args.batch, *shape[1:]) for name, shape in stated.items() if shape}
+
+
+def _fed(net: Any, shapes: dict[str, tuple[int, ...]] | None) -> Any:
+    from bnfuse.deploy import feed_at
+
+    if shapes:
+        feed_at(net, shapes)
+    return net
+
+
 def _verify_and_report(out: _Out, a: Any, b: Any, args: argparse.Namespace) -> Any:
     import bnfuse
 
@@ -159,7 +211,7 @@ def _verify_and_report(out: _Out, a: Any, b: Any, args: argparse.Namespace) -> A
     result = bnfuse.verify(a, b, backend=args.backend, inputs=args.inputs, seed=args.seed,
                            rtol=args.rtol, atol=args.atol, progress=out.progress(),
                            fallback="local", max_memory=args.max_memory)
-    out.say(result.summary())
+    out.say(cli_words(result.summary()))
     return result
 
 
@@ -178,13 +230,22 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
     # Before the fold: a wrong output must not cost the fold's time, nor leave half
     # the outputs written (the report comes last).
     _check_outputs(outputs, [prototxt, caffemodel])
+    # --batch needs the inputs' shapes (a data layer's channels may come from the weights).
+    shapes = (_shapes_of(bnfuse.load(prototxt, caffemodel), args) if args.batch is not None
+              else _shapes_of(None, args))
     result = bnfuse.fold(prototxt, caffemodel, forward=not args.no_forward,
                          merge_unfoldable=not args.no_merge,
-                         force_global_stats=args.force_global_stats)
+                         force_global_stats=args.force_global_stats, deploy=args.deploy,
+                         input_shapes=shapes if args.deploy else None)
     report = result.report
     out.say(f"{prototxt.name} + {caffemodel.name}")
     out.say(_counts_table(report.layers_before, report.layers_after,
                           report.parameters_before, report.parameters_after))
+    if report.deploy:
+        out.say()
+        out.say("deploy form:")
+    for change in report.deploy:
+        out.say(f"  {change}")
     if report.actions:
         out.say()
     for action in report.actions:
@@ -201,10 +262,9 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
             # The complete temporary pair is what gets renamed into place: verifying it
             # checks the very bytes, and a failure (or a budget refusal) writes nothing.
             out.say()
-            folded = bnfuse.load(text_temp, model_temp)
-            # Messages name the file the user asked for, not its hidden temporary twin.
-            folded.prototxt_source = str(out_text)
-            checked = _verify_and_report(out, (prototxt, caffemodel), folded, args)
+            checked = _verify_and_report(out, *_fold_pair(args, shapes, (prototxt, caffemodel),
+                                                          (text_temp, model_temp), out_text),
+                                         args)
             verdicts.append(checked)
             if not checked.passed:
                 raise _NotCommittedError
@@ -227,10 +287,33 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
             out.say(f"wrote {out_model}")
     elif args.verify:
         out.say("--verify ignored with --dry-run: nothing was written to verify")
+    if shapes and not args.deploy and not args.verify:
+        out.say("--input-shape/--batch ignored: they shape the nets --verify runs and the "
+                "Input layers --deploy writes")
     if args.json:
         written = [out_text, out_model] if payload["written"] else []
         _write_json(payload, args.json, [prototxt, caffemodel, *written])
     return status
+
+
+def _fold_pair(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]] | None,
+               original: tuple[Path, Path], folded_temp: tuple[str, str],
+               shown: str | Path) -> tuple[Any, Any]:
+    """What ``fold --verify`` compares: the original against the temporary folded pair
+    (named as its destination), fed at the shapes asked for (with ``--deploy``, the
+    deploy form of the original)."""
+    import bnfuse
+    from bnfuse.deploy import to_deploy
+
+    folded = bnfuse.load(*folded_temp)
+    # Messages name the file the user asked for, not its hidden temporary twin.
+    folded.prototxt_source = str(shown)
+    if not args.deploy and not shapes:
+        return original, folded
+    net_a = bnfuse.load(*original)
+    if args.deploy:
+        to_deploy(net_a, shapes)
+    return _fed(net_a, shapes), _fed(folded, shapes)
 
 
 def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
@@ -284,8 +367,15 @@ def _cmd_verify(args: argparse.Namespace, out: _Out) -> int:
     inputs = [args.a_prototxt, args.a_caffemodel, args.b_prototxt, args.b_caffemodel]
     if args.json:
         _check_outputs([("--json", args.json)], inputs)
-    result = _verify_and_report(out, (Path(args.a_prototxt), Path(args.a_caffemodel)),
-                                (Path(args.b_prototxt), Path(args.b_caffemodel)), args)
+    a: Any = (Path(args.a_prototxt), Path(args.a_caffemodel))
+    b: Any = (Path(args.b_prototxt), Path(args.b_caffemodel))
+    if args.input_shape or args.batch is not None:
+        import bnfuse
+
+        net_a = bnfuse.load(*a)
+        shapes = _shapes_of(net_a, args)
+        a, b = _fed(net_a, shapes), _fed(bnfuse.load(*b), shapes)
+    result = _verify_and_report(out, a, b, args)
     if args.json:
         _write_json(result.to_dict(), args.json, inputs)
     if not result.passed:
@@ -308,12 +398,49 @@ def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
         raise OutputError(
             f"{target}: exists, and random-weights would replace it with random weights; "
             f"name it with -w {target} to replace it, or pass --force", path=str(target))
-    net = random_weights(Path(args.prototxt), seed=args.seed,
+    from bnfuse.net import load
+
+    net = load(Path(args.prototxt))
+    net = random_weights(net, seed=args.seed, input_shapes=_shapes_of(net, args),
                          unmeasurable="unit" if args.fill_unmeasurable else "error",
                          max_memory=args.max_memory)
     save_weights(net, target)
     out.say(f"wrote {target}")
     return EXIT_OK
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``--input-shape NAME=N,C,H,W``: a blob name and its positive extents."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid input shape {text[:60]!r}: expected NAME=N,C,H,W with positive integers "
+            "(e.g. data=1,3,224,224)")
+    return name, shape
+
+
+def _batch(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid batch {text[:40]!r}: expected a positive "
+                                         "integer")
+    return value
+
+
+def _add_shape_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", type=_input_shape, action="append", default=None,
+                        metavar="NAME=N,C,H,W",
+                        help="feed input blob NAME at this shape (repeatable); gives the shape "
+                             "of a data layer's top that its prototxt does not state")
+    parser.add_argument("--batch", type=_batch, default=None, metavar="N",
+                        help="replace the batch size (axis 0) of every input by N")
 
 
 def _add_verify_options(parser: argparse.ArgumentParser) -> None:
@@ -327,6 +454,7 @@ def _add_verify_options(parser: argparse.ArgumentParser) -> None:
                         help="max difference relative to each blob's max |value|")
     parser.add_argument("--atol", type=_tolerance, default=None, help="absolute tolerance")
     _add_max_memory(parser, "running both nets")
+    _add_shape_options(parser)
 
 
 def _seed(text: str) -> int:
@@ -406,13 +534,16 @@ def build_parser() -> argparse.ArgumentParser:
         "fold", help="fold BatchNorm/Scale layers and write the inference model",
         description="Fold BatchNorm, Scale and Bias layers into the layers around them and write "
                     "<name>_inference.prototxt / .caffemodel beside the inputs.")
-    fold.add_argument("prototxt", help="the model definition (deploy .prototxt)")
+    fold.add_argument("prototxt", help="the model definition (deploy or train/val .prototxt)")
     fold.add_argument("caffemodel", help="the trained weights (.caffemodel)")
     fold.add_argument("-o", "--output", metavar="OUT.prototxt", help="folded prototxt path")
     fold.add_argument("-w", "--weights", metavar="OUT.caffemodel", help="folded caffemodel path")
     fold.add_argument("--verify", action="store_true",
                       help="run both models and fail if the folded one's outputs differ")
     fold.add_argument("--dry-run", action="store_true", help="report what would be done only")
+    fold.add_argument("--deploy", action="store_true",
+                      help="write the deploy form of a train/val net: data layers become Input "
+                           "layers, loss, Accuracy, Silence and TRAIN-only layers are removed")
     fold.add_argument("--json", metavar="REPORT.json",
                       help="write the report as JSON to this file ('-': stdout, instead of the "
                            "table)")
@@ -462,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     rand.add_argument("--seed", type=_seed, default=0,
                       help="random seed (an integer from 0 to 2**64 - 1)")
     _add_max_memory(rand, "the measurement run")
+    _add_shape_options(rand)
     rand.add_argument("--fill-unmeasurable", action="store_true",
                       help="give BatchNorms behind a layer the executor cannot run mean 0, "
                            "variance 1 instead of failing")
@@ -505,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error, please report: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
     except BnfuseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_words(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except (RecursionError, AssertionError, AttributeError, IndexError, KeyError, TypeError,
             ValueError) as exc:

@@ -343,6 +343,7 @@ class Net:
         self._original_text = original_text
         self._edited = False
         self._removed: list[Layer] = []
+        self._excluded: list[Layer] = []
         #: The input files as the kernel knows them (device, inode), taken when they
         #: were read: no output may replace them, whatever path names them later.
         self._input_files: tuple[FileId, ...] = ()
@@ -430,6 +431,88 @@ class Net:
         self._slots[self._position.pop(id(layer))] = None
         self._view = None
         self._removed.append(layer)
+        self._edited = True
+
+    @property
+    def excluded_layers(self) -> tuple[Layer, ...]:
+        """Layers of the file that the TEST phase excludes (a train/val net's TRAIN-only
+        layers), read-only: they are not part of :attr:`layers`, but their text is in
+        the document until :meth:`remove_excluded_layers` removes it."""
+        return tuple(self._excluded)
+
+    def remove_excluded_layers(self) -> list[Layer]:
+        """Delete the text of every layer the TEST phase excludes; return those layers.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(b'''layer { name: "t" type: "Data" top: "x"
+            ...   include { phase: TRAIN } } layer { name: "v" type: "Input" top: "x" }''')
+            >>> [layer.name for layer in net.remove_excluded_layers()], net.document.render()
+            (['t'], 'layer { name: "v" type: "Input" top: "x" }')
+        """
+        removed = list(self._excluded)
+        for layer in removed:
+            node = layer.node
+            holder = node.parent if node is not None else None
+            if isinstance(holder, FieldNode) and holder.parent is self.document.root:
+                self.document.root.remove(holder)
+        self._excluded = []
+        if removed:
+            self._edited = True
+        return removed
+
+    def make_input(self, layer: Layer, shapes: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """Turn ``layer`` (a data layer, or an Input) into an ``Input`` layer with these
+        ``(top, shape)`` pairs: every other field of its text is removed (its name and
+        its place stay), so tops not listed are no longer produced.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(b'layer { name: "d" type: "Data" top: "data" top: "label" '
+            ...                   b'data_param { batch_size: 4 } }')
+            >>> net.make_input(net.layer("d"), [("data", (4, 3))])
+            >>> print(net.document.render())
+            layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 } } }
+        """
+        if not shapes:
+            raise BnfuseError(f"layer {layer.name!r}: an Input layer needs at least one top")
+        if layer.node is None and id(layer) in self._position:
+            self._reshape_input_fields(layer, shapes)
+            return
+        node = self._text(layer, "make_input")
+        holder = node.parent
+        if not isinstance(holder, FieldNode) or holder.parent is not self.document.root:
+            raise BnfuseError(f"layer {layer.name!r} is not a top-level 'layer' entry")
+        items: list[tuple[str, NewValue]] = [("name", layer.name), ("type", "Input")]
+        items += [("top", top) for top, _ in shapes]
+        items.append(("input_param", [("shape", [("dim", int(d)) for d in shape])
+                                      for _, shape in shapes]))
+        # A new entry in the place of the old one, laid out like the other layers.
+        fresh = self.document.root.add("layer", items, after=holder)
+        self.document.root.remove(holder)
+        assert isinstance(fresh.value, MessageNode)
+        object.__setattr__(layer, "_node", fresh.value)
+        self._rederive(layer)
+
+    def _reshape_input_fields(self, layer: Layer,
+                              shapes: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """:meth:`make_input` for the Input layer of top-level ``input`` fields: their
+        ``input_dim``/``input_shape`` fields are written anew, one ``input_shape`` each."""
+        if [top for top, _ in shapes] != list(layer.tops):
+            raise BnfuseError(f"layer {layer.name!r} comes from the net's input fields: "
+                              "give a shape for each of its tops, in order")
+        root = self.document.root
+        for item in [*root.all("input_dim"), *root.all("input_shape")]:
+            root.remove(item)
+        anchor = root.all("input")[-1]
+        for _, shape in reversed(shapes):
+            root.add("input_shape", [("dim", int(d)) for d in shape], after=anchor)
+        param = LayerParameter()
+        param.CopyFrom(layer.param)
+        param.input_param.ClearField("shape")
+        for _, shape in shapes:
+            param.input_param.shape.add().dim.extend(int(d) for d in shape)
+        layer._adopt(param, ())
         self._edited = True
 
     def set_top(self, layer: Layer, index: int, blob: str) -> None:
@@ -796,7 +879,8 @@ def _parse_prototxt(
     # Current-format layers are filled one by one in load(), so each is parsed once; a V1
     # net (with "layers") is filled whole, since the upgrade needs all of it.
     skip = () if document.root.first("layers") is not None else ("layer",)
-    fill_message(document.root, net_param, source=source, skip=skip)
+    unknown = fill_message(document.root, net_param, source=source, skip=skip)
+    _refuse_unknown_top_fields(document, unknown, source)
     if not needs_format_upgrade(net_param):
         return document, net_param, [], None
     try:
@@ -805,6 +889,66 @@ def _parse_prototxt(
         raise UpgradeError(f"{source}: {exc}", path=source) from None
     upgraded_text = text_format.MessageToString(net_param)
     return Document.parse(upgraded_text, source=source), net_param, notes, text
+
+
+#: Fields of Caffe's SolverParameter that a net never has: a file setting one is a solver.
+_SOLVER_FIELDS = frozenset({
+    "base_lr", "lr_policy", "max_iter", "solver_mode", "net", "net_param", "train_net",
+    "test_net", "test_iter", "test_interval", "momentum", "weight_decay", "snapshot",
+    "snapshot_prefix", "display", "solver_type", "stepsize", "stepvalue", "gamma", "power",
+    "iter_size", "average_loss", "test_initialization", "device_id", "regularization_type",
+    "clip_gradients", "random_seed", "delta", "momentum2", "rms_decay", "train_state",
+})
+
+
+def _refuse_unknown_top_fields(document: Document, unknown: Sequence[str], source: str) -> None:
+    """Refuse top-level fields NetParameter does not have, as Caffe's parser does.
+
+    Fork fields inside layers are kept (they are read from the text); a field at the
+    top of the file is no fork's layer field, and a file full of them is usually a
+    solver or some other prototxt given in place of the net.
+    """
+    top = [path for path in unknown if "." not in path and "[" not in path]
+    if not top:
+        return
+    solver = [name for name in top if name in _SOLVER_FIELDS]
+    first = document.root.first(solver[0] if solver else top[0])
+    line, column = (first.line, first.column) if first is not None else (1, 1)
+    if solver:
+        shown = ", ".join(repr(name) for name in solver[:3])
+        raise PrototxtSchemaError.at(
+            source, line, column,
+            f"this is a solver file (it sets {shown}), not a net definition; pass the net's "
+            "prototxt (the file its 'net:' field names)")
+    raise PrototxtSchemaError.at(
+        source, line, column,
+        f"field {excerpt(top[0])} is not a field of a Caffe net (NetParameter), so Caffe "
+        "refuses the file; is it a net definition?")
+
+
+def _refuse_orphan_bottoms(layers: Sequence[Layer], excluded: Sequence[Layer],
+                           source: str) -> None:
+    """Refuse a bottom that only layers excluded from the TEST phase produce.
+
+    Caffe's ``Net::Init`` stops at such a bottom with "Unknown bottom blob"; bnfuse
+    would otherwise see a net input there and plan, shape and blame the wrong layer.
+    A bottom that no layer of the file produces at all stays a net input (bnfuse loads
+    fragments of nets that way).
+    """
+    produced: set[str] = set()
+    for layer in layers:
+        for name in layer.bottoms:
+            if name in produced:
+                continue
+            makers = [other for other in excluded if name in other.tops]
+            if makers:
+                raise ModelMismatchError(
+                    f"{source}: layer {excerpt(layer.name)} ({layer.type}) reads blob "
+                    f"{excerpt(name)}, which no TEST-phase layer produces (only "
+                    f"{excerpt(makers[0].name)}, which the TEST phase excludes): Caffe refuses "
+                    "this net (\"Unknown bottom blob\"); give the TEST phase its own producer "
+                    "of the blob", path=source, layer=layer.name)
+        produced.update(layer.tops)
 
 
 def _input_layer(net_param: NetParameter, source: str) -> LayerParameter | None:
@@ -860,10 +1004,19 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
     input_layer = _input_layer(net_param, text_input.source)
     if input_layer is not None:
         layers.append(Layer(input_layer, source=text_input.source))
+    excluded: list[Layer] = []
     for i, node in enumerate(document.root.messages("layer")):
         param, unknown = _derive_param(node, text_input.source, f"layer[{i}].")
-        if layer_included(param, state, text_input.source):
-            layers.append(Layer(param, node, unknown_fields=unknown, source=text_input.source))
+        kept = layer_included(param, state, text_input.source)
+        (layers if kept else excluded).append(
+            Layer(param, node, unknown_fields=unknown, source=text_input.source))
+    if not layers:
+        what = (f"all {len(excluded)} of its layers are excluded from the TEST phase"
+                if excluded else "it has no layers and no inputs")
+        raise PrototxtSchemaError(
+            f"{text_input.source}: is not a net bnfuse can use: {what}; expected a Caffe "
+            "net definition with 'layer { ... }' entries", path=text_input.source)
+    _refuse_orphan_bottoms(layers, excluded, text_input.source)
     weights = None
     caffemodel_path = None
     if caffemodel is not None:
@@ -876,6 +1029,7 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
               prototxt_source=text_input.source, prototxt_path=text_input.path,
               weights=weights, caffemodel_path=caffemodel_path,
               original_text=original_text, upgrade_notes=notes)
+    net._excluded = excluded
     net._input_files = tuple(i for i in (text_input.identity,
                                          weights.identity if weights is not None else None)
                              if i is not None)

@@ -277,3 +277,62 @@ def test_library_and_fold_verify_give_the_same_local_verdict(
     # Everything else agrees too: same inputs, same blobs, same numbers.
     assert from_cli == json.loads(json.dumps(library.to_dict()))
     assert library.summary() in printed
+
+
+def test_messages_name_flags_not_keywords(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # A BatchNorm behind a layer the executor cannot run: the library says to pass
+    # unmeasurable='unit', the command line says --fill-unmeasurable.
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text("""layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+layer { name: "conv0" type: "Convolution" bottom: "data" top: "conv0"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "bn0" type: "BatchNorm" bottom: "conv0" top: "conv0"
+        batch_norm_param { use_global_stats: false } }
+layer { name: "py" type: "Python" bottom: "conv0" top: "feat" }
+layer { name: "conv" type: "Convolution" bottom: "feat" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+""")
+    assert main(["random-weights", str(prototxt)]) == 1
+    err = capsys.readouterr().err
+    assert "pass --fill-unmeasurable to fill what can be shaped" in err
+    assert "unmeasurable=" not in err
+    assert main(["random-weights", str(prototxt), "--fill-unmeasurable", "-q"]) == 0
+    assert main(["inspect", str(prototxt), str(tmp_path / "net.caffemodel")]) == 0
+    out = capsys.readouterr().out
+    assert "(--force-global-stats folds it with the stored statistics)" in out
+    assert "force_global_stats=" not in out
+
+
+def test_input_shape_and_batch_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prototxt = tmp_path / "net.prototxt"
+    shutil.copyfile(bnfuse.example_path("prototxt"), prototxt)
+    weights = tmp_path / "w.caffemodel"
+    # Weights for 16x16 images: the fc layer then takes 16 * 8 * 8 = 2048 inputs, not 8192.
+    assert main(["random-weights", str(prototxt), "-w", str(weights), "-q",
+                 "--input-shape", "data=2,3,16,16"]) == 0
+    assert bnfuse.load(prototxt, weights).layer("fc").blobs[0].shape == (10, 2048)
+    folded = [str(tmp_path / "f.prototxt"), str(tmp_path / "f.caffemodel")]
+    assert main(["fold", str(prototxt), str(weights), "-o", folded[0], "-w", folded[1],
+                 "-q"]) == 0
+    # At the declared 32x32 the weights do not fit; at the shape given they do.
+    assert main(["verify", str(prototxt), str(weights), *folded, "-q"]) == 1
+    assert "Caffe expects (10, 8192)" in capsys.readouterr().err
+    report = tmp_path / "v.json"
+    assert main(["verify", str(prototxt), str(weights), *folded, "--batch", "3", "--json",
+                 str(report), "--input-shape", "data=1,3,16,16", "-q"]) == 0
+    blobs = {b["name"]: b["shape_a"] for b in json.loads(report.read_text())["blobs"]}
+    assert blobs["prob"] == [3, 10]  # --batch replaced the batch of the shape given
+    assert main(["fold", str(prototxt), str(weights), "--dry-run", "--batch", "2"]) == 0
+    assert "--input-shape/--batch ignored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--input-shape", "data"), ("--input-shape", "data=1,x"), ("--input-shape", "=1,2"),
+    ("--input-shape", "data=0,3"), ("--batch", "0"), ("--batch", "two")])
+def test_bad_shape_flags_are_usage_errors(flag: str, value: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["random-weights", "net.prototxt", flag, value]) == 2
+    assert f"invalid {'batch' if flag == '--batch' else 'input shape'}" in capsys.readouterr().err

@@ -374,3 +374,80 @@ def test_changed_layer_only_is_reencoded(tmp_path: Path) -> None:
     out_text = (tmp_path / "o.prototxt").read_text()
     assert 'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" ' \
            'inner_product_param { num_output: 2 } }' in out_text
+
+
+# --- what Caffe loads and what it refuses ----------------------------------------------
+
+
+def test_a_solver_file_is_refused_as_one() -> None:
+    solver = b'net: "train_val.prototxt"\ntest_iter: 1000\nbase_lr: 0.01\nmax_iter: 450000\n'
+    with pytest.raises(PrototxtSchemaError) as info:
+        bnfuse.load(solver)
+    assert str(info.value) == (
+        "<prototxt bytes>:1:1: this is a solver file (it sets 'net', 'test_iter', 'base_lr'), "
+        "not a net definition; pass the net's prototxt (the file its 'net:' field names)")
+    assert (info.value.line, info.value.column) == (1, 1)
+
+
+def test_an_unknown_top_level_field_is_refused() -> None:
+    with pytest.raises(PrototxtSchemaError) as info:
+        bnfuse.load(b'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }\nfoo: 1\n')
+    assert str(info.value) == (
+        "<prototxt bytes>:2:1: field 'foo' is not a field of a Caffe net (NetParameter), so "
+        "Caffe refuses the file; is it a net definition?")
+
+
+@pytest.mark.parametrize(("text", "what"), [
+    (b'name: "empty"', "it has no layers and no inputs"),
+    (b'layer { name: "d" type: "Data" top: "data" include { phase: TRAIN } }',
+     "all 1 of its layers are excluded from the TEST phase"),
+])
+def test_a_net_without_layers_is_refused(text: bytes, what: str) -> None:
+    with pytest.raises(PrototxtSchemaError) as info:
+        bnfuse.load(text)
+    assert str(info.value) == (f"<prototxt bytes>: is not a net bnfuse can use: {what}; "
+                               "expected a Caffe net definition with 'layer { ... }' entries")
+
+
+def test_a_bottom_only_a_train_layer_produces_is_refused() -> None:
+    text = b"""
+layer { name: "data" type: "Data" top: "data" include { phase: TRAIN }
+        data_param { batch_size: 4 } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+    with pytest.raises(ModelMismatchError) as info:
+        bnfuse.load(text)
+    assert str(info.value) == (
+        "<prototxt bytes>: layer 'conv1' (Convolution) reads blob 'data', which no TEST-phase "
+        "layer produces (only 'data', which the TEST phase excludes): Caffe refuses this net "
+        '("Unknown bottom blob"); give the TEST phase its own producer of the blob')
+    assert info.value.layer == "conv1"
+    # With its own TEST-phase data layer the train/val net loads, the TRAIN one excluded.
+    text += (b'layer { name: "val" type: "Data" top: "data" include { phase: TEST } '
+             b'data_param { batch_size: 2 } }\n')
+    with pytest.raises(ModelMismatchError):
+        bnfuse.load(text)  # the TEST producer comes after its reader: still refused
+    fixed = text.replace(b'layer { name: "conv1"', b'layer { name: "val2" type: "Data" '
+                         b'top: "data" include { phase: TEST } } layer { name: "conv1"')
+    assert [layer.name for layer in bnfuse.load(fixed).layers] == ["val2", "conv1", "val"]
+
+
+def test_fork_enum_values_round_trip_and_are_listed_unknown(tmp_path: Path) -> None:
+    text = (b'layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 2 } } }\n'
+            b'layer { name: "conv" type: "Convolution" bottom: "d" top: "c"\n'
+            b'  convolution_param { num_output: 2 kernel_size: 1 engine: MKL2017 } }\n'
+            b'layer { name: "loss_bbox" type: "SmoothL1Loss" bottom: "c" bottom: "d"\n'
+            b'  top: "loss" loss_param { normalization: PRE_FIXED pre_fixed_normalizer: 128 } }\n')
+    net = bnfuse.load(text)
+    conv = net.layer("conv")
+    assert conv.unknown_fields == ("convolution_param.engine",)
+    assert not conv.param.convolution_param.HasField("engine")  # never the default in silence
+    assert conv.text_field("convolution_param", "engine") == "MKL2017"
+    # py-R-FCN's loss normalisation: a fork's enum value and a fork field, both kept.
+    loss = net.layer("loss_bbox")
+    assert loss.unknown_fields == ("loss_param.normalization", "loss_param.pre_fixed_normalizer")
+    assert not loss.param.loss_param.HasField("normalization")
+    out = tmp_path / "same.prototxt"
+    bnfuse.save(net, out)
+    assert out.read_bytes() == text

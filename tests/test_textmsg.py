@@ -122,8 +122,8 @@ def test_empty_message_is_present() -> None:
             "'\"ten\"': expected an integer",
         ),
         (
-            "pooling_param { pool: MEDIAN }",
-            "t.prototxt:1:23: field 'pooling_param.pool' (PoolMethod) cannot hold 'MEDIAN': "
+            "pooling_param { pool: 7 }",
+            "t.prototxt:1:23: field 'pooling_param.pool' (PoolMethod) cannot hold '7': "
             "not a value of enum PoolMethod (MAX, AVE, STOCHASTIC)",
         ),
         (
@@ -193,3 +193,13 @@ def test_descriptor_helpers() -> None:
     assert is_repeated(LAYER_FIELDS["top"]) and not is_repeated(LAYER_FIELDS["name"])
     assert type_name(LAYER_FIELDS["phase"]) == "Phase"
     assert type_name(LAYER_FIELDS["loss_weight"]) == "float"
+
+
+def test_a_fork_enum_value_is_unknown_never_the_default() -> None:
+    # A fork's names (MEDIAN pooling, intel/caffe's MKL2017 engine) are kept as text:
+    # the field stays unset in the typed message and is listed as unknown.
+    message, unknown = _layer("pooling_param { pool: MEDIAN kernel_size: 2 engine: MKL2017 }")
+    assert unknown == ["pooling_param.pool", "pooling_param.engine"]
+    assert not message.pooling_param.HasField("pool")
+    assert not message.pooling_param.HasField("engine")
+    assert message.pooling_param.kernel_size == 2

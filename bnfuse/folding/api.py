@@ -9,10 +9,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bnfuse._checks import require_bool, require_net, require_source
+from bnfuse.deploy import DeployChange, to_deploy
+from bnfuse.errors import BnfuseError
 from bnfuse.folding import planner, rewrite
 from bnfuse.folding.planner import Action, FoldOptions, layer_counts
 from bnfuse.layertypes.batchnorm import NORM_TYPES
@@ -36,7 +38,8 @@ class FoldReport:
 
     ``actions`` lists each decision in layer order (kind, layers, target,
     reason); ``layers_before``/``layers_after`` count layers by type;
-    ``parameters_before``/``parameters_after`` count weight values.
+    ``parameters_before``/``parameters_after`` count weight values; ``deploy`` lists what
+    making the deploy form removed or replaced (empty unless the fold was asked for it).
 
     Example:
         >>> report = FoldReport(actions=[], layers_before={"ReLU": 1}, layers_after={"ReLU": 1},
@@ -51,6 +54,7 @@ class FoldReport:
     parameters_before: int
     parameters_after: int
     options: FoldOptions = field(default_factory=FoldOptions)
+    deploy: list[DeployChange] = field(default_factory=list)
 
     @property
     def folded(self) -> list[Action]:
@@ -73,6 +77,7 @@ class FoldReport:
             "options": {"forward": self.options.forward,
                         "merge_unfoldable": self.options.merge_unfoldable,
                         "force_global_stats": self.options.force_global_stats},
+            "deploy": [change.to_dict() for change in self.deploy],
         }
 
 
@@ -124,6 +129,8 @@ def fold_net(
     forward: bool = True,
     merge_unfoldable: bool = True,
     force_global_stats: bool = False,
+    deploy: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> FoldResult:
     """Fold BatchNorm/Scale/Bias layers of a loaded net, in place, and report.
 
@@ -131,6 +138,10 @@ def fold_net(
     InnerProduct; ``merge_unfoldable`` turns a BatchNorm + Scale that cannot
     fold into one Scale with bias; ``force_global_stats`` folds BatchNorms that
     say ``use_global_stats: false`` as if they used their stored statistics.
+    ``deploy`` first makes the deploy form of a train/val net
+    (:func:`bnfuse.deploy.to_deploy`: data layers become ``Input`` layers at their
+    stated shapes or at ``input_shapes``; loss, accuracy, Silence and TRAIN-only layers
+    are removed), listed in ``report.deploy``.
     The net is modified in place (no copy of its weights is made) and returned
     as ``result.net``.
 
@@ -143,10 +154,13 @@ def fold_net(
     """
     require_net(net, "fold_net")
     _check_switches("fold_net", forward, merge_unfoldable, force_global_stats)
+    require_bool(deploy, "fold_net", "deploy")
+    _check_input_shapes("fold_net", input_shapes, deploy)
     options = FoldOptions(forward=forward, merge_unfoldable=merge_unfoldable,
                           force_global_stats=force_global_stats)
     layers_before = layer_counts(net.layers)
     parameters_before = _parameter_count(net.layers)
+    changes = to_deploy(net, input_shapes) if deploy else []
     # Computed on private copies: a caffemodel truncated meanwhile is a clean error.
     net._read_weights_privately(_weights_read(net))
     actions = planner.plan(net, options)
@@ -154,7 +168,8 @@ def fold_net(
     report = FoldReport(actions=actions, layers_before=layers_before,
                         layers_after=layer_counts(net.layers),
                         parameters_before=parameters_before,
-                        parameters_after=_parameter_count(net.layers), options=options)
+                        parameters_after=_parameter_count(net.layers), options=options,
+                        deploy=changes)
     return FoldResult(net=net, report=report)
 
 
@@ -165,6 +180,8 @@ def fold(
     forward: bool = True,
     merge_unfoldable: bool = True,
     force_global_stats: bool = False,
+    deploy: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> FoldResult:
     """Load a Caffe model and fold its BatchNorm and Scale layers; see :func:`fold_net`.
 
@@ -181,9 +198,24 @@ def fold(
     require_source(prototxt, "fold", "prototxt")
     require_source(caffemodel, "fold", "caffemodel", optional=True)
     _check_switches("fold", forward, merge_unfoldable, force_global_stats)
+    require_bool(deploy, "fold", "deploy")
+    _check_input_shapes("fold", input_shapes, deploy)
     net = load(prototxt, caffemodel)
     return fold_net(net, forward=forward, merge_unfoldable=merge_unfoldable,
-                    force_global_stats=force_global_stats)
+                    force_global_stats=force_global_stats, deploy=deploy,
+                    input_shapes=input_shapes)
+
+
+def _check_input_shapes(func: str, input_shapes: object, deploy: bool) -> None:
+    if input_shapes is None:
+        return
+    if not isinstance(input_shapes, Mapping):
+        raise TypeError(f"{func}: input_shapes must be a mapping of blob name to shape or "
+                        f"None, not {type(input_shapes).__name__}")
+    if not deploy:
+        # Folding itself never needs a shape: only the deploy form's Input layers use them.
+        raise BnfuseError(f"{func}: input_shapes are the shapes of the deploy form's Input "
+                          "layers; pass deploy=True with them")
 
 
 __all__ = ["FoldReport", "FoldResult", "fold", "fold_net"]

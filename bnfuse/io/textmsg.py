@@ -9,7 +9,11 @@ protobuf's C++ ``TextFormat`` (what Caffe uses): enums by name or number,
 Fields the schema does not know -- fork fields such as SegNet's ``bn_param``
 or SSD's ``prior_box_param`` -- are not an error: they are skipped and their
 dotted paths returned, so the caller can read them from the text tree (which
-keeps them byte for byte).  A value that does not fit its field raises
+keeps them byte for byte).  So is an enum field written with a name its enum
+does not have (a fork's value: ``PRE_FIXED``, ``engine: MKL2017``): the field is
+left unset in the message (never given its default in silence) and its path is
+returned with the unknown ones.  An enum *number* that is no value stays an error.
+A value that does not fit its field raises
 :class:`~bnfuse.errors.PrototxtSchemaError` naming ``file:line:column``, the
 field and the value.
 
@@ -81,6 +85,9 @@ _TYPE_NAMES: dict[int, str] = {
 }
 
 _MESSAGE_TYPES = (_FD.TYPE_MESSAGE, _FD.TYPE_GROUP)
+
+#: What :func:`_convert` returns for a name that is no value of the field's enum.
+_UNKNOWN_ENUM = object()
 
 
 def is_repeated(field: FieldDescriptor) -> bool:
@@ -211,12 +218,19 @@ def _fill(
         token = field.raw_scalar()
         if token is not None:
             # A plain scalar field is read from its text: no ScalarValue is built for it.
-            values = [_convert(fd, token[0], token[1], field, path, source)]
+            converted = [_convert(fd, token[0], token[1], field, path, source)]
         else:
-            values = [
+            converted = [
                 _convert(fd, v.raw, v.kind, v, path, source)
                 for v in _scalar_elements(field, fd, path, source)
             ]
+        values = [v for v in converted if v is not _UNKNOWN_ENUM]
+        if len(values) != len(converted):
+            # A fork's enum value (PRE_FIXED, MKL2017): kept in the text like a fork field,
+            # reported as unknown, and never replaced by the field's default in silence.
+            unknown[path] = None
+            if not values:
+                continue
         if repeated:
             getattr(message, field.name).extend(values)
         else:
@@ -242,8 +256,9 @@ def _convert(  # noqa: PLR0917 - private helper, one call site
     where: FieldNode | ScalarValue,
     path: str,
     source: str | None,
-) -> int | float | bool | str | bytes:
-    """The Python value of one token for field ``fd``, by C++ TextFormat's rules."""
+) -> object:
+    """The Python value of one token for field ``fd``, by C++ TextFormat's rules
+    (:data:`_UNKNOWN_ENUM` for a name that is not a value of the field's enum)."""
     field_type = fd.type
 
     def bad(why: str) -> PrototxtSchemaError:
@@ -277,6 +292,8 @@ def _convert(  # noqa: PLR0917 - private helper, one call site
         enum = fd.enum_type
         if kind == "identifier":
             entry = enum.values_by_name.get(raw)
+            if entry is None:
+                return _UNKNOWN_ENUM
         else:
             number = literal_int(raw, kind)
             entry = enum.values_by_number.get(number) if number is not None else None

@@ -26,13 +26,101 @@ from collections.abc import Mapping, Sequence
 
 from bnfuse._text import quote_user_text
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
-from bnfuse.layertypes import spec_of, weight_layout
+from bnfuse.layertypes import implied_bottom, spec_of, weight_layout
 from bnfuse.layertypes._base import LayerLike, NetLike, Shape, unsupported, where
+from bnfuse.layertypes.datalayers import (
+    CHANNELS_DECIDED_BY,
+    DECIDED_BY,
+    PartialShape,
+    data_shapes,
+    is_data_layer,
+)
 from bnfuse.layertypes.geometry import check_blob_shape
 
 
-def input_shapes_of(layer: LayerLike) -> list[Shape]:
-    """The shapes an ``Input`` layer declares, one per top.
+def is_input_layer(layer: LayerLike) -> bool:
+    """Whether the net is fed through ``layer``: an ``Input`` or a data layer
+    (:func:`~bnfuse.layertypes.datalayers.is_data_layer`), whose tops verification feeds.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> [is_input_layer(SimpleNamespace(type=t, bottoms=())) for t in ("Input", "Data", "ReLU")]
+        [True, True, False]
+    """
+    return layer.type == "Input" or is_data_layer(layer)
+
+
+def _declared(layer: LayerLike) -> list[PartialShape | None]:
+    if layer.type != "Input":
+        return data_shapes(layer)
+    declared = [tuple(int(d) for d in s.dim) for s in layer.param.input_param.shape]
+    for shape in declared:
+        check_blob_shape(layer, "the declared input", shape)
+    n = len(layer.tops)
+    if len(declared) == 1:
+        return list(declared * n)
+    if len(declared) != n:
+        raise unsupported(layer, f"{len(declared)} input shapes for {n} tops (need 1 or {n})")
+    return list(declared)
+
+
+def _shown_partial(shape: PartialShape | None) -> str:
+    """A shape to pass, with letters for the axes not known: ``(8, C, H, W)``."""
+    if shape is None:
+        return "(N, C, H, W)"
+    letters = "NCHW" if len(shape) == 4 else "N" + "D" * len(shape)
+    return "(" + ", ".join(str(d) if d is not None else letters[i]
+                           for i, d in enumerate(shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def input_shape_error(layer: LayerLike, top: str,
+                      shape: PartialShape | None) -> UnsupportedLayerError:
+    """The one error for an input whose shape the prototxt does not state.
+
+    It names the blob, why its shape is unknown, and what to pass: the API's
+    ``input_shapes=`` keyword, which the command line shows as its ``--input-shape`` flag.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "d" type: "Data" top: "data" top: "label" '
+        ...                   b'data_param { batch_size: 8 } }')
+        >>> print(input_shape_error(net.layer("d"), "data", (8, None, None, None)))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        cannot tell the shape of blob 'data' (top of layer 'd', Data): the database decides
+        the image size unless transform_param sets crop_size; pass
+        input_shapes={'data': (8, C, H, W)}
+    """
+    reason = DECIDED_BY.get(layer.type, "its shape is not stated")
+    if shape is not None and len(shape) == 4 and shape[1] is None and None not in (
+            shape[0], shape[2], shape[3]) and layer.type in ("Data", "AnnotatedData"):
+        reason = CHANNELS_DECIDED_BY
+    return UnsupportedLayerError(
+        f"cannot tell the shape of blob {quote_user_text(top)} (top of layer "
+        f"{quote_user_text(layer.name)}, {layer.type}): {reason}; pass "
+        f"input_shapes={{{quote_user_text(top)}: {_shown_partial(shape)}}}",
+        layer=layer.name)
+
+
+def _complete(layer: LayerLike, top: str, shape: PartialShape | None,
+              readers: Sequence[LayerLike]) -> Shape:
+    """``shape`` with its unknown channel axis taken from the weights of a reader."""
+    if shape is not None and None in shape and len(shape) == 4 and shape[1] is None \
+            and None not in (shape[0], shape[2], shape[3]):
+        for reader in readers:
+            implied = implied_bottom(reader, batch=1, spatial=8) if reader.blobs else None
+            if implied is not None and len(implied) == 4:
+                return (int(shape[0] or 1), implied[1], int(shape[2] or 1), int(shape[3] or 1))
+    if shape is None or None in shape:
+        raise input_shape_error(layer, top, shape)
+    return tuple(int(d) for d in shape if d is not None)
+
+
+def input_shapes_of(layer: LayerLike, readers: Sequence[LayerLike] = ()) -> list[Shape]:
+    """The shapes an ``Input`` layer declares, or a data layer's prototxt states, one per top.
+
+    An axis a data layer does not state (the database decides it) is taken from the
+    weights of a layer in ``readers`` that reads the top (the channels a convolution's
+    kernel expects); otherwise :func:`input_shape_error` is raised.
 
     Example:
         >>> import bnfuse
@@ -40,17 +128,58 @@ def input_shapes_of(layer: LayerLike) -> list[Shape]:
         >>> input_shapes_of(net.layer("data"))
         [(1, 3, 32, 32)]
     """
-    declared = [tuple(int(d) for d in s.dim) for s in layer.param.input_param.shape]
-    for shape in declared:
-        check_blob_shape(layer, "the declared input", shape)
-    n = len(layer.tops)
-    if len(declared) == 1:
-        return declared * n
-    if len(declared) != n:
-        raise unsupported(layer, f"{len(declared)} input shapes for {n} tops (need 1 or {n})")
-    return declared
+    declared = _declared(layer)
+    return [_complete(layer, top, shape, [r for r in readers if top in r.bottoms])
+            for top, shape in zip(layer.tops, declared, strict=True)]
 
 
+def input_layer_shapes(
+    layers: Sequence[LayerLike], given: Mapping[str, Sequence[int]] | None = None,
+    *, required: bool = True,
+) -> dict[str, Shape]:
+    """The shape of every top of the net's input layers (:func:`is_input_layer`), in order.
+
+    ``given`` overrides any of them (and supplies those the prototxt does not state).
+    With ``required=False`` a top whose shape cannot be known is left out instead of
+    raising :func:`input_shape_error`. A top declared twice keeps its last shape, at its
+    first position.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''
+        ... layer { name: "d" type: "Data" top: "data" top: "label" include { phase: TEST }
+        ...         transform_param { crop_size: 4 mean_value: 1 mean_value: 2 mean_value: 3 }
+        ...         data_param { batch_size: 2 } }
+        ... layer { name: "train" type: "Data" top: "data" top: "label"
+        ...         include { phase: TRAIN } data_param { batch_size: 64 } }
+        ... layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }''')
+        >>> input_layer_shapes(net.layers)  # the TEST phase's data layer only
+        {'data': (2, 3, 4, 4), 'label': (2,)}
+        >>> input_layer_shapes(net.layers, {"data": (1, 3, 8, 8)})
+        {'data': (1, 3, 8, 8), 'label': (2,)}
+    """
+    fixed = {k: tuple(int(d) for d in v) for k, v in (given or {}).items()}
+    shapes: dict[str, Shape] = {}
+    for index, layer in enumerate(layers):
+        if is_input_layer(layer):
+            shapes.update(_fed_shapes(layer, layers[index + 1:], fixed, required=required))
+    return shapes
+
+
+def _fed_shapes(layer: LayerLike, after: Sequence[LayerLike], given: Mapping[str, Shape],
+                *, required: bool) -> dict[str, Shape]:
+    """The shapes of one input layer's tops: given, declared, or completed by a reader."""
+    shapes: dict[str, Shape] = {}
+    for top, shape in zip(layer.tops, _declared(layer), strict=True):
+        if top in given:
+            shapes[top] = given[top]
+            continue
+        try:
+            shapes[top] = _complete(layer, top, shape, [r for r in after if top in r.bottoms])
+        except UnsupportedLayerError:
+            if required:
+                raise
+    return shapes
 
 
 def layer_output_shapes(layer: LayerLike, bottom_shapes: Sequence[Shape]) -> list[Shape]:
@@ -118,12 +247,11 @@ def infer_shapes(
     """
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes: dict[str, Shape] = {}
-    for layer in net.layers:
+    layers = list(net.layers)
+    for index, layer in enumerate(layers):
         try:
-            if layer.type == "Input":
-                declared = input_shapes_of(layer)
-                for top, shape in zip(layer.tops, declared, strict=True):
-                    shapes[top] = given.get(top, shape)
+            if is_input_layer(layer):
+                shapes.update(_fed_shapes(layer, layers[index + 1:], given, required=True))
                 continue
             bottoms = []
             for b in layer.bottoms:
@@ -171,7 +299,10 @@ def param_shapes(layer: LayerLike, bottom_shapes: Sequence[Sequence[int]]) -> li
 
 __all__ = [
     "infer_shapes",
+    "input_layer_shapes",
+    "input_shape_error",
     "input_shapes_of",
+    "is_input_layer",
     "layer_output_shapes",
     "param_shapes",
     "unsupported_type",

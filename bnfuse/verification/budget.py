@@ -71,6 +71,7 @@ import numpy.typing as npt
 
 from bnfuse._text import quote_user_text
 from bnfuse.errors import BnfuseError, MemoryBudgetError
+from bnfuse.layertypes.shapes import is_input_layer
 
 if TYPE_CHECKING:
     from bnfuse.net import Layer, Net
@@ -353,7 +354,7 @@ def _walk(net: Net, shapes: Mapping[str, Shape], work: np.dtype[Any], *, label: 
         known = [shape for shape in top_shapes if shape is not None]
         bottoms = [shapes[name] for name in layer.bottoms if name in shapes]
         held_extra, before = (per_layer or {}).get(index, (0, 0))
-        if layer.type == "Input":
+        if is_input_layer(layer):
             new = 0 if inputs_held else sum(_count(s) for s in known) * itemsize
             # Seeded (or given) inputs are drawn in float64, then cast to the work dtype.
             draw = 0 if inputs_held else max((_count(s) * 8 for s in known), default=0)
@@ -411,8 +412,8 @@ def estimate_verify(
     largest = max(_largest(shapes_a, work.itemsize), _largest(shapes_b, work.itemsize),
                   key=lambda item: item[2])
     # Inputs are fed identically and not compared (unless a layer writes over one).
-    fed = {top for layer in net_a.layers if layer.type == "Input" for top in layer.tops}
-    fed -= {top for layer in net_a.layers if layer.type != "Input" for top in layer.tops}
+    fed = {top for layer in net_a.layers if is_input_layer(layer) for top in layer.tops}
+    fed -= {top for layer in net_a.layers if not is_input_layer(layer) for top in layer.tops}
     compared = [_count(shapes_a[n]) for n in shapes_a if n in shapes_b and n not in fed]
     compare = held_a + run_b.held() + COMPARE_BYTES_PER_VALUE * max(compared, default=0)
     noise = (held_a + run_a.peak, f"{run_a.peak_at} in the noise run") if noise_run else (0, "")
@@ -441,7 +442,7 @@ def estimate_random_weights(
     weights_so_far = 0
     for index, layer in enumerate(net.layers):
         bottoms = [shapes.get(name) for name in layer.bottoms]
-        if layer.type == "Input" or any(shape is None for shape in bottoms):
+        if is_input_layer(layer) or any(shape is None for shape in bottoms):
             per_layer[index] = (weights_so_far, 0)
             continue
         try:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from bnfuse._text import escape_user_text
 from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError, naming_file
 from bnfuse.layertypes._base import LayerLike, NetLike
-from bnfuse.layertypes.shapes import layer_output_shapes
+from bnfuse.layertypes.shapes import is_input_layer, layer_output_shapes
 from bnfuse.verification.inputs import input_layer_shapes, net_input_shapes, seeded_inputs
 from bnfuse.verification.layers import forward_of
 
@@ -61,7 +61,9 @@ def forward_steps(
 ) -> Iterator[tuple[LayerLike, dict[str, Array]]]:
     """Run the net layer by layer, yielding ``(layer, {top: value})`` after each one.
 
-    ``Input`` layers are steps too (their tops are the inputs used). Inputs missing from
+    ``Input`` layers are steps too (their tops are the inputs used), and so are data
+    layers (``Data``, ``ImageData``, ...), fed like ``Input`` layers at the shapes their
+    prototxt states. Inputs missing from
     ``inputs`` are filled by :func:`bnfuse.verification.inputs.seeded_inputs` (standard-normal
     data from ``numpy.random.default_rng(seed)``), drawn in the order the ``Input`` layers
     declare them. Values are never modified after
@@ -90,12 +92,13 @@ def _steps(net: NetLike, inputs: Mapping[str, npt.ArrayLike] | None, work: np.dt
     given = {name: np.asarray(value, dtype=work) for name, value in (inputs or {}).items()}
     layers = list(net.layers)
     _check_input_names(layers, given)
-    declared = input_layer_shapes(layers)
+    # Shapes of the inputs given are not needed (nor, for a data layer, always knowable).
+    declared = input_layer_shapes(layers, {name: value.shape for name, value in given.items()})
     drawn = seeded_inputs({name: shape for name, shape in declared.items() if name not in given},
                           seed, work)
     blobs: dict[str, Array] = {}
     for layer in layers:
-        if layer.type == "Input":
+        if is_input_layer(layer):  # an Input or a data layer: fed like an Input
             tops = {top: given[top] if top in given else drawn[top] for top in layer.tops}
         else:
             bottoms = [_bottom(layer, name, blobs, given) for name in layer.bottoms]

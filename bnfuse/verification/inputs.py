@@ -58,11 +58,15 @@ def seeded_inputs(
             for name, shape in shapes.items()}
 
 
-def input_layer_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape]:
-    """The declared shape of every top of the ``Input`` layers, in net order.
+def input_layer_shapes(layers: Sequence[LayerLike],
+                       given: Mapping[str, Sequence[int]] | None = None,
+                       *, required: bool = True) -> dict[str, Shape]:
+    """The shape of every top of the input layers (``Input`` and data layers), in net order.
 
-    A bad declaration raises what :func:`bnfuse.layertypes.shapes.input_shapes_of`
-    raises. A top declared twice keeps its last shape, at its first position.
+    What :func:`bnfuse.layertypes.shapes.input_layer_shapes` gives: the declared or
+    stated shapes, ``given`` overriding them; a shape that cannot be known raises its
+    error (or is left out with ``required=False``). A top declared twice keeps its last
+    shape, at its first position.
 
     Example:
         >>> import bnfuse
@@ -74,20 +78,16 @@ def input_layer_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape]:
         >>> input_layer_shapes(net.layers)
         {'image': (1, 3, 4, 4), 'mask': (1, 1, 4, 4)}
     """
-    from bnfuse.layertypes.shapes import input_shapes_of
+    from bnfuse.layertypes.shapes import input_layer_shapes as stated
 
-    shapes: dict[str, Shape] = {}
-    for layer in layers:
-        if layer.type == "Input":
-            for top, shape in zip(layer.tops, input_shapes_of(layer), strict=True):
-                shapes[top] = tuple(int(d) for d in shape)
-    return shapes
+    return stated(layers, given, required=required)
 
 
 def net_input_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape | None]:
     """Every name a net can be fed, with its declared shape (``None``: any shape).
 
-    The inputs are the tops of ``Input`` layers (their declared shape) and the blobs read
+    The inputs are the tops of ``Input`` and data layers (their declared or stated shape,
+    ``None`` where a data layer leaves it open) and the blobs read
     before any layer produces them (no declared shape). A value for any other name would
     be ignored, so the executor and :func:`bnfuse.verify` refuse one: a misnamed input
     must not silently become random data.
@@ -103,8 +103,14 @@ def net_input_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape | None]:
         {'image': (1, 3, 4, 4), 'extra': None}
     """
     from bnfuse.graph import build_graph
+    from bnfuse.layertypes.shapes import is_input_layer
 
-    shapes: dict[str, Shape | None] = dict(input_layer_shapes(layers))
+    known = input_layer_shapes(layers, required=False)
+    shapes: dict[str, Shape | None] = {}
+    for layer in layers:
+        if is_input_layer(layer):
+            # A data layer's top whose shape the prototxt leaves open takes any shape.
+            shapes.update({top: known.get(top) for top in layer.tops})
     for version in build_graph(layers).inputs():
         shapes.setdefault(version.name, None)
     return shapes

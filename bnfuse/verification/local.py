@@ -115,21 +115,20 @@ def known_shapes(
         >>> known_shapes(net, {"feat": (1, 5, 4, 4)})["out"]
         (1, 5, 4, 4)
     """
-    from bnfuse.layertypes.shapes import input_shapes_of, layer_output_shapes
+    from bnfuse.layertypes.shapes import input_layer_shapes, is_input_layer, layer_output_shapes
 
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     shapes: dict[str, Shape] = {}
-    for layer in net.layers:
-        if layer.type == "Input":
+    layers = list(net.layers)
+    for position, layer in enumerate(layers):
+        if is_input_layer(layer):  # Input and data layers: the shapes that can be known
             try:
-                declared = input_shapes_of(layer)
+                stated = input_layer_shapes([layer, *layers[position + 1:]], given,
+                                            required=False)
             except BnfuseError:
-                declared = [()] * len(layer.tops)
-            for top, shape in zip(layer.tops, declared, strict=False):
-                if top in given:
-                    shapes[top] = given[top]
-                elif shape:
-                    shapes[top] = shape
+                stated = {}
+            shapes.update({top: stated[top] if top in stated else given[top]
+                           for top in layer.tops if top in stated or top in given})
             continue
         for name in layer.bottoms:
             if name not in shapes and name in given:

@@ -210,7 +210,7 @@ def _fill(net: Net, *, seed: int, factor: float | None,
           unmeasurable: Literal["error", "unit"]) -> Net:
     """:func:`random_weights` once the arguments and the memory budget are checked."""
     from bnfuse.layertypes import executable
-    from bnfuse.layertypes.shapes import param_shapes
+    from bnfuse.layertypes.shapes import input_shape_error, is_input_layer, param_shapes
     from bnfuse.verification.executor import forward
     from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
     from bnfuse.verification.local import known_shapes
@@ -219,9 +219,8 @@ def _fill(net: Net, *, seed: int, factor: float | None,
     # use, so `forward(net, seed=seed)` replays it; the weights use their own stream.
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    declared = input_layer_shapes(net.layers)
-    batch = seeded_inputs({name: given.get(name, shape) for name, shape in declared.items()},
-                          seed)
+    declared = input_layer_shapes(net.layers, given, required=False)
+    batch = seeded_inputs(declared, seed)
     shapes = known_shapes(net, given)
     # The last layer reading each blob, so values can be dropped once no one needs them.
     last_read: dict[str, int] = {}
@@ -231,17 +230,30 @@ def _fill(net: Net, *, seed: int, factor: float | None,
     values: dict[str, Array] = {}
     blocker: dict[str, str] = {}  # blob -> the unsupported layer its value depends on
 
+    # An input whose shape the prototxt leaves open blocks what reads it, and in "error"
+    # mode its own error is raised: it names the blob and the shape to pass.
+    shape_errors: dict[str, UnsupportedLayerError] = {}
+
     def blocked_by(layer: Layer) -> str:
         for name in layer.bottoms:
             if name in blocker:
                 return blocker[name]
         return f"{layer.name!r} ({layer.type})"
 
+    def refuse(layer: Layer, message: str) -> UnsupportedLayerError:
+        return shape_errors.get(blocked_by(layer), UnsupportedLayerError(message))
+
     for index, layer in enumerate(net.layers):
-        if layer.type == "Input":
+        if is_input_layer(layer):
             for top in layer.tops:
-                values[top] = batch[top]
-                blocker.pop(top, None)
+                if top in batch:
+                    values[top] = batch[top]
+                    blocker.pop(top, None)
+                else:
+                    reason = f"input {top!r} of unknown shape"
+                    blocker[top] = reason
+                    shape_errors[reason] = input_shape_error(
+                        layer, top, _stated(layer, top))
             continue
         bottom_shapes = [shapes.get(name) for name in layer.bottoms]
         runnable = executable(layer.type) and all(n in values for n in layer.bottoms)
@@ -253,9 +265,9 @@ def _fill(net: Net, *, seed: int, factor: float | None,
             wanted = []  # a layer the verifier does not know: its weights are left alone
         if wanted is None:
             if unmeasurable == "error" and has_weights(layer):
-                raise UnsupportedLayerError(
-                    f"layer {layer.name!r} ({layer.type}): its input shape depends on layer "
-                    f"{blocked_by(layer)}, which the numpy executor does not support; "
+                raise refuse(
+                    layer, f"layer {layer.name!r} ({layer.type}): its input shape depends on "
+                    f"layer {blocked_by(layer)}, which the numpy executor does not support; "
                     "pass unmeasurable='unit' to fill what can be shaped")
         elif layer.type in NORM_TYPES:
             dialect = detect_layer(layer, weights_loaded=False)
@@ -269,10 +281,10 @@ def _fill(net: Net, *, seed: int, factor: float | None,
                 net.set_blobs(layer, norm_blobs(layer, measured, channels, factor=f,
                                                 var_floor=VAR_FLOOR))
             else:
-                raise UnsupportedLayerError(
-                    f"cannot measure the statistics of {layer.type} {layer.name!r}: its input "
-                    f"depends on layer {blocked_by(layer)}, which the numpy executor does not "
-                    "support; pass unmeasurable='unit' for mean 0, variance 1")
+                raise refuse(
+                    layer, f"cannot measure the statistics of {layer.type} {layer.name!r}: its "
+                    f"input depends on layer {blocked_by(layer)}, which the numpy executor does "
+                    "not support; pass unmeasurable='unit' for mean 0, variance 1")
         elif wanted:
             net.set_blobs(layer, _weights_for(layer, wanted, rng))
         out: dict[str, Array] | None = None
@@ -297,7 +309,19 @@ def _fill(net: Net, *, seed: int, factor: float | None,
             if last_read.get(name, -1) <= index and name in values:
                 # Keep net outputs' values only as long as needed: nothing reads them.
                 del values[name]
+    if shape_errors and not any(layer.blobs for layer in net.layers):
+        # Even "unit" mode shaped nothing: the input shape is what is missing, say so.
+        raise next(iter(shape_errors.values()))
     return net
+
+
+def _stated(layer: Layer, top: str) -> tuple[int | None, ...] | None:
+    """What the prototxt states of the shape of ``layer``'s ``top`` (for the error)."""
+    from bnfuse.layertypes.datalayers import data_shapes, is_data_layer
+
+    if not is_data_layer(layer):
+        return None
+    return data_shapes(layer)[layer.tops.index(top)]
 
 
 def write_random_model(
