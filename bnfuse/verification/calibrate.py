@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from bnfuse._checks import require_seed
 from bnfuse.graph import build_graph
+from bnfuse.layertypes.shapes import is_input_layer
 from bnfuse.verification.detections import detection_rules
 from bnfuse.verification.executor import forward_steps
 from bnfuse.verification.metrics import Noise, blob_kind, blob_noise
@@ -190,7 +191,7 @@ def measure_noise(
     for index, (layer, tops) in enumerate(moved_steps):
         reference: Mapping[str, Array] = ((baseline or {}) if unmoved is None
                                           else next(unmoved)[1])
-        if layer.type == "Input":
+        if is_input_layer(layer):
             continue
         for name, value in tops.items():
             if final.get(name) != index or name not in reference:

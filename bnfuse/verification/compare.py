@@ -101,6 +101,7 @@ from bnfuse._text import escape_user_text
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.graph import Graph, build_graph
 from bnfuse.layertypes import accumulates
+from bnfuse.layertypes.shapes import is_input_layer
 from bnfuse.verification._given import (
     MAX_INPUT_MEMBERS,
     Inputs,
@@ -481,7 +482,7 @@ def compare_runs(
     # Inputs are fed identically, so comparing them proves nothing, unless a layer
     # writes over one in place: then its final value is a result like any other.
     skipped = {name for name in skip
-               if all(layers_a[i].type == "Input" for i in graph_a.writers(name))}
+               if all(is_input_layer(layers_a[i]) for i in graph_a.writers(name))}
     by_name_a = {layer.name: layer for layer in layers_a}
     by_name_b = {layer.name: layer for layer in layers_b}
     depths = graph_a.depths(accumulates)

@@ -74,6 +74,7 @@ import numpy.typing as npt
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.graph import build_graph
 from bnfuse.layertypes import executable, implied_bottom
+from bnfuse.layertypes.shapes import is_input_layer
 from bnfuse.verification.backends import NetOrPaths, as_net
 from bnfuse.verification.compare import VerifyResult, compare_runs, default_tolerances
 from bnfuse.verification.inputs import seeded_inputs
@@ -208,7 +209,7 @@ def _region(net: Net, names: set[str]) -> _Region:
     index = {i for i, layer in enumerate(net.layers) if layer.name in names}
     index |= build_graph(net.layers).between(index)
     chosen = [net.layers[i] for i in sorted(index)
-              if executable(net.layers[i].type) and net.layers[i].type != "Input"]
+              if executable(net.layers[i].type) and not is_input_layer(net.layers[i])]
     # The region's inputs are the inputs of the net made of the chosen layers alone.
     return _Region(chosen, [v.name for v in build_graph(chosen).inputs()])
 
@@ -317,7 +318,7 @@ def verify_local(
         f"local check: {len(region_a.layers)} layers of a, {len(region_b.layers)} of b, "
         f"{len(feed)} region inputs (seeded random data)")
     skipped = sorted({layer.name for net in (net_a, net_b) for layer in net.layers
-                      if layer.name in names and layer.type == "Input"})
+                      if layer.name in names and is_input_layer(layer)})
     if skipped:
         result.notes.append(f"changed Input layers not checked: {skipped}")
     return result

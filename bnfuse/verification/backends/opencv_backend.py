@@ -52,6 +52,7 @@ import numpy.typing as npt
 
 from bnfuse._text import escape_user_text, quote_user_text
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
+from bnfuse.layertypes.shapes import is_input_layer
 from bnfuse.verification.backends import NetOrPaths, Progress, as_net, net_files
 
 NAME = "opencv"
@@ -174,7 +175,7 @@ def run(
     # The last writer of each blob holds its final value; ask OpenCV for that layer.
     final_writer: dict[str, tuple[str, int]] = {}
     for layer in net.layers:
-        if layer.type == "Input":
+        if is_input_layer(layer):
             continue
         for index, top in enumerate(layer.tops):
             final_writer[top] = (layer.name, index)
