@@ -24,19 +24,21 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from bnfuse._text import escape_user_text
 from bnfuse.errors import BnfuseError
+from bnfuse.layertypes.geometry import CAFFE_INT_MAX, CAFFE_MAX_AXES
 
 __all__ = [
     "MAX_SEED",
     "require_bool",
     "require_callable",
     "require_destination",
+    "require_input_shapes",
     "require_inputs",
     "require_int",
     "require_net",
@@ -177,6 +179,48 @@ def _check_path(value: str | os.PathLike[Any], func: str, arg: str) -> None:
     if "\0" in text:
         raise BnfuseError(f"{escape_user_text(text)}: the {arg} path contains a NUL byte, "
                           "which no file name can hold")
+
+
+def require_input_shapes(value: object, func: str,
+                         arg: str = "input_shapes") -> dict[str, tuple[int, ...]] | None:
+    """Input shapes: None, or a mapping of blob name to a sequence of positive ints.
+
+    Returns them as a dict of tuples. A wrong kind is a ``TypeError``; a dimension
+    below 1, beyond Caffe's ``int`` or more than 32 axes a
+    :class:`~bnfuse.errors.BnfuseError`.
+
+    Example:
+        >>> require_input_shapes({"data": [1, 3, 224, 224]}, "random_weights")
+        {'data': (1, 3, 224, 224)}
+        >>> require_input_shapes({"data": (1, 0)}, "fold")
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.BnfuseError: fold: input_shapes['data'] must be a shape of 1 to 32 \
+dimensions from 1 to 2147483647, got (1, 0)
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{func}: {arg} must be a mapping of blob name to shape or None, not "
+                        f"{_kind(value)}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, shape in value.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{func}: the keys of {arg} must be blob names (str), not "
+                            f"{_kind(name)}")
+        if (isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence)
+                or not all(isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
+                           for d in shape)):
+            raise TypeError(f"{func}: {arg}[{escape_user_text(name)!r}] must be a sequence "
+                            f"of ints such as (1, 3, 224, 224), not {_kind(shape)}")
+        dims = tuple(int(d) for d in shape)
+        if not 1 <= len(dims) <= CAFFE_MAX_AXES or not all(1 <= d <= CAFFE_INT_MAX for d in dims):
+            shown = str(dims) if len(str(dims)) <= 80 else str(dims)[:77] + "..."
+            raise BnfuseError(f"{func}: {arg}[{escape_user_text(name)!r}] must be a shape of 1 "
+                              f"to {CAFFE_MAX_AXES} dimensions from 1 to {CAFFE_INT_MAX}, "
+                              f"got {shown}")
+        shapes[name] = dims
+    return shapes
 
 
 def require_inputs(value: object, func: str, arg: str = "inputs") -> None:

@@ -128,3 +128,27 @@ def test_fold_names_itself_in_its_argument_errors(bad: object) -> None:
     if bad is not None:  # the caffemodel is optional
         with pytest.raises(TypeError, match=r"^fold: caffemodel must be a path, bytes or an "):
             bnfuse.fold(bnfuse.example_path(), bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("bad", "error", "words"), [
+    ({"data": {"x": 1}}, TypeError, "input_shapes['data'] must be a sequence of ints"),
+    ({"data": "1,3"}, TypeError, "input_shapes['data'] must be a sequence of ints"),
+    ({3: (1, 3)}, TypeError, "the keys of input_shapes must be blob names (str), not int"),
+    ({"data": (1, 0)}, bnfuse.BnfuseError, "input_shapes['data'] must be a shape of 1 to 32 "
+                                           "dimensions from 1 to 2147483647, got (1, 0)"),
+    ({"data": (1,) * 33}, bnfuse.BnfuseError, "must be a shape of 1 to 32 dimensions"),
+    ({"data": (2**31, 1)}, bnfuse.BnfuseError, "must be a shape of 1 to 32 dimensions"),
+], ids=["dict", "text", "key", "zero", "33-axes", "past-int"])
+def test_input_shapes_are_checked_by_one_rule(bad: object, error: type[Exception],
+                                              words: str) -> None:
+    # Found by the fuzzer: a shape of {"x": 1} raised int()'s ValueError in the estimate.
+    from bnfuse.verification.randweights import random_weights
+
+    for func, call in (
+            ("random_weights", lambda: random_weights(bnfuse.example_path(),
+                                                      input_shapes=bad)),  # type: ignore[arg-type]
+            ("fold", lambda: bnfuse.fold(bnfuse.example_path(), bnfuse.example_path("caffemodel"),
+                                         deploy=True, input_shapes=bad))):  # type: ignore[arg-type]
+        with pytest.raises(error) as info:
+            call()
+        assert str(info.value).startswith(f"{func}: ") and words in str(info.value)

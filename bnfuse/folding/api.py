@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bnfuse._checks import require_bool, require_net, require_source
+from bnfuse._checks import require_bool, require_input_shapes, require_net, require_source
 from bnfuse.deploy import DeployChange, to_deploy
 from bnfuse.errors import BnfuseError
 from bnfuse.folding import planner, rewrite
@@ -207,11 +207,8 @@ def fold(
 
 
 def _check_input_shapes(func: str, input_shapes: object, deploy: bool) -> None:
-    if input_shapes is None:
+    if require_input_shapes(input_shapes, func) is None:
         return
-    if not isinstance(input_shapes, Mapping):
-        raise TypeError(f"{func}: input_shapes must be a mapping of blob name to shape or "
-                        f"None, not {type(input_shapes).__name__}")
     if not deploy:
         # Folding itself never needs a shape: only the deploy form's Input layers use them.
         raise BnfuseError(f"{func}: input_shapes are the shapes of the deploy form's Input "

@@ -59,6 +59,7 @@ import numpy.typing as npt
 
 from bnfuse._checks import (
     require_destination,
+    require_input_shapes,
     require_optional_number,
     require_seed,
     require_source,
@@ -196,9 +197,7 @@ def _check_arguments(prototxt_or_net: object, *, seed: object, factor: object,
         require_source(prototxt_or_net, "random_weights", "prototxt_or_net")
     require_seed(seed, "random_weights")
     require_optional_number(factor, "random_weights", "factor")
-    if input_shapes is not None and not isinstance(input_shapes, Mapping):
-        raise TypeError("random_weights: input_shapes must be a mapping of blob name to shape "
-                        f"or None, not {type(input_shapes).__name__}")
+    require_input_shapes(input_shapes, "random_weights")
     if unmeasurable not in ("error", "unit"):
         raise BnfuseError(f"random_weights: unmeasurable must be 'error' or 'unit', not "
                           f"{quote_user_text(unmeasurable, 40)}")
