@@ -241,3 +241,78 @@ def test_depthwise_types_run_as_grouped_convolutions() -> None:
                     expected[0, c, i, j] = sum(float(w[c, 0, a, b]) * float(x[0, c, i + a, j + b])
                                                for a in range(3) for b in range(3))
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- Upsample
+
+
+def ref_unpool(x: Array, mask: Array, out_h: int, out_w: int) -> Array:
+    """SegNet's loop: zeros, then each value to the flat index its mask names."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, out_h * out_w), np.float32)
+    for i in range(n):
+        for k in range(c):
+            for p in range(h * w):
+                y[i, k, int(mask[i, k].ravel()[p])] = x[i, k].ravel()[p]
+    return y.reshape(n, c, out_h, out_w)
+
+
+@pytest.mark.parametrize(("param", "size", "pool"), [
+    ("scale: 2", 10, "kernel_size: 2 stride: 2"),
+    ("scale: 2 pad_out_h: true", 9, "kernel_size: 2 stride: 2"),
+    ("upsample_h: 9 upsample_w: 10", None, "kernel_size: 3 stride: 2"),  # windows overlap
+])
+def test_segnet_upsample_undoes_max_pooling(param: str, size: int | None, pool: str) -> None:
+    h, w = (size or 9), (size or 10)
+    text = f"""layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{
+      dim: 2 dim: 3 dim: {h} dim: {w} }} }} }}
+    layer {{ name: "pool" type: "Pooling" bottom: "x" top: "p" top: "mask"
+      pooling_param {{ pool: MAX {pool} }} }}
+    layer {{ name: "up" type: "Upsample" bottom: "p" bottom: "mask" top: "y"
+      upsample_param {{ {param} }} }}"""
+    net = bnfuse.load(text.encode())
+    x = RNG.standard_normal((2, 3, h, w)).astype(np.float32)
+    out = forward(net, {"x": x})
+    assert out["y"].shape == infer_shapes(net)["y"]
+    expected = ref_unpool(out["p"], out["mask"], *out["y"].shape[2:])
+    np.testing.assert_array_equal(out["y"], expected)
+    if size == 10:  # 2x2 windows tile the image: each kept value is back in its place
+        kept = out["y"] != 0
+        np.testing.assert_array_equal(out["y"][kept], x[kept])
+
+
+def test_nearest_upsample_repeats_each_value() -> None:
+    net = bnfuse.load(b"""layer { name: "u" type: "Upsample" bottom: "x" top: "y"
+      upsample_param { scale: 3 } }""")
+    x = RNG.standard_normal((1, 2, 2, 3)).astype(np.float32)
+    y = forward(net, {"x": x})["y"]
+    assert y.shape == (1, 2, 6, 9)
+    for c in range(2):
+        for i in range(6):
+            for j in range(9):
+                assert y[0, c, i, j] == x[0, c, i // 3, j // 3]
+
+
+@pytest.mark.parametrize(("bottoms", "param", "error", "message"), [
+    ('bottom: "x"', "", UnsupportedLayerError, "needs a written scale"),
+    ('bottom: "x"', "scale: 2 pad_out_h: true",
+     UnsupportedLayerError, r"upsample_param\.pad_out_h is not one"),
+    ('bottom: "x" bottom: "m"', "scale: 3 pad_out_w: true", UnsupportedLayerError,
+     "2 where pad_out is set"),
+])
+def test_upsample_refuses_what_its_forks_refuse(bottoms: str, param: str,
+                                                error: type[Exception], message: str) -> None:
+    net = bnfuse.load(f"""layer {{ name: "u" type: "Upsample" {bottoms} top: "y"
+      upsample_param {{ {param} }} }}""".encode())
+    with pytest.raises(error, match=message):
+        infer_shapes(net, {"x": (1, 2, 4, 4), "m": (1, 2, 4, 4)})
+
+
+def test_upsample_with_a_mask_from_elsewhere_is_refused() -> None:
+    from bnfuse.errors import ModelMismatchError
+
+    net = bnfuse.load(b"""layer { name: "u" type: "Upsample" bottom: "x" bottom: "m"
+      top: "y" upsample_param { scale: 2 } }""")
+    x = np.ones((1, 1, 2, 2), np.float32)
+    with pytest.raises(ModelMismatchError, match="names positions outside the 4x4 output"):
+        forward(net, {"x": x, "m": np.full((1, 1, 2, 2), 16.0, np.float32)})

@@ -131,6 +131,7 @@ SPECS: Mapping[str, LayerSpec] = _table(
     LayerSpec("DetectionOutput", rule.detection_output_shapes, None, "_detection_output"),
     LayerSpec("ReLU6", rule.relu6_shapes, None, "_relu6"),
     LayerSpec("Interp", rule.interp_shapes, None, "_interp"),
+    LayerSpec("Upsample", rule.upsample_shapes, None, "_upsample"),
 )
 
 

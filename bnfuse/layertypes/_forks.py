@@ -468,6 +468,59 @@ def interp_geometry(layer: LayerLike, bottoms: Sequence[Sequence[int]]) -> Inter
     return InterpGeometry(-pad_beg, in_h, in_w, out_h, out_w)
 
 
+#: alexgkendall/caffe-segnet ``UpsampleParameter`` (two bottoms: the values and the mask).
+UPSAMPLE_PARAM: Spec = {"scale": Field("uint"), "scale_h": Field("uint"),
+                        "scale_w": Field("uint"), "pad_out_h": Field("bool"),
+                        "pad_out_w": Field("bool"), "upsample_h": Field("uint"),
+                        "upsample_w": Field("uint")}
+#: The one-bottom nearest-neighbour ``Upsample`` (eric612/MobileNet-YOLO and other YOLOv3
+#: forks): only an integer ``scale``.
+NEAREST_UPSAMPLE_PARAM: Spec = {"scale": Field("int")}
+
+
+def upsample_output(layer: LayerLike, bottoms: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """The (height, width) an ``Upsample`` layer makes.
+
+    Two bottoms are SegNet's unpooling (``upsample_h``/``upsample_w``, or ``H * scale -
+    pad_out``, scale 2 by default); one bottom is the YOLOv3 forks' nearest-neighbour
+    upsampling by ``scale``, whose default differs between those forks, so it must be
+    written.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "u" type: "Upsample" bottom: "x"
+        ...   bottom: "mask" top: "y" upsample_param { scale: 2 pad_out_h: true } }''')
+        >>> upsample_output(net.layer("u"), [(1, 64, 45, 60), (1, 64, 45, 60)])
+        (89, 120)
+    """
+    shape = tuple(bottoms[0])
+    if len(shape) != 4:
+        raise unsupported(layer, f"needs a 4-D bottom, got {shape}")
+    if len(bottoms) == 1:
+        p = read_block(layer, "upsample_param", NEAREST_UPSAMPLE_PARAM)
+        if "scale" not in p or p["scale"] < 1:
+            raise unsupported(layer, "a one-bottom (nearest) Upsample needs a written scale "
+                                     ">= 1: its forks default it differently")
+        return shape[2] * int(p["scale"]), shape[3] * int(p["scale"])
+    if len(bottoms) != 2 or tuple(bottoms[1]) != shape:
+        raise unsupported(layer, "SegNet's Upsample needs a mask bottom of the values' shape")
+    p = read_block(layer, "upsample_param", UPSAMPLE_PARAM)
+    if "upsample_h" in p and "upsample_w" in p:
+        if p["upsample_h"] <= 1 or p["upsample_w"] <= 1:
+            raise unsupported(layer, "upsample_h and upsample_w must be > 1")
+        return int(p["upsample_h"]), int(p["upsample_w"])
+    if "scale_h" in p or "scale_w" in p:
+        if "scale" in p or "scale_h" not in p or "scale_w" not in p:
+            raise unsupported(layer, "give scale, or scale_h and scale_w")
+        scale_h, scale_w = int(p["scale_h"]), int(p["scale_w"])
+    else:
+        scale_h = scale_w = int(p.get("scale", 2))
+    pad_h, pad_w = bool(p.get("pad_out_h", False)), bool(p.get("pad_out_w", False))
+    if scale_h <= 1 or scale_w <= 1 or (pad_h and scale_h != 2) or (pad_w and scale_w != 2):
+        raise unsupported(layer, "scales must be > 1, and 2 where pad_out is set")
+    return shape[2] * scale_h - int(pad_h), shape[3] * scale_w - int(pad_w)
+
+
 # --------------------------------------------------------------------------- fork fields
 
 
@@ -479,6 +532,7 @@ OWN_GROUPS: Mapping[str, frozenset[str]] = {
     "DetectionOutput": frozenset({"detection_output_param"}),
     "ReLU6": frozenset({"relu6_param"}),
     "Interp": frozenset({"interp_param"}),
+    "Upsample": frozenset({"upsample_param"}),
 }
 
 #: Types whose top shape is known only after the forward pass (Caffe reshapes the top
@@ -598,11 +652,13 @@ __all__ = [
     "DETECTION_OUTPUT_PARAM",
     "HONOURED",
     "INTERP_PARAM",
+    "NEAREST_UPSAMPLE_PARAM",
     "NORM_PARAM",
     "OWN_GROUPS",
     "PERMUTE_PARAM",
     "PRIOR_BOX_PARAM",
     "RELU6_PARAM",
+    "UPSAMPLE_PARAM",
     "DetectionOutputConfig",
     "Field",
     "InterpGeometry",
@@ -618,4 +674,5 @@ __all__ = [
     "refused_fork_field",
     "relu6_slope",
     "runtime_shaped",
+    "upsample_output",
 ]

@@ -31,6 +31,7 @@ from bnfuse.layertypes._forks import (
     permute_order,
     prior_box_config,
     relu6_slope,
+    upsample_output,
 )
 from bnfuse.layertypes.batchnorm import detect_layer
 from bnfuse.layertypes.geometry import (
@@ -330,6 +331,19 @@ def interp_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
     """
     g = interp_geometry(layer, bottoms)
     return [(*bottoms[0][:2], g.out_h, g.out_w)]
+
+
+def upsample_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """SegNet's (values + mask) or the YOLOv3 forks' (nearest) ``Upsample``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "u" type: "Upsample" bottom: "x" top: "y"
+        ...   upsample_param { scale: 2 } }''')
+        >>> upsample_shapes(net.layer("u"), [(1, 256, 13, 13)])
+        [(1, 256, 26, 26)]
+    """
+    return [(*bottoms[0][:2], *upsample_output(layer, bottoms))]
 
 
 # --------------------------------------------------------------------------- weight layouts

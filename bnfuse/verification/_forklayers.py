@@ -2,6 +2,10 @@
 
 - ``ReLU6`` (the MobileNet-v2 forks, e.g. eric612/MobileNet-YOLO
   ``src/caffe/layers/relu6_layer.cpp``): ``min(max(x, 0) + slope * min(x, 0), 6)``.
+- ``Upsample`` with a mask bottom (alexgkendall/caffe-segnet
+  ``src/caffe/layers/upsample_layer.cpp``): each value goes to the flat position its
+  MAX-pooling mask names; with one bottom (eric612/MobileNet-YOLO
+  ``src/caffe/layers/upsample_layer.cpp``), nearest-neighbour repetition by ``scale``.
 - ``Interp`` (hszhao/PSPNet, DeepLab v2: ``src/caffe/layers/interp_layer.cpp`` and
   ``src/caffe/util/interp.cpp``): bilinear resizing with aligned corners, the source
   positions and weights computed in float32 as the fork computes them.
@@ -69,4 +73,39 @@ def interp_forward(x: Array, g: InterpGeometry) -> Array:
     return out
 
 
-__all__ = ["interp_forward", "relu6_forward"]
+def unpool_forward(x: Array, mask: Array, out_h: int, out_w: int) -> Array | None:
+    """SegNet's ``Upsample``: zeros, then ``top[int(mask[i])] = x[i]`` per channel, in order.
+
+    Returns None when a mask index is outside the output (the fork stops there).
+
+    Example:
+        >>> x = np.array([[[[5.0, 7.0]]]], np.float32)
+        >>> unpool_forward(x, np.array([[[[1.0, 2.0]]]], np.float32), 1, 4)[0, 0]
+        array([[0., 5., 7., 0.]], dtype=float32)
+    """
+    n, c = x.shape[:2]
+    index = mask.reshape(n * c, -1).astype(np.int64)  # C's float -> int truncates
+    size = out_h * out_w
+    if index.size and (index.min() < 0 or index.max() >= size):
+        return None
+    flat = (np.arange(n * c)[:, None] * size + index).ravel()
+    values = x.reshape(-1)
+    # A later write to the same place wins, as in the fork's loop: keep the last of each.
+    last = flat.size - 1 - np.unique(flat[::-1], return_index=True)[1]
+    top = np.zeros(n * c * size, x.dtype)
+    top[flat[last]] = values[last]
+    return top.reshape(n, c, out_h, out_w)
+
+
+def nearest_upsample_forward(x: Array, scale: int) -> Array:
+    """Each value repeated ``scale`` times along height and width.
+
+    Example:
+        >>> nearest_upsample_forward(np.array([[[[1.0, 2.0]]]]), 2)[0, 0]
+        array([[1., 1., 2., 2.],
+               [1., 1., 2., 2.]])
+    """
+    return np.repeat(np.repeat(x, scale, axis=2), scale, axis=3)
+
+
+__all__ = ["interp_forward", "nearest_upsample_forward", "relu6_forward", "unpool_forward"]

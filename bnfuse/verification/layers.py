@@ -41,6 +41,7 @@ from bnfuse.layertypes._forks import (
     prior_box_config,
     refused_fork_field,
     relu6_slope,
+    upsample_output,
 )
 from bnfuse.layertypes.geometry import (
     CAFFE_INT_MAX,
@@ -60,7 +61,12 @@ from bnfuse.layertypes.geometry import (
     slice_layout,
 )
 from bnfuse.layertypes.shapes import layer_output_shapes, param_shapes, unsupported_type
-from bnfuse.verification._forklayers import interp_forward, relu6_forward
+from bnfuse.verification._forklayers import (
+    interp_forward,
+    nearest_upsample_forward,
+    relu6_forward,
+    unpool_forward,
+)
 from bnfuse.verification._ssd import (
     detection_output_forward,
     normalize_forward,
@@ -682,6 +688,19 @@ def _relu6(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list
 
 def _interp(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
     return [interp_forward(bottoms[0], interp_geometry(layer, _shapes(bottoms)))]
+
+
+def _upsample(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    out_h, out_w = upsample_output(layer, _shapes(bottoms))
+    if len(bottoms) == 1:
+        return [nearest_upsample_forward(bottoms[0], out_h // bottoms[0].shape[2])]
+    top = unpool_forward(bottoms[0], bottoms[1], out_h, out_w)
+    if top is None:
+        raise ModelMismatchError(
+            f"layer {layer.name!r} (type {layer.type!r}): its mask {layer.bottoms[1]!r} names "
+            f"positions outside the {out_h}x{out_w} output; it is not the argmax mask of a "
+            "pooling layer of this size")
+    return [top]
 
 
 # The registry names each type's forward function; resolved once, by name.
