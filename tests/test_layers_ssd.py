@@ -416,3 +416,19 @@ def test_ssd_tiny_folded_still_matches_and_verifies_end_to_end() -> None:
     result = bnfuse.verify(bnfuse.load(*paths), folded, inputs={"data": ref["data"]})
     assert result.passed and result.scope == "net"
     assert "detection_out" in [blob.name for blob in result.blobs]
+
+
+def test_ssd_tiny_in_float64_stays_within_float32_rounding_of_the_fork() -> None:
+    """float64 runs every layer wider than Caffe's float32 (the boxes stay float32)."""
+    folder, ref, _ = golden()
+    net = bnfuse.load(folder / "model.prototxt", folder / "model.caffemodel")
+    out = forward(net, {"data": ref["data"]}, dtype=np.float64)
+    for name in ("conv2_norm", "mbox_priorbox", "mbox_conf_flatten", "detection_out"):
+        assert out[name].dtype == np.float64 and out[name].shape == ref[name].shape
+        # Measured at most 4.1e-7 of the largest value (conv2_norm): Caffe's own float32
+        # rounding; the PriorBox edges, computed in double by the fork too, differ only by
+        # the float32 store (4.7e-8).
+        scale = float(np.abs(ref[name]).max())
+        assert float(np.abs(out[name] - ref[name]).max()) <= 2e-6 * scale, name
+    np.testing.assert_array_equal(out["detection_out"][0, 0, :, :2],
+                                  ref["detection_out"][0, 0, :, :2])
