@@ -434,16 +434,16 @@ def test_segnet_style_bn_folds_and_verifies_locally(name: str, tmp_path: Path) -
     save_weights(net, tmp_path / "w.caffemodel")
     result = bnfuse.fold(prototxt, tmp_path / "w.caffemodel")
     folded = [a for a in result.report.actions if a.kind == "folded_into_producer"]
-    # Every BN the generator could reach (73 of 86: the rest sit behind SegNet's
-    # Upsample, which bnfuse cannot shape) is folded or merged; the others say why.
-    assert len(folded) == 72
+    # Every BN the generator could reach (all 86, now that SegNet's Upsample is shaped
+    # and run) is folded or merged; any other says why.
+    assert len(folded) == 85
     for action in result.report.skipped:
         assert action.reason == f"BN {action.chain[0]!r} has no weights in the caffemodel"
     result.save(tmp_path / "f.prototxt", tmp_path / "f.caffemodel")
     before, after = prototxt.read_text(), (tmp_path / "f.prototxt").read_text()
     for fork_field in ("python_param", "upsample_param"):
         assert after.count(fork_field) == before.count(fork_field)
-    assert after.count("bn_param") == before.count("bn_param") - 73
+    assert after.count("bn_param") == before.count("bn_param") - 86
     checked = verify_local((prototxt, tmp_path / "w.caffemodel"),
                            (tmp_path / "f.prototxt", tmp_path / "f.caffemodel"))
     assert checked.passed, checked.summary()

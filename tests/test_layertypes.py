@@ -190,7 +190,7 @@ def test_weightless_and_unknown_types() -> None:
     bnll = one('layer { name: "b" type: "BNLL" bottom: "x" top: "x" }')
     # The loader knew BNLL has no blobs while param_shapes refused it: it has none.
     assert layout(bnll) == [] and param_shapes(bnll, [(1, 2)]) == [] and blob_counts(bnll) == (0,)
-    prior = one('layer { name: "p" type: "PriorBox" bottom: "x" top: "y" }')
+    prior = one('layer { name: "p" type: "Proposal" bottom: "x" top: "y" }')
     with pytest.raises(UnsupportedLayerError, match="does not know the weight layout"):
         weight_layout(prior)
     assert blob_counts(prior) is None
@@ -307,7 +307,7 @@ def test_unknown_types_and_unreadable_fields_load_unchecked() -> None:
     """Only what bnfuse can read is checked: the fold reports an unreadable field later."""
     from bnfuse.layertypes.batchnorm import detect_layer
 
-    text = b"""layer { name: "p" type: "PriorBox" bottom: "x" top: "y" }
+    text = b"""layer { name: "p" type: "Proposal" bottom: "x" top: "y" }
     layer { name: "bn" type: "BN" bottom: "x" top: "x" bn_param { moving_average: 2 } }"""
     model = caffemodel_bytes({"p": [np.ones((2, 3))], "bn": [np.ones(3)] * 4})
     net = bnfuse.load(text, model)

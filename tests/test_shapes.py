@@ -218,16 +218,16 @@ def test_param_shapes(
 def test_unknown_type_raises_or_stops() -> None:
     layers = [
         layer("name: 'r' type: 'ReLU' bottom: 'x' top: 'a'"),
-        layer("name: 'pb' type: 'PriorBox' bottom: 'a' top: 'p'"),
+        layer("name: 'pb' type: 'Proposal' bottom: 'a' top: 'p'"),
         layer("name: 'r2' type: 'ReLU' bottom: 'p' top: 'q'"),
     ]
-    with pytest.raises(UnsupportedLayerError, match=r"'pb'.*'PriorBox'"):
+    with pytest.raises(UnsupportedLayerError, match=r"'pb'.*'Proposal'"):
         infer_shapes(Net(layers), {"x": (1, 2)})
     assert infer_shapes(Net(layers), {"x": (1, 2)}, stop_at_unknown=True) == {
         "x": (1, 2),
         "a": (1, 2),
     }
-    with pytest.raises(UnsupportedLayerError, match=r"'pb'.*'PriorBox'"):
+    with pytest.raises(UnsupportedLayerError, match=r"'pb'.*'Proposal'"):
         param_shapes(layers[1], [(1, 2)])
 
 

@@ -55,6 +55,7 @@ from bnfuse.layertypes._base import (
     ShapeRule,
     unsupported,
 )
+from bnfuse.layertypes._forks import refused_fork_field
 from bnfuse.layertypes.batchnorm import NORM_TYPES, detect
 
 
@@ -123,6 +124,14 @@ SPECS: Mapping[str, LayerSpec] = _table(
     LayerSpec("Crop", rule.crop_shapes, None, "_crop"),
     LayerSpec("Softmax", rule.softmax_shapes, None, "_softmax"),
     LayerSpec("LRN", rule.lrn_shapes, None, "_lrn"),
+    # Fork layers (the fork and source file of each are named in docs/supported.md).
+    LayerSpec("Normalize", rule.normalize_shapes, rule.normalize_weights, "_normalize"),
+    LayerSpec("Permute", rule.permute_shapes, None, "_permute"),
+    LayerSpec("PriorBox", rule.prior_box_shapes, None, "_prior_box"),
+    LayerSpec("DetectionOutput", rule.detection_output_shapes, None, "_detection_output"),
+    LayerSpec("ReLU6", rule.relu6_shapes, None, "_relu6"),
+    LayerSpec("Interp", rule.interp_shapes, None, "_interp"),
+    LayerSpec("Upsample", rule.upsample_shapes, None, "_upsample"),
 )
 
 
@@ -130,21 +139,31 @@ def spec_of(layer_type: str) -> LayerSpec | None:
     """The registry entry of ``layer_type``, or None for a type bnfuse does not know.
 
     Example:
-        >>> spec_of("Scale").forward, spec_of("PriorBox")
+        >>> spec_of("Scale").forward, spec_of("Proposal")
         ('_scale', None)
     """
     return SPECS.get(layer_type)
 
 
-def executable(layer_type: str) -> bool:
+def executable(layer: str | LayerLike) -> bool:
     """True when the numpy executor runs the type (``Input`` is fed with the inputs).
+
+    Given a layer rather than a type name, also False when the layer carries a fork
+    field the executor would have to ignore (:func:`bnfuse.layertypes._forks.refused_fork_field`).
 
     Example:
         >>> executable("Input"), executable("Softmax"), executable("BNLL"), executable("Python")
         (True, True, False, False)
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "r" type: "ReLU" bottom: "x" top: "x"
+        ...   relu_param { quantized: true } }''')
+        >>> executable(net.layer("r").type), executable(net.layer("r"))
+        (True, False)
     """
+    layer_type = layer if isinstance(layer, str) else layer.type
     spec = SPECS.get(layer_type)
-    return spec is not None and (spec.forward is not None or layer_type == "Input")
+    runs = spec is not None and (spec.forward is not None or layer_type == "Input")
+    return runs and (isinstance(layer, str) or refused_fork_field(layer) is None)
 
 
 # --------------------------------------------------------------------------- weights
@@ -244,7 +263,7 @@ def blob_counts(layer: LayerLike) -> tuple[int, ...] | None:
         ... layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
         ...         inner_product_param { num_output: 4 bias_term: false } }
         ... layer { name: "bn" type: "BatchNorm" bottom: "y" top: "y" }
-        ... layer { name: "p" type: "PriorBox" bottom: "y" top: "z" }
+        ... layer { name: "p" type: "Proposal" bottom: "y" top: "z" }
         ... ''')
         >>> [blob_counts(layer) for layer in net.layers]  # BVLC's 3 or NVIDIA's 5
         [(1,), (3, 5), None]

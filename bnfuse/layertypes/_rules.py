@@ -24,6 +24,15 @@ from dataclasses import replace
 from typing import Any
 
 from bnfuse.layertypes._base import DEPTHWISE_TYPES, Blob, Dim, LayerLike, Shape, unsupported
+from bnfuse.layertypes._forks import (
+    detection_output_config,
+    interp_geometry,
+    normalize_config,
+    permute_order,
+    prior_box_config,
+    relu6_slope,
+    upsample_output,
+)
 from bnfuse.layertypes.batchnorm import detect_layer
 from bnfuse.layertypes.geometry import (
     CAFFE_INT_MAX,
@@ -204,6 +213,139 @@ def same_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
     return [tuple(bottoms[0])]
 
 
+def _legacy(shape: Shape, axis: int) -> int:
+    """Caffe's legacy accessors (``channels()``, ``height()``...): 1 beyond the last axis."""
+    return shape[axis] if axis < len(shape) else 1
+
+
+def normalize_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """SSD's ``Normalize``: the bottom's shape (2 to 4 axes, read as N, C, H, W).
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "n" type: "Normalize" bottom: "x" top: "y" }')
+        >>> normalize_shapes(net.layer("n"), [(1, 512, 38, 38)])
+        [(1, 512, 38, 38)]
+    """
+    if not 2 <= len(bottoms[0]) <= 4:
+        raise unsupported(layer, f"needs a bottom of 2 to 4 axes, got {tuple(bottoms[0])}")
+    normalize_config(layer)
+    return [tuple(bottoms[0])]
+
+
+def permute_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """SSD's ``Permute``: the bottom's axes in ``order``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "p" type: "Permute" bottom: "x" top: "y"
+        ...   permute_param { order: 0 order: 2 order: 3 order: 1 } }''')
+        >>> permute_shapes(net.layer("p"), [(1, 12, 19, 19)])
+        [(1, 19, 19, 12)]
+    """
+    shape = tuple(bottoms[0])
+    return [tuple(shape[axis] for axis in permute_order(layer, len(shape)))]
+
+
+def prior_box_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """SSD's ``PriorBox``: ``(1, 2, H * W * num_priors * 4)`` from the feature map's H, W.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "p" type: "PriorBox" bottom: "f" bottom: "d"
+        ...   top: "p" prior_box_param { min_size: 30 max_size: 60 aspect_ratio: 2 } }''')
+        >>> prior_box_shapes(net.layer("p"), [(1, 512, 19, 19), (1, 3, 300, 300)])
+        [(1, 2, 5776)]
+    """
+    config = prior_box_config(layer)
+    if len(bottoms) != 2:
+        raise unsupported(layer, "needs two bottoms (the feature map and the image)")
+    feature, image = bottoms
+    if len(feature) > 4 or len(image) > 4:
+        raise unsupported(layer, "its bottoms must have at most 4 axes")
+    positions = _legacy(tuple(feature), 2) * _legacy(tuple(feature), 3)
+    size = positions * config.num_priors * 4
+    if size <= 0:
+        raise unsupported(layer, f"makes no prior for feature map {tuple(feature)}")
+    return [(1, 2, size)]
+
+
+def detection_output_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """SSD's ``DetectionOutput``: ``(1, 1, 1, 7)`` before the pass, as Caffe's Reshape says.
+
+    The forward pass then gives ``(1, 1, kept, 7)``: one row ``[image, label, score,
+    xmin, ymin, xmax, ymax]`` per detection, or one row of ``-1`` per image (its image
+    index first) when nothing is kept. The bottoms are checked as Caffe checks them.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "d" type: "DetectionOutput" bottom: "l"
+        ...   bottom: "c" bottom: "p" top: "d" detection_output_param { num_classes: 3 } }''')
+        >>> detection_output_shapes(net.layer("d"), [(2, 40), (2, 30), (1, 2, 40)])
+        [(1, 1, 1, 7)]
+    """
+    config = detection_output_config(layer)
+    if len(bottoms) != 3:
+        raise unsupported(layer, "needs three bottoms (locations, confidences, priors)")
+    loc, conf, prior = (tuple(b) for b in bottoms)
+    if max(len(loc), len(conf), len(prior)) > 4 or min(len(loc), len(conf)) < 1:
+        raise unsupported(layer, "its bottoms must have 1 to 4 axes")
+    if loc[0] != conf[0]:
+        raise unsupported(layer, f"{loc[0]} location rows but {conf[0]} confidence rows")
+    priors = _legacy(prior, 2) // 4
+    if count(loc, 1) != _legacy(loc, 1) or count(conf, 1) != _legacy(conf, 1):
+        raise unsupported(layer, "locations and confidences must be (N, K) blobs")
+    if priors * config.num_loc_classes * 4 != _legacy(loc, 1):
+        raise unsupported(layer, f"{priors} priors need {priors * config.num_loc_classes * 4} "
+                                 f"location values per image, got {_legacy(loc, 1)}")
+    if priors * config.num_classes != _legacy(conf, 1):
+        raise unsupported(layer, f"{priors} priors need {priors * config.num_classes} "
+                                 f"confidences per image, got {_legacy(conf, 1)}")
+    if count(prior) < 2 * priors * 4:
+        raise unsupported(layer, f"the prior blob {prior} holds no variances")
+    return [(1, 1, 1, 7)]
+
+
+def relu6_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """``ReLU6``: elementwise (its ``relu6_param`` is read, so a bad one is refused here).
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'layer { name: "r" type: "ReLU6" bottom: "x" top: "x" }')
+        >>> relu6_shapes(net.layer("r"), [(1, 32, 112, 112)])
+        [(1, 32, 112, 112)]
+    """
+    relu6_slope(layer)
+    return elementwise_shapes(layer, bottoms)
+
+
+def interp_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """PSPNet's ``Interp``: ``(N, C, out_h, out_w)``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "i" type: "Interp" bottom: "x" top: "y"
+        ...   interp_param { shrink_factor: 2 } }''')
+        >>> interp_shapes(net.layer("i"), [(1, 3, 473, 473)])  # (473 - 1) // 2 + 1
+        [(1, 3, 237, 237)]
+    """
+    g = interp_geometry(layer, bottoms)
+    return [(*bottoms[0][:2], g.out_h, g.out_w)]
+
+
+def upsample_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """SegNet's (values + mask) or the YOLOv3 forks' (nearest) ``Upsample``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "u" type: "Upsample" bottom: "x" top: "y"
+        ...   upsample_param { scale: 2 } }''')
+        >>> upsample_shapes(net.layer("u"), [(1, 256, 13, 13)])
+        [(1, 256, 26, 26)]
+    """
+    return [(*bottoms[0][:2], *upsample_output(layer, bottoms))]
+
+
 # --------------------------------------------------------------------------- weight layouts
 
 
@@ -370,3 +512,23 @@ def prelu_weights(layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count:
         shape = bottoms[0]
         channels = shape[1] if len(shape) > 1 else 1
     return [Blob("slope", (channels,))]
+
+
+def normalize_weights(
+    layer: LayerLike, bottoms: Sequence[Shape] | None, blob_count: int
+) -> list[Blob]:
+    """SSD's ``Normalize``: one scale per channel, or one 0-D scale when ``channel_shared``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "n" type: "Normalize" bottom: "x" top: "y"
+        ...   norm_param { channel_shared: false } }''')
+        >>> [str(b) for b in normalize_weights(net.layer("n"), [(1, 512, 38, 38)], 0)]
+        ['scale (512,)']
+    """
+    if normalize_config(layer).channel_shared:
+        return [Blob("scale", ())]
+    channels = None
+    if bottoms:
+        channels = bottoms[0][1] if len(bottoms[0]) > 1 else 1
+    return [Blob("scale", (channels,))]

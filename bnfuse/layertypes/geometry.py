@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bnfuse.layertypes._base import DEPTHWISE_TYPES, LayerLike, Shape, unsupported
+from bnfuse.layertypes._forks import pool_round_mode
 
 # PoolingParameter enum values (caffe.proto): fixed by the file format.
 POOL_MAX = 0
@@ -287,6 +288,9 @@ def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: int) 
 def pool_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> PoolGeometry:
     """Read a Pooling layer's geometry for a 4-D ``bottom_shape``.
 
+    The rounding is BVLC's ``round_mode`` or the forks' ``ceil_mode: false`` (floor),
+    read by :func:`bnfuse.layertypes._forks.pool_round_mode`.
+
     Example:
         >>> import bnfuse
         >>> net = bnfuse.load(b'''layer { name: "pool" type: "Pooling" bottom: "x" top: "y"
@@ -328,7 +332,7 @@ def pool_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> PoolGeometry
         raise unsupported(layer, "global_pooling allows only pad 0 and stride 1")
     if min(kernel) <= 0 or min(stride) <= 0 or pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise unsupported(layer, "kernel and stride must be > 0 and pad < kernel")
-    round_mode = int(pp.round_mode)
+    round_mode = pool_round_mode(layer)
     output = (
         pooled_size(height, kernel[0], stride[0], pad[0], round_mode),
         pooled_size(width, kernel[1], stride[1], pad[1], round_mode),

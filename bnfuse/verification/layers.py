@@ -33,6 +33,16 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
 from bnfuse.layertypes import SPECS, spec_of, squeeze_legacy
+from bnfuse.layertypes._forks import (
+    detection_output_config,
+    interp_geometry,
+    normalize_config,
+    permute_order,
+    prior_box_config,
+    refused_fork_field,
+    relu6_slope,
+    upsample_output,
+)
 from bnfuse.layertypes.geometry import (
     CAFFE_INT_MAX,
     POOL_AVE,
@@ -51,6 +61,17 @@ from bnfuse.layertypes.geometry import (
     slice_layout,
 )
 from bnfuse.layertypes.shapes import layer_output_shapes, param_shapes, unsupported_type
+from bnfuse.verification._forklayers import (
+    interp_forward,
+    nearest_upsample_forward,
+    relu6_forward,
+    unpool_forward,
+)
+from bnfuse.verification._ssd import (
+    detection_output_forward,
+    normalize_forward,
+    prior_box_forward,
+)
 from bnfuse.verification.norms import norm_dialect, norm_forward
 
 if TYPE_CHECKING:
@@ -632,6 +653,56 @@ def _softmax(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> li
     return [e / e.sum(axis=axis, keepdims=True)]
 
 
+# --------------------------------------------------------------------------- SSD fork
+
+
+def _normalize(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    config = normalize_config(layer)
+    (scale,) = layer_weights(layer, _shapes(bottoms), dtype)
+    return [normalize_forward(bottoms[0], scale, config)]
+
+
+def _permute(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    (shape,) = layer_output_shapes(layer, _shapes(bottoms))
+    order = permute_order(layer, bottoms[0].ndim)
+    return [np.ascontiguousarray(bottoms[0].transpose(order)).reshape(shape)]
+
+
+def _prior_box(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    feature, image = _shapes(bottoms)
+    return [prior_box_forward(feature, image, prior_box_config(layer), dtype)]
+
+
+def _detection_output(layer: LayerLike, bottoms: list[Array],
+                      dtype: np.dtype[Any]) -> list[Array]:
+    loc, conf, prior = bottoms
+    return [detection_output_forward(loc, conf, prior, detection_output_config(layer), dtype)]
+
+
+# --------------------------------------------------------------------------- other forks
+
+
+def _relu6(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    return [relu6_forward(bottoms[0], relu6_slope(layer))]
+
+
+def _interp(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    return [interp_forward(bottoms[0], interp_geometry(layer, _shapes(bottoms)))]
+
+
+def _upsample(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    out_h, out_w = upsample_output(layer, _shapes(bottoms))
+    if len(bottoms) == 1:
+        return [nearest_upsample_forward(bottoms[0], out_h // bottoms[0].shape[2])]
+    top = unpool_forward(bottoms[0], bottoms[1], out_h, out_w)
+    if top is None:
+        raise ModelMismatchError(
+            f"layer {layer.name!r} (type {layer.type!r}): its mask {layer.bottoms[1]!r} names "
+            f"positions outside the {out_h}x{out_w} output; it is not the argmax mask of a "
+            "pooling layer of this size")
+    return [top]
+
+
 # The registry names each type's forward function; resolved once, by name.
 _FORWARDS: dict[str, LayerForward] = {
     spec.forward: globals()[spec.forward] for spec in SPECS.values() if spec.forward is not None
@@ -649,6 +720,10 @@ def forward_of(layer: LayerLike) -> LayerForward:
     spec = spec_of(layer.type)
     if spec is None or spec.forward is None:
         raise unsupported_type(layer)
+    field = refused_fork_field(layer)
+    if field is not None:
+        raise _fail(layer, f"fork field {field} may change what the layer computes and the "
+                           "numpy executor does not implement it")
     return _FORWARDS[spec.forward]
 
 

@@ -209,7 +209,7 @@ def _region(net: Net, names: set[str]) -> _Region:
     index = {i for i, layer in enumerate(net.layers) if layer.name in names}
     index |= build_graph(net.layers).between(index)
     chosen = [net.layers[i] for i in sorted(index)
-              if executable(net.layers[i].type) and not is_input_layer(net.layers[i])]
+              if executable(net.layers[i]) and not is_input_layer(net.layers[i])]
     # The region's inputs are the inputs of the net made of the chosen layers alone.
     return _Region(chosen, [v.name for v in build_graph(chosen).inputs()])
 
@@ -293,7 +293,7 @@ def verify_local(
         raise BnfuseError(f"changed layers {unknown} are in neither net")
     for net in (net_a, net_b):
         for layer in net.layers:
-            if layer.name in names and not executable(layer.type):
+            if layer.name in names and not executable(layer):
                 raise UnsupportedLayerError(
                     f"layer {layer.name!r} ({layer.type}) changed but the numpy executor cannot "
                     "run it, so the change cannot be verified locally")
