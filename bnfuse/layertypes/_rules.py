@@ -82,7 +82,16 @@ def elementwise_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape
     return [tuple(bottoms[0])]
 
 
+def _not_in_place(layer: LayerLike) -> None:
+    """Caffe's Split, Flatten and Reshape share their bottom's data with a new top blob,
+    and refuse a top that is their bottom (``CHECK_NE(top[0], bottom[0])``)."""
+    if set(layer.tops) & set(layer.bottoms[:1]):
+        raise unsupported(layer, f"Caffe's {layer.type} does not allow in-place computation "
+                                 f"(top {layer.bottoms[0]!r} is also its bottom)")
+
+
 def copies_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    _not_in_place(layer)
     return [tuple(bottoms[0])] * len(layer.tops)
 
 
@@ -126,6 +135,7 @@ def slice_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
 
 
 def flatten_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    _not_in_place(layer)
     fp = layer.param.flatten_param
     shape = tuple(bottoms[0])
     start = canonical_axis(layer, int(fp.axis), len(shape))
@@ -136,6 +146,7 @@ def flatten_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
 
 
 def reshape_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    _not_in_place(layer)
     rp = layer.param.reshape_param
     shape = tuple(bottoms[0])
     ndim = len(shape)

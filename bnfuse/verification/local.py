@@ -64,7 +64,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +100,8 @@ def known_shapes(
     Unlike :func:`bnfuse.layertypes.shapes.infer_shapes`, an unknown layer does not stop
     the walk: its tops are simply unknown (except ``Axpy``/``ShuffleChannel``, whose
     output shape is a bottom's), and so is everything computed from them, except an
-    ``Eltwise`` whose shape any one known bottom gives.
+    ``Eltwise`` whose shape any one known bottom gives. A blob written several times
+    (in place) has its last shape; :func:`shape_walk` gives each layer's own view.
 
     Example:
         >>> import bnfuse
@@ -116,12 +117,28 @@ def known_shapes(
         >>> known_shapes(net, {"feat": (1, 5, 4, 4)})["out"]
         (1, 5, 4, 4)
     """
+    shapes: dict[str, Shape] = {}
+    for _ in shape_walk(net, input_shapes, shapes):
+        pass
+    return shapes
+
+
+def shape_walk(net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None,
+               shapes: dict[str, Shape] | None = None
+               ) -> Iterator[list[Shape | None]]:
+    """For each layer in order, the shapes of its bottoms as that layer sees them.
+
+    The walk of :func:`known_shapes`, one step per layer: a layer that changes a blob's
+    shape in place (which Caffe refuses) cannot hide the shape the layers before it saw.
+    ``shapes``, when given, is filled as the walk goes.
+    """
     from bnfuse.layertypes.shapes import input_layer_shapes, is_input_layer, layer_output_shapes
 
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    shapes: dict[str, Shape] = {}
+    shapes = {} if shapes is None else shapes
     layers = list(net.layers)
     for position, layer in enumerate(layers):
+        yield [shapes.get(name, given.get(name)) for name in layer.bottoms]
         if is_input_layer(layer):  # Input and data layers: the shapes that can be known
             try:
                 stated = input_layer_shapes([layer, *layers[position + 1:]], given,
@@ -158,7 +175,6 @@ def known_shapes(
                 shapes[top] = outs[i]
             else:
                 shapes.pop(top, None)
-    return shapes
 
 
 def _layer_key(layer: Layer) -> tuple[Any, ...]:

@@ -212,7 +212,7 @@ def _fill(net: Net, *, seed: int, factor: float | None,
     from bnfuse.layertypes.shapes import input_shape_error, is_input_layer, param_shapes
     from bnfuse.verification.executor import forward
     from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
-    from bnfuse.verification.local import known_shapes
+    from bnfuse.verification.local import shape_walk
 
     # The measurement batch is drawn by the one input generator verify and the executor
     # use, so `forward(net, seed=seed)` replays it; the weights use their own stream.
@@ -220,7 +220,9 @@ def _fill(net: Net, *, seed: int, factor: float | None,
     given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     declared = input_layer_shapes(net.layers, given, required=False)
     batch = seeded_inputs(declared, seed)
-    shapes = known_shapes(net, given)
+    # Each layer's bottoms as that layer sees them (a name-keyed map would give the last
+    # shape of a blob that a layer changes in place, which Caffe refuses).
+    bottoms_seen = list(shape_walk(net, given))
     # The last layer reading each blob, so values can be dropped once no one needs them.
     last_read: dict[str, int] = {}
     for index, layer in enumerate(net.layers):
@@ -254,7 +256,7 @@ def _fill(net: Net, *, seed: int, factor: float | None,
                     shape_errors[reason] = input_shape_error(
                         layer, top, _stated(layer, top))
             continue
-        bottom_shapes = [shapes.get(name) for name in layer.bottoms]
+        bottom_shapes = bottoms_seen[index]
         runnable = executable(layer.type) and all(n in values for n in layer.bottoms)
         if executable(layer.type) and all(s is not None for s in bottom_shapes):
             wanted = param_shapes(layer, [s for s in bottom_shapes if s is not None])
