@@ -845,7 +845,7 @@ def test_float64_mode_computes_in_double() -> None:
         'name: "py" type: "Python" bottom: "x" top: "y" python_param { module:'
         ' "no_such_module_xyz" layer: "L" }',
         'name: "bn9" type: "BN" bottom: "x" top: "y"',
-        'name: "ax" type: "Axpy" bottom: "x" bottom: "x" bottom: "x" top: "y"',
+        'name: "rg" type: "Reorg" bottom: "x" top: "y"',
     ],
 )
 def test_unknown_types_raise_naming_layer_and_type(text: str) -> None:

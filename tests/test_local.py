@@ -140,8 +140,8 @@ layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
 layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
-layer { name: "shuffle" type: "ShuffleChannel" bottom: "conv" top: "shuffle"
-        shuffle_channel_param { group: 2 } }
+layer { name: "reorg" type: "Reorg" bottom: "conv" top: "reorg"
+        reorg_param { stride: 2 } }
 """
 
 
@@ -150,18 +150,18 @@ def _shuffle_pair() -> tuple[Net, Net]:
 
     original = random_weights(SHUFFLE, seed=3, unmeasurable="unit")
     folded = bnfuse.fold_net(random_weights(SHUFFLE, seed=3, unmeasurable="unit")).net
-    assert [layer.name for layer in folded.layers] == ["data", "conv", "shuffle"]
+    assert [layer.name for layer in folded.layers] == ["data", "conv", "reorg"]
     return original, folded
 
 
 def test_verify_falls_back_to_the_local_check_when_asked() -> None:
     original, folded = _shuffle_pair()
-    with pytest.raises(UnsupportedLayerError, match="'shuffle' has type 'ShuffleChannel'"):
+    with pytest.raises(UnsupportedLayerError, match="'reorg' has type 'Reorg'"):
         verify(original, folded)  # fallback="none" by default
     result = verify(original, folded, fallback="local", seed=4)
     assert result.passed, result.summary()
     assert result.scope == "local" and result.backend == "numpy (local)"
-    assert result.scope_reason.startswith("layer 'shuffle' has type 'ShuffleChannel'")
+    assert result.scope_reason.startswith("layer 'reorg' has type 'Reorg'")
     assert [blob.name for blob in result.blobs] == ["conv"]
     lines = result.summary().splitlines()
     assert lines[1] == (f"note: {result.scope_reason}; comparing the changed layers locally "
@@ -178,11 +178,11 @@ def test_local_fallback_only_replaces_a_numpy_run_on_seeded_inputs(
         monkeypatch: pytest.MonkeyPatch) -> None:
     original, folded = _shuffle_pair()
     data = {"data": np.ones((1, 4, 6, 6), np.float32)}
-    with pytest.raises(UnsupportedLayerError, match="ShuffleChannel"):
+    with pytest.raises(UnsupportedLayerError, match="Reorg"):
         verify(original, folded, inputs=data, fallback="local")  # given inputs are not random
 
     def other_backend(net: object, inputs: object, **options: object) -> object:
-        raise UnsupportedLayerError("the other runtime cannot run layer 'shuffle'")
+        raise UnsupportedLayerError("the other runtime cannot run layer 'reorg'")
 
     monkeypatch.setattr("bnfuse.verification.compare.get_backend", lambda name: other_backend)
     with pytest.raises(UnsupportedLayerError, match="other runtime"):

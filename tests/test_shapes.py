@@ -260,14 +260,13 @@ def test_corpus_shapes(name: str, blob: str, expected: tuple[int, ...]) -> None:
     assert infer_shapes(net, stop_at_unknown=True)[blob] == expected
 
 
-def test_corpus_stops_at_the_first_fork_layer() -> None:
-    # SE-ResNet-50's squeeze-excitation blocks end in the fork layer type "Axpy".
+def test_corpus_se_resnet_shapes_through_axpy() -> None:
+    # SE-ResNet-50's squeeze-excitation blocks end in SENet's fork layer "Axpy"
+    # (a * x + y): the registry shapes it like its x bottom.
     net = net_from_prototxt(shared_path("corpus", "prototxt", "se_resnet50.prototxt").read_text())
-    with pytest.raises(UnsupportedLayerError, match="'Axpy'"):
-        infer_shapes(net)
-    partial = infer_shapes(net, stop_at_unknown=True)
+    shapes = infer_shapes(net)
     first_axpy = next(lay for lay in net.layers if lay.type == "Axpy")
-    assert partial["data"] == (1, 3, 224, 224)
-    assert all(top not in partial for top in first_axpy.tops)
-    assert "prob" not in partial
-    assert all(b in partial for b in first_axpy.bottoms)
+    assert shapes[first_axpy.tops[0]] == shapes[first_axpy.bottoms[1]] == (1, 256, 56, 56)
+    assert shapes["prob"] == (1, 1000)
+
+

@@ -130,6 +130,8 @@ SPECS: Mapping[str, LayerSpec] = _table(
     LayerSpec("PriorBox", rule.prior_box_shapes, None, "_prior_box"),
     LayerSpec("DetectionOutput", rule.detection_output_shapes, None, "_detection_output"),
     LayerSpec("ReLU6", rule.relu6_shapes, None, "_relu6"),
+    LayerSpec("ShuffleChannel", rule.shuffle_channel_shapes, None, "_shuffle_channel"),
+    LayerSpec("Axpy", rule.axpy_shapes, None, "_axpy"),
     LayerSpec("Interp", rule.interp_shapes, None, "_interp"),
     LayerSpec("Upsample", rule.upsample_shapes, None, "_upsample"),
 )

@@ -395,6 +395,27 @@ INTERP_PARAM: Spec = {name: Field("int") for name in
                       ("height", "width", "zoom_factor", "shrink_factor", "pad_beg", "pad_end")}
 
 
+#: farmingyard/ShuffleNet ``ShuffleChannelParameter``.
+SHUFFLE_CHANNEL_PARAM: Spec = {"group": Field("uint")}
+
+
+def shuffle_groups(layer: LayerLike, channels: int) -> int:
+    """``shuffle_channel_param.group`` (1 by default), which must divide ``channels``.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "s" type: "ShuffleChannel" bottom: "x"
+        ...   top: "y" shuffle_channel_param { group: 3 } }''')
+        >>> shuffle_groups(net.layer("s"), 24)
+        3
+    """
+    group = int(read_block(layer, "shuffle_channel_param", SHUFFLE_CHANNEL_PARAM)
+                .get("group", 1))
+    if group < 1 or channels % group:
+        raise unsupported(layer, f"group {group} does not divide the {channels} channels")
+    return group
+
+
 def relu6_slope(layer: LayerLike) -> float:
     """``relu6_param.negative_slope`` (float32; 0 by default, and where the fork has none).
 
@@ -533,6 +554,8 @@ OWN_GROUPS: Mapping[str, frozenset[str]] = {
     "ReLU6": frozenset({"relu6_param"}),
     "Interp": frozenset({"interp_param"}),
     "Upsample": frozenset({"upsample_param"}),
+    "ShuffleChannel": frozenset({"shuffle_channel_param"}),
+    "Axpy": frozenset(),
 }
 
 #: Types whose top shape is known only after the forward pass (Caffe reshapes the top
@@ -658,6 +681,7 @@ __all__ = [
     "PERMUTE_PARAM",
     "PRIOR_BOX_PARAM",
     "RELU6_PARAM",
+    "SHUFFLE_CHANNEL_PARAM",
     "UPSAMPLE_PARAM",
     "DetectionOutputConfig",
     "Field",
@@ -674,5 +698,6 @@ __all__ = [
     "refused_fork_field",
     "relu6_slope",
     "runtime_shaped",
+    "shuffle_groups",
     "upsample_output",
 ]

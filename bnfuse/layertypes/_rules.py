@@ -31,6 +31,7 @@ from bnfuse.layertypes._forks import (
     permute_order,
     prior_box_config,
     relu6_slope,
+    shuffle_groups,
     upsample_output,
 )
 from bnfuse.layertypes.batchnorm import detect_layer
@@ -328,6 +329,42 @@ def relu6_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
     """
     relu6_slope(layer)
     return elementwise_shapes(layer, bottoms)
+
+
+def shuffle_channel_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """ShuffleNet's ``ShuffleChannel``: the bottom's shape (the group must divide C).
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "s" type: "ShuffleChannel" bottom: "x"
+        ...   top: "y" shuffle_channel_param { group: 2 } }''')
+        >>> shuffle_channel_shapes(net.layer("s"), [(1, 8, 4, 4)])
+        [(1, 8, 4, 4)]
+    """
+    if len(bottoms[0]) < 2:
+        raise unsupported(layer, f"needs a channel axis, got shape {tuple(bottoms[0])}")
+    shuffle_groups(layer, int(bottoms[0][1]))
+    return [tuple(bottoms[0])]
+
+
+def axpy_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:
+    """SENet's ``Axpy``: ``a * x + y`` with ``a`` of shape (N, C) or (N, C, 1, 1).
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "f" type: "Axpy" bottom: "a" bottom: "x"
+        ...   bottom: "y" top: "z" }''')
+        >>> axpy_shapes(net.layer("f"), [(2, 8, 1, 1), (2, 8, 5, 5), (2, 8, 5, 5)])
+        [(2, 8, 5, 5)]
+    """
+    if len(bottoms) != 3:
+        raise unsupported(layer, f"takes 3 bottoms (a, x, y), got {len(bottoms)}")
+    a, x, y = (tuple(b) for b in bottoms)
+    if (len(x) < 2 or a[:2] != x[:2] or any(d != 1 for d in a[2:]) or len(a) not in (2, 4)
+            or x != y):
+        raise unsupported(layer, f"needs a of shape (N, C) or (N, C, 1, 1) and x, y of one "
+                                 f"shape, got {a}, {x}, {y}")
+    return [x]
 
 
 def interp_shapes(layer: LayerLike, bottoms: Sequence[Shape]) -> list[Shape]:

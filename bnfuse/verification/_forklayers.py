@@ -6,6 +6,10 @@
   ``src/caffe/layers/upsample_layer.cpp``): each value goes to the flat position its
   MAX-pooling mask names; with one bottom (eric612/MobileNet-YOLO
   ``src/caffe/layers/upsample_layer.cpp``), nearest-neighbour repetition by ``scale``.
+- ``ShuffleChannel`` (farmingyard/ShuffleNet ``shuffle_channel_layer.cpp``): input
+  channel ``i * C/g + j`` becomes output channel ``j * g + i``.
+- ``Axpy`` (hujie-frank/SENet ``axpy_layer.cpp``): ``a * x + y``, ``a`` one value per
+  (item, channel), in float32 as the fork's ``caffe_axpy`` adds it.
 - ``Interp`` (hszhao/PSPNet, DeepLab v2: ``src/caffe/layers/interp_layer.cpp`` and
   ``src/caffe/util/interp.cpp``): bilinear resizing with aligned corners, the source
   positions and weights computed in float32 as the fork computes them.
@@ -36,6 +40,34 @@ def relu6_forward(x: Array, slope: float) -> Array:
     t = x.dtype.type
     y: Array = np.minimum(np.maximum(x, t(0)) + t(slope) * np.minimum(x, t(0)), t(6))
     return y
+
+
+def shuffle_channel_forward(x: Array, group: int) -> Array:
+    """ShuffleNet's channel shuffle of an (N, C, ...) array in ``group`` groups.
+
+    Example:
+        >>> shuffle_channel_forward(np.arange(6.0).reshape(1, 6), 2)[0]
+        array([0., 3., 1., 4., 2., 5.])
+    """
+    n, c = x.shape[:2]
+    rest = x.shape[2:]
+    grouped = x.reshape(n, group, c // group, -1)
+    return np.ascontiguousarray(grouped.transpose(0, 2, 1, 3)).reshape(n, c, *rest)
+
+
+def axpy_forward(a: Array, x: Array, y: Array) -> Array:
+    """SENet's ``Axpy``: ``a * x + y`` with ``a`` of shape (N, C) or (N, C, 1, 1).
+
+    Example:
+        >>> a = np.array([[2.0, 0.5]], np.float32)
+        >>> axpy_forward(a, np.ones((1, 2, 1, 2), np.float32), np.ones((1, 2, 1, 2), np.float32))
+        array([[[[3. , 3. ]],
+        <BLANKLINE>
+                [[1.5, 1.5]]]], dtype=float32)
+    """
+    scale = a.reshape(a.shape[0], a.shape[1], *([1] * (x.ndim - 2)))
+    out: Array = scale * x + y
+    return out
 
 
 def _source_positions(size_in: int, size_out: int, dtype: np.dtype[Any]) -> tuple[Array, ...]:

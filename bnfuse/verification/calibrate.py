@@ -129,7 +129,10 @@ def one_ulp(values: npt.ArrayLike, rng: np.random.Generator) -> Array:
     if array.dtype.kind != "f":
         return np.array(array)
     towards = np.where(up, np.inf, -np.inf).astype(array.dtype)
-    moved: Array = np.where(np.isfinite(array) & (array != 0), np.nextafter(array, towards), array)
+    # NaN and inf stay as they are (np.where keeps them); nextafter must not warn on them.
+    with np.errstate(invalid="ignore"):
+        stepped = np.nextafter(array, towards)
+    moved: Array = np.where(np.isfinite(array) & (array != 0), stepped, array)
     return moved.astype(array.dtype, copy=False)
 
 

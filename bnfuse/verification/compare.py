@@ -619,7 +619,7 @@ def verify(
         >>> result.scope
         'net'
 
-        A net with a layer the numpy executor cannot run (here ``ShuffleChannel``) is
+        A net with a layer the numpy executor cannot run (here YOLO's ``Reorg``) is
         checked locally with ``fallback="local"``:
 
         >>> from bnfuse.verification.randweights import random_weights
@@ -629,8 +629,8 @@ def verify(
         ... layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         ...         convolution_param { num_output: 4 kernel_size: 3 } }
         ... layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
-        ... layer { name: "shuffle" type: "ShuffleChannel" bottom: "conv" top: "out"
-        ...         shuffle_channel_param { group: 2 } }
+        ... layer { name: "reorg" type: "Reorg" bottom: "conv" top: "out"
+        ...         reorg_param { stride: 2 } }
         ... '''
         >>> original = random_weights(text, seed=0, unmeasurable="unit")
         >>> folded = bnfuse.fold_net(random_weights(text, seed=0, unmeasurable="unit")).net
@@ -639,7 +639,7 @@ def verify(
         (True, 'local', ['conv'])
         >>> print(checked.summary())  # doctest: +ELLIPSIS
         PASSED (numpy (local), float32): 1 blobs compared, ...
-        note: layer 'shuffle' has type 'ShuffleChannel', ... locally instead
+        note: layer 'reorg' has type 'Reorg', ... locally instead
         local check: 2 layers of a, 1 of b, 1 region inputs (seeded random data)
     """
     budget = _check_verify_arguments(

@@ -41,6 +41,7 @@ from bnfuse.layertypes._forks import (
     prior_box_config,
     refused_fork_field,
     relu6_slope,
+    shuffle_groups,
     upsample_output,
 )
 from bnfuse.layertypes.geometry import (
@@ -62,9 +63,11 @@ from bnfuse.layertypes.geometry import (
 )
 from bnfuse.layertypes.shapes import layer_output_shapes, param_shapes, unsupported_type
 from bnfuse.verification._forklayers import (
+    axpy_forward,
     interp_forward,
     nearest_upsample_forward,
     relu6_forward,
+    shuffle_channel_forward,
     unpool_forward,
 )
 from bnfuse.verification._ssd import (
@@ -684,6 +687,16 @@ def _detection_output(layer: LayerLike, bottoms: list[Array],
 
 def _relu6(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
     return [relu6_forward(bottoms[0], relu6_slope(layer))]
+
+
+def _shuffle_channel(layer: LayerLike, bottoms: list[Array],
+                     dtype: np.dtype[Any]) -> list[Array]:
+    x = bottoms[0]
+    return [shuffle_channel_forward(x, shuffle_groups(layer, x.shape[1]))]
+
+
+def _axpy(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    return [axpy_forward(*bottoms)]
 
 
 def _interp(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:

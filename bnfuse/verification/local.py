@@ -1,10 +1,9 @@
 """Local verification: check only the part of a net that a fold changed.
 
 The whole-net check (:func:`bnfuse.verification.compare.verify`) needs a backend that can
-run every layer. SSD nets (``PriorBox``, ``DetectionOutput``, ``Permute``),
-SE-Nets written with ``Axpy``, ShuffleNets (``ShuffleChannel``) and nets with
-``Python`` layers cannot be run by the numpy executor, yet their folds sit in
-plain Convolution -> BatchNorm -> Scale chains. :func:`verify_local` checks those
+run every layer. Nets with ``Python`` layers, YOLO's ``Reorg``, ``ROIPooling`` or a
+fork's own layers cannot be run by the numpy executor, yet their folds sit in plain
+Convolution -> BatchNorm -> Scale chains. :func:`verify_local` checks those
 chains directly:
 
 1. **What changed.** Layers are matched by name. A layer is changed when it
@@ -16,12 +15,11 @@ chains directly:
    executor cannot run: their outputs become region inputs instead.
 3. **The inputs.** Every blob a region layer reads that no earlier region layer
    wrote is a region input, fed the *same* seeded standard-normal data in both
-   nets. Shapes come from shape inference on net ``a`` (extended across
-   ``Axpy``/``ShuffleChannel``, whose output shape is a bottom's shape), then net
-   ``b``; where an unknown layer upstream leaves a shape unknown, it is read off
-   the weights of the region layer that consumes it (a convolution's input
-   channels, an inner product's input size, a BatchNorm's channel count) with a
-   batch of 2 and a spatial size of 8 (or the kernel's extent if larger).
+   nets. Shapes come from shape inference on net ``a``, then net ``b``; where an
+   unknown layer upstream leaves a shape unknown, it is read off the weights of the
+   region layer that consumes it (a convolution's input channels, an inner product's
+   input size, a BatchNorm's channel count) with a batch of 2 and a spatial size of 8
+   (or the kernel's extent if larger).
    ``input_shapes`` overrides any of them.
 4. **The comparison.** Both regions run in the numpy executor; every blob both
    regions write is compared exactly as :func:`~bnfuse.verification.compare.verify`
@@ -40,13 +38,13 @@ Example:
     >>> prototxt = b'''
     ... layer { name: "data" type: "Input" top: "data"
     ...         input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
-    ... layer { name: "shuffle" type: "ShuffleChannel" bottom: "data" top: "feat"
-    ...         shuffle_channel_param { group: 3 } }
-    ... layer { name: "conv" type: "Convolution" bottom: "feat" top: "conv"
+    ... layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
     ...         convolution_param { num_output: 4 kernel_size: 3 } }
     ... layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
     ... layer { name: "scale" type: "Scale" bottom: "conv" top: "conv"
     ...         scale_param { bias_term: true } }
+    ... layer { name: "reorg" type: "Reorg" bottom: "conv" top: "feat"
+    ...         reorg_param { stride: 2 } }
     ... '''
     >>> original = random_weights(prototxt, seed=0, unmeasurable="unit")
     >>> folded = random_weights(prototxt, seed=0, unmeasurable="unit")
@@ -55,7 +53,7 @@ Example:
     >>> from bnfuse.verification.compare import verify
     >>> verify(original, folded)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    bnfuse.errors.UnsupportedLayerError: layer 'shuffle' has type 'ShuffleChannel', ...
+    bnfuse.errors.UnsupportedLayerError: layer 'reorg' has type 'Reorg', ...
     >>> from bnfuse.verification.local import verify_local
     >>> result = verify_local(original, folded)
     >>> result.passed, [blob.name for blob in result.blobs]
@@ -71,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from bnfuse.errors import BnfuseError, UnsupportedLayerError
+from bnfuse.errors import BnfuseError, UnsupportedLayerError, naming_file
 from bnfuse.graph import build_graph
 from bnfuse.layertypes import executable, implied_bottom
 from bnfuse.layertypes.shapes import is_input_layer
@@ -85,8 +83,6 @@ if TYPE_CHECKING:
 Array = npt.NDArray[Any]
 Shape = tuple[int, ...]
 
-#: Fork layers whose (first) output has the shape of one of their bottoms: (bottom index).
-SHAPE_OF_BOTTOM = {"Axpy": 1, "ShuffleChannel": 0}
 #: Batch size and spatial size used when a region input's shape is read off weights.
 FALLBACK_BATCH = 2
 FALLBACK_SPATIAL = 8
@@ -98,9 +94,8 @@ def known_shapes(
     """Every blob shape that can be inferred, walking past layers the verifier does not know.
 
     Unlike :func:`bnfuse.layertypes.shapes.infer_shapes`, an unknown layer does not stop
-    the walk: its tops are simply unknown (except ``Axpy``/``ShuffleChannel``, whose
-    output shape is a bottom's), and so is everything computed from them, except an
-    ``Eltwise`` whose shape any one known bottom gives. A blob written several times
+    the walk: its tops are simply unknown, and so is everything computed from them,
+    except an ``Eltwise`` whose shape any one known bottom gives. A blob written several times
     (in place) has its last shape; :func:`shape_walk` gives each layer's own view.
 
     Example:
@@ -167,9 +162,7 @@ def shape_walk(net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None
         try:
             outs = layer_output_shapes(layer, bottoms)
         except BnfuseError:
-            index = SHAPE_OF_BOTTOM.get(layer.type)
-            outs = ([bottoms[index]] if index is not None and index < len(bottoms)
-                    and len(layer.tops) == 1 else None)
+            outs = None
         for i, top in enumerate(layer.tops):
             if outs is not None and i < len(outs):
                 shapes[top] = outs[i]
@@ -310,9 +303,10 @@ def verify_local(
     for net in (net_a, net_b):
         for layer in net.layers:
             if layer.name in names and not executable(layer):
-                raise UnsupportedLayerError(
-                    f"layer {layer.name!r} ({layer.type}) changed but the numpy executor cannot "
-                    "run it, so the change cannot be verified locally")
+                with naming_file(net.prototxt_source):
+                    raise UnsupportedLayerError(
+                        f"layer {layer.name!r} ({layer.type}) changed but the numpy executor "
+                        "cannot run it, so the change cannot be verified locally")
     region_a, region_b = _region(net_a, names), _region(net_b, names)
     tolerances = default_tolerances(dtype, rtol, atol)
     if not region_a.layers and not region_b.layers:
@@ -323,9 +317,11 @@ def verify_local(
     shapes = [override, known_shapes(net_a, input_shapes), known_shapes(net_b, input_shapes)]
     feed = _region_feed(region_a, region_b, shapes, seed, dtype)
     values = []
-    for region in (region_a, region_b):
+    for net, region in ((net_a, region_a), (net_b, region_b)):
         mini = _LayerList(region.layers)
-        values.append(forward(mini, {n: feed[n] for n in region.inputs}, dtype=dtype))
+        # The region is part of a file: its layers' errors name that file.
+        with naming_file(net.prototxt_source):
+            values.append(forward(mini, {n: feed[n] for n in region.inputs}, dtype=dtype))
     result = compare_runs(region_a.layers, region_b.layers, values[0], values[1],
                           tolerances=tolerances, backend="numpy (local)", skip=list(feed),
                           top_k=top_k)
@@ -347,5 +343,5 @@ class _LayerList:
     layers: list[Layer]
 
 
-__all__ = ["FALLBACK_BATCH", "FALLBACK_SPATIAL", "SHAPE_OF_BOTTOM", "changed_layers",
-           "known_shapes", "verify_local"]
+__all__ = ["FALLBACK_BATCH", "FALLBACK_SPATIAL", "changed_layers",
+           "known_shapes", "shape_walk", "verify_local"]

@@ -28,8 +28,7 @@ measurement for everything computed from their outputs. With
 ``unmeasurable="error"`` (the default) the first BatchNorm that cannot be measured
 raises :class:`~bnfuse.errors.UnsupportedLayerError` naming the layer that blocks
 it; with ``"unit"`` such BatchNorms get mean 0 and variance 1 (times the factor)
-and everything that can still be shaped gets weights (``Axpy`` and
-``ShuffleChannel`` outputs have a bottom's shape); a layer with weights whose
+and everything that can still be shaped gets weights; a layer with weights whose
 shape cannot be known raises in ``"error"`` mode and is left without weights in
 ``"unit"`` mode. Fork layers with weights of their own (SegNet ``BN``, ...) are
 never filled: their blob layout is the fork's.
