@@ -80,12 +80,28 @@ def normalise(line: str) -> str:
 
     >>> normalise("layer 'conv1/bn' (BatchNorm): bottom 'data' of shape (1, 3, 224, 224)")
     "layer '_' (BatchNorm): bottom '_' of shape (N, N, N, N)"
+    >>> normalise("the model's outputs differ (first at blob 'fc7')")
+    "the model's outputs differ (first at blob '_')"
     """
-    line = re.sub(r"'[^']*'", "'_'", line)
+    line = re.sub(r"(?<!\w)'[^']*'", "'_'", line)
     line = re.sub(r'"[^"]*"', '"_"', line)
     line = re.sub(r"(?<![\w.])/\S+", "PATH", line)
     line = re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", line)
-    return line[:160]
+    return re.sub(r"^PATH:? ", "", line)[:160]
+
+
+def blocker(line: str) -> str:
+    """The layer type a message says stops the run, else its normalised form.
+
+    >>> blocker("x.prototxt: layer 'c' (Convolution): its input shape depends on layer 'd' (Data)")
+    'layer type Data'
+    >>> blocker("layer 'proposal' has type 'Python', which the executor does not implement")
+    'layer type Python'
+    """
+    found = re.search(r"depends on layer '[^']*' \((\w+)\)|has type '(\w+)'", line)
+    if found:
+        return f"layer type {found.group(1) or found.group(2)}"
+    return re.sub(r"^PATH:? ", "", normalise(line))
 
 
 def classify(returncode: int | None, stderr: str) -> tuple[str, str]:
@@ -225,6 +241,16 @@ def summary(records: list[dict[str, Any]], skipped: dict[str, int], seconds: flo
     for cls, files in sorted(classes.items(), key=lambda kv: -len(kv[1])):
         examples = ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for f in files[:2])
         lines.append(f"| {cls.replace('|', '/')} | {len(files)} | {examples} |")
+    lines += ["", "## What stops files, by the layer type or problem named", "",
+              "| blocker | files | stage |", "|---|---:|---|"]
+    blockers: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["outcome"] in (REFUSAL, LOCAL):
+            blockers.setdefault(blocker(r["line"]), []).append(r)
+    for name, recs in sorted(blockers.items(), key=lambda kv: -len(kv[1])):
+        stages = Counter(r.get("stage", "local") for r in recs).most_common()
+        lines.append(f"| {name.replace('|', '/')} | {len(recs)} | "
+                     f"{', '.join(f'{k} {v}' for k, v in stages)} |")
     bugs = [r for r in records if r["outcome"] in BUGS
             or (r["refold"] not in ("identical", "not run", f"{REFUSAL}: ")
             and not r["refold"].startswith(REFUSAL))]

@@ -47,6 +47,17 @@ def test_normalise_groups_messages_that_differ_only_in_names_and_numbers() -> No
     b = run.normalise("layer 'res2a' (Convolution): input 'x' of shape (2, 64, 56, 56)")
     assert a == b == "layer '_' (Convolution): input '_' of shape (N, N, N, N)"
     assert run.normalise("cannot read /tmp/a b.prototxt") == "cannot read PATH b.prototxt"
+    assert run.normalise("/g/x.prototxt: the net has no weights") == "the net has no weights"
+
+
+def test_blocker_names_the_layer_type_that_stops_the_run() -> None:
+    shape = ("/g/a.prototxt: layer 'conv1' (Convolution): its input shape depends on layer "
+             "'data' (ImageData), which the numpy executor does not support")
+    assert run.blocker(shape) == "layer type ImageData"
+    assert run.blocker("layer 'p' has type 'Python', which the numpy reference executor "
+                       "does not implement") == "layer type Python"
+    assert run.blocker("/g/a.prototxt: the net has no weights to write") == (
+        "the net has no weights to write")
 
 
 def test_summary_counts_outcomes_and_lists_every_bug() -> None:
@@ -55,7 +66,8 @@ def test_summary_counts_outcomes_and_lists_every_bug() -> None:
         {"file": "/g/r/b.prototxt", "trainval": False, "outcome": run.E2E,
          "refold": "changed bytes"},
         {"file": "/g/r/c.prototxt", "trainval": True, "deploy": "no --deploy",
-         "outcome": run.REFUSAL, "refold": "not run", "line": "x",
+         "outcome": run.REFUSAL, "refold": "not run", "stage": "random-weights",
+         "line": "layer 'c' (Convolution): its input shape depends on layer 'i' (Interp)",
          "cls": "random-weights: layer '_' (Interp)"},
         {"file": "/g/r/d.prototxt", "trainval": False, "outcome": run.TIMEOUT,
          "refold": "not run", "line": ""},
@@ -67,3 +79,4 @@ def test_summary_counts_outcomes_and_lists_every_bug() -> None:
     assert "- timeout / refold not run: `/g/r/d.prototxt`" in text
     assert "a.prototxt`:" not in text
     assert "skipped: duplicate bytes 2" in text
+    assert "| layer type Interp | 1 | random-weights 1 |" in text
