@@ -75,6 +75,7 @@ def test_small_net_shapes_and_statistics() -> None:
 def test_batchnorm_blobs_edge_cases() -> None:
     bn = bnfuse.load(b'layer { name: "bn" type: "BatchNorm" bottom: "x" top: "x" }').layers[0]
     one = norm_blobs(bn, np.ones((1, 3)), 3, factor=2.0)  # one value per channel
+    assert one[0].tolist() == [0.0, 0.0, 0.0]              # mean 0: nothing measured
     assert one[1].tolist() == [2.0, 2.0, 2.0]              # variance 1, times the factor
     assert one[2].tolist() == [2.0]
     dead = np.zeros((2, 2, 4, 4))

@@ -139,9 +139,12 @@ def _moments(x: Array | None, channels: int, var_floor: float) -> tuple[Array, A
     if values.ndim < 2:
         values = values.reshape(-1, 1)
     flat = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
-    mean = flat.mean(axis=1)
     if flat.shape[1] < 2:
-        return mean, np.ones(channels)  # one value per channel: no variance to measure
+        # One value per channel (a BatchNorm after an InnerProduct, at batch 1): nothing
+        # to measure. Its own value as the mean would make the measured input normalise
+        # to exact zeros, and a verify on that input would compare rounding noise only.
+        return np.zeros(channels), np.ones(channels)
+    mean = flat.mean(axis=1)
     var = flat.var(axis=1)
     median = float(np.median(var))
     return mean, np.maximum(var, var_floor * median if median > 0 else 1.0)
