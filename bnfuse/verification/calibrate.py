@@ -129,9 +129,11 @@ def one_ulp(values: npt.ArrayLike, rng: np.random.Generator) -> Array:
     if array.dtype.kind != "f":
         return np.array(array)
     towards = np.where(up, np.inf, -np.inf).astype(array.dtype)
-    # NaN and inf stay as they are (np.where keeps them); nextafter must not warn on them.
-    with np.errstate(invalid="ignore"):
+    # NaN and inf stay as they are (np.where keeps them); nextafter must not warn on them,
+    # and the largest finite value steps down rather than up to an infinity.
+    with np.errstate(all="ignore"):
         stepped = np.nextafter(array, towards)
+        stepped = np.where(np.isfinite(stepped), stepped, np.nextafter(array, -towards))
     moved: Array = np.where(np.isfinite(array) & (array != 0), stepped, array)
     return moved.astype(array.dtype, copy=False)
 

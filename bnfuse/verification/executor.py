@@ -32,7 +32,13 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse._text import escape_user_text
-from bnfuse.errors import BnfuseError, InternalError, ModelMismatchError, naming_file
+from bnfuse.errors import (
+    BnfuseError,
+    InternalError,
+    ModelMismatchError,
+    UnsupportedLayerError,
+    naming_file,
+)
 from bnfuse.layertypes._base import LayerLike, NetLike
 from bnfuse.layertypes._forks import runtime_shaped
 from bnfuse.layertypes.shapes import is_input_layer, layer_output_shapes
@@ -106,6 +112,13 @@ def _steps(net: NetLike, inputs: Mapping[str, npt.ArrayLike] | None, work: np.dt
             # The shape rules validate the configuration (and reject unknown types) first,
             # so the arithmetic below only ever sees layers it can compute.
             expected = layer_output_shapes(layer, [b.shape for b in bottoms])
+            for name, value in zip(layer.bottoms, bottoms, strict=True):
+                if value.size == 0:
+                    # A zero dimension: Caffe runs nothing on it, and there is nothing
+                    # to compare; say so instead of computing on an empty array.
+                    raise UnsupportedLayerError(
+                        f"layer {layer.name!r} (type {layer.type!r}): its input {name!r} is "
+                        f"empty (shape {value.shape}); there is nothing to compute")
             # Caffe lets overflow and log(0) produce inf/nan silently; so does the reference.
             with np.errstate(all="ignore"):
                 values = forward_of(layer)(layer, bottoms, work)

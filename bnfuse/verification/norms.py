@@ -138,7 +138,9 @@ def _moments(x: Array | None, channels: int, var_floor: float) -> tuple[Array, A
     values = np.asarray(x, dtype=np.float64)
     if values.ndim < 2:
         values = values.reshape(-1, 1)
-    flat = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+    # An empty batch (a zero dimension) has no values to measure either.
+    flat = (np.moveaxis(values, 1, 0).reshape(values.shape[1], -1) if values.size
+            else np.zeros((channels, 0)))
     if flat.shape[1] < 2:
         # One value per channel (a BatchNorm after an InnerProduct, at batch 1): nothing
         # to measure. Its own value as the mean would make the measured input normalise
