@@ -928,26 +928,39 @@ def _refuse_unknown_top_fields(document: Document, unknown: Sequence[str], sourc
 
 def _refuse_orphan_bottoms(layers: Sequence[Layer], excluded: Sequence[Layer],
                            source: str) -> None:
-    """Refuse a bottom that only layers excluded from the TEST phase produce.
+    """Refuse a bottom that no TEST-phase layer before it produces, as Caffe does.
 
     Caffe's ``Net::Init`` stops at such a bottom with "Unknown bottom blob"; bnfuse
     would otherwise see a net input there and plan, shape and blame the wrong layer.
-    A bottom that no layer of the file produces at all stays a net input (bnfuse loads
-    fragments of nets that way).
+    A net that declares no input at all (no ``Input``, no data layer) is a fragment:
+    bnfuse loads those, their unproduced bottoms being the inputs.
     """
+    from bnfuse.layertypes.shapes import is_input_layer
+
+    made_by_excluded: dict[str, Layer] = {}
+    for other in excluded:
+        for top in other.tops:
+            made_by_excluded.setdefault(top, other)
+    declares_inputs = any(is_input_layer(layer) for layer in layers)
     produced: set[str] = set()
     for layer in layers:
         for name in layer.bottoms:
             if name in produced:
                 continue
-            makers = [other for other in excluded if name in other.tops]
-            if makers:
+            maker = made_by_excluded.get(name)
+            if maker is not None:
                 raise ModelMismatchError(
                     f"{source}: layer {excerpt(layer.name)} ({layer.type}) reads blob "
                     f"{excerpt(name)}, which no TEST-phase layer produces (only "
-                    f"{excerpt(makers[0].name)}, which the TEST phase excludes): Caffe refuses "
+                    f"{excerpt(maker.name)}, which the TEST phase excludes): Caffe refuses "
                     "this net (\"Unknown bottom blob\"); give the TEST phase its own producer "
                     "of the blob", path=source, layer=layer.name)
+            if declares_inputs:
+                raise ModelMismatchError(
+                    f"{source}: layer {excerpt(layer.name)} ({layer.type}) reads blob "
+                    f"{excerpt(name)}, which no layer before it produces and no input "
+                    "declares: Caffe refuses this net (\"Unknown bottom blob\")",
+                    path=source, layer=layer.name)
         produced.update(layer.tops)
 
 

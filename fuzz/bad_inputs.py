@@ -679,6 +679,10 @@ def cases() -> list[Case]:
              "refuses, names the layer and the blob (Caffe's \"Unknown bottom blob\")",
              _load(b'layer { name: "d" type: "Data" top: "data" include { phase: TRAIN } } '
                    b'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }')),
+        Case("prototxt", "a bottom no layer produces in a net with inputs (a misspelt name)",
+             "refuses, names the layer and the blob (Caffe's \"Unknown bottom blob\")",
+             _load(b'input: "data" input_shape { dim: 1 dim: 2 } '
+                   b'layer { name: "r" type: "ReLU" bottom: "dta" top: "r" }')),
         Case("prototxt", "V1 `layers` and V2 `layer` in one net", "refuses, as Caffe does",
              _load(b'layer { name: "a" type: "ReLU" } layers { name: "b" type: RELU }')),
         Case("caffemodel", "missing file", "refuses before reading anything",

@@ -85,6 +85,7 @@ def test_edits_reach_text_param_and_caffemodel_header(tmp_path: Path) -> None:
     net = bnfuse.load(prototxt, caffemodel)
     conv = net.layer("conv2")
     net.set_top(conv, 0, "renamed")
+    net.set_bottom(net.layer("bn2"), 0, "renamed")  # its reader follows (Caffe needs it)
     net.set_field(conv, ("convolution_param", "bias_term"), False)
     net.set_blobs(conv, conv.blobs[:1])
     net.rename_layer(conv, "conv2b")

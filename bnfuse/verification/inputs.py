@@ -97,10 +97,15 @@ def net_input_shapes(layers: Sequence[LayerLike]) -> dict[str, Shape | None]:
         >>> net = bnfuse.load(b'''
         ... layer { name: "in" type: "Input" top: "image"
         ...         input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
-        ... layer { name: "sum" type: "Eltwise" bottom: "image" bottom: "extra" top: "out" }
+        ... layer { name: "sum" type: "Eltwise" bottom: "image" bottom: "image" top: "out" }
         ... ''')
         >>> net_input_shapes(net.layers)
-        {'image': (1, 3, 4, 4), 'extra': None}
+        {'image': (1, 3, 4, 4)}
+        >>> fragment = bnfuse.load(b'''  # no declared input: its open bottoms are inputs
+        ... layer { name: "sum" type: "Eltwise" bottom: "image" bottom: "extra" top: "out" }
+        ... ''')
+        >>> net_input_shapes(fragment.layers)
+        {'image': None, 'extra': None}
     """
     from bnfuse.graph import build_graph
     from bnfuse.layertypes.shapes import is_input_layer
