@@ -149,3 +149,18 @@ layer { name: "det" type: "DetectionOutput" bottom: "x" top: "detection_out"
     assert not result.passed and result.first_divergence == "detection_out"
     payload = json.loads(json.dumps(result.to_dict()))
     assert payload["blobs"][0]["detections"]["score_failures"] == 1
+
+
+def test_a_mask_index_that_flips_between_tied_values_is_not_a_difference() -> None:
+    # SegNet's pool masks: two inputs equal within rounding may win either way in the
+    # folded net (found on SegNet-Tutorial's segnet_sun_low_resolution by the corpus run).
+    from bnfuse.verification.metrics import compare_indices
+
+    pooled = np.array([[[[1.0, 3.0], [3.0 + 1e-7, 0.5]]]])  # one 2x2 plane
+    a, b = np.array([[[[1.0]]]]), np.array([[[[2.0]]]])   # flat indices 1 and 2
+    assert compare_indices("mask", a, b).differing == 1
+    tied = compare_indices("mask", a, b, pooled=pooled, rtol=1e-6, atol=0.0)
+    assert tied.passed and tied.differing == 0
+    # A real difference (3 against 0.5) still counts.
+    far = compare_indices("mask", a, np.array([[[[3.0]]]]), pooled=pooled, rtol=1e-6)
+    assert not far.passed and far.differing == 1

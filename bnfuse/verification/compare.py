@@ -424,16 +424,35 @@ def _too_noisy_reason(name: str, layer: Layer, depth: int, tolerances: Tolerance
             "a wrong one here")
 
 
+def _pooled_input(layer: Layer, graph_b: Graph, position_b: Mapping[str, int],
+                  values_b: Mapping[str, Array]) -> Array | None:
+    """Net b's input of the pooling layer named like ``layer``, when its final value is
+    what that pooling read (no later layer of b wrote over it in place)."""
+    at = position_b.get(layer.name)
+    if layer.type != "Pooling" or not layer.bottoms or at is None:
+        return None
+    bottom = layer.bottoms[0]
+    if bottom not in values_b or any(i > at for i in graph_b.writers(bottom)):
+        return None
+    return values_b[bottom]
+
+
 def _compare_blob(name: str, layer: Layer, a: Array, b: Array, *, depth: int,
-                  tolerances: Tolerances, noise: Noise | None) -> BlobComparison:
-    """One blob compared by its kind, with its floor and calibrated tolerance."""
+                  tolerances: Tolerances, noise: Noise | None,
+                  pooled: Array | None = None) -> BlobComparison:
+    """One blob compared by its kind, with its floor and calibrated tolerance.
+
+    ``pooled`` is net b's input of the MAX pooling whose mask ``name`` is, when known:
+    ties among its values may break either way.
+    """
     kind = blob_kind(layer, name)
     floor = tolerances.for_depth(depth)
     if kind == "indices":
         count = noise.count if noise is not None else None
         allowed = (int(tolerances.noise_multiple * count)
                    if tolerances.calibrated and count is not None else 0)
-        comparison = compare_indices(name, a, b, allowed=allowed)
+        comparison = compare_indices(name, a, b, allowed=allowed, pooled=pooled,
+                                     rtol=floor, atol=tolerances.atol)
     else:
         rtol = tolerances.with_noise(floor, None if noise is None else noise.rel)
         if kind == "detections":
@@ -485,6 +504,7 @@ def compare_runs(
                if all(is_input_layer(layers_a[i]) for i in graph_a.writers(name))}
     by_name_a = {layer.name: layer for layer in layers_a}
     by_name_b = {layer.name: layer for layer in layers_b}
+    position_b = {layer.name: i for i, layer in enumerate(layers_b)}
     depths = graph_a.depths(accumulates)
     # Order blobs by the position of the layer that wrote their final value in a.
     final_index = {n: i for n in values_a if (i := graph_a.last_writer(n)) is not None}
@@ -509,10 +529,13 @@ def compare_runs(
         if reason is not None:
             not_compared.append((name, reason))
             continue
-        comparison = _compare_blob(name, layers_a[final_index[name]], values_a[name],
+        producer = layers_a[final_index[name]]
+        comparison = _compare_blob(name, producer, values_a[name],
                                    values_b[name], depth=depth,
                                    tolerances=tolerances,
-                                   noise=None if noise is None else noise.get(name))
+                                   noise=None if noise is None else noise.get(name),
+                                   pooled=_pooled_input(producer, graph_b, position_b,
+                                                        values_b))
         comparison.is_output = name in outputs_a
         comparisons.append(comparison)
         if comparison.is_output and comparison.kind == "values":

@@ -181,8 +181,15 @@ def compare_values(name: str, a: Array, b: Array, *, rtol: float, atol: float) -
                           rtol=rtol, reason=reason)
 
 
-def compare_indices(name: str, a: Array, b: Array, *, allowed: int = 0) -> BlobComparison:
+def compare_indices(name: str, a: Array, b: Array, *, allowed: int = 0,
+                    pooled: Array | None = None, rtol: float = 0.0,
+                    atol: float = 0.0) -> BlobComparison:
     """Compare an index-valued blob exactly: how many elements differ, at most ``allowed``.
+
+    ``pooled``, for a MAX-pooling mask, is net ``b``'s input of that pooling (N, C, H,
+    W), the values the indices point at: an element whose two indices point at values
+    equal within ``rtol`` (of the plane's largest magnitude) and ``atol`` is a tie that
+    rounding may break either way, and does not count as differing.
 
     Example:
         >>> c = compare_indices("mask", np.array([3.0, 7.0, 480.0]), np.array([3.0, 6.0, 480.0]))
@@ -198,11 +205,34 @@ def compare_indices(name: str, a: Array, b: Array, *, allowed: int = 0) -> BlobC
                               allowed=allowed, reason=f"shape {shape_a} vs {shape_b}")
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
-    differing = int(np.count_nonzero(~((x == y) | (np.isnan(x) & np.isnan(y)))))
+    differs = ~((x == y) | (np.isnan(x) & np.isnan(y)))
+    if pooled is not None and differs.any():
+        differs &= ~_ties(x, y, np.asarray(pooled, dtype=np.float64), rtol, atol)
+    differing = int(np.count_nonzero(differs))
     passed = differing <= allowed
     return BlobComparison(name, shape_a, shape_b, 0.0, 0.0, passed, False, kind="indices",
                           differing=differing, allowed=allowed,
                           reason="" if passed else f"{differing} indices differ")
+
+
+def _ties(mask_a: Array, mask_b: Array, pooled: Array, rtol: float, atol: float) -> Array:
+    """Where two MAX-pooling masks point at values equal within the tolerance.
+
+    A mask holds, per (item, channel), a flat index into that channel's H x W plane.
+    """
+    if (mask_a.ndim != 4 or pooled.ndim != 4 or mask_a.shape[:2] != pooled.shape[:2]
+            or not (np.isfinite(mask_a).all() and np.isfinite(mask_b).all())):
+        return np.zeros(mask_a.shape, dtype=bool)
+    n, c = pooled.shape[:2]
+    plane = pooled.reshape(n, c, -1)
+    size = plane.shape[2]
+    ia, ib = (m.astype(np.int64).reshape(n, c, -1) for m in (mask_a, mask_b))
+    inside = (ia >= 0) & (ia < size) & (ib >= 0) & (ib < size)
+    va = np.take_along_axis(plane, np.clip(ia, 0, size - 1), axis=2)
+    vb = np.take_along_axis(plane, np.clip(ib, 0, size - 1), axis=2)
+    scale = np.abs(plane).max(axis=2, keepdims=True) if size else np.zeros((n, c, 1))
+    tied: Array = (inside & (np.abs(va - vb) <= rtol * scale + atol)).reshape(mask_a.shape)
+    return tied
 
 
 def compare_detection_blob(name: str, a: Array, b: Array, *, rtol: float, atol: float,
