@@ -7,9 +7,10 @@ edit methods, and lists every change:
 - the TEST-phase view: layers the TEST phase excludes (``include { phase: TRAIN }``)
   are removed from the text;
 - loss layers (every type ending in ``Loss``: ``SoftmaxWithLoss``, ``EuclideanLoss``,
-  ``SigmoidCrossEntropyLoss``, ``HingeLoss``, ``InfogainLoss``, ...), ``Accuracy`` and
-  ``Silence`` layers are removed. A ``SoftmaxWithLoss`` becomes nothing: no ``Softmax``
-  is put in its place, so the deploy net outputs the scores the loss read (the logits);
+  ``SigmoidCrossEntropyLoss``, ``HingeLoss``, ``InfogainLoss``, ...), ``Accuracy``, the
+  SSD fork's ``DetectionEvaluate`` and ``Silence`` layers are removed. A
+  ``SoftmaxWithLoss`` becomes nothing: no ``Softmax`` is put in its place, so the
+  deploy net outputs the scores the loss read (the logits);
   a train net that has its own ``Softmax`` (a ``prob`` layer) keeps it. The logits
   rank the classes as the probabilities do, and bnfuse adds no layer the net's author
   did not write;
@@ -101,6 +102,8 @@ def training_only(layer: Layer) -> str | None:
         return "a loss layer (training only)"
     if layer.type == "Accuracy":
         return "measures accuracy against the labels (training only)"
+    if layer.type == "DetectionEvaluate":  # the SSD fork's mAP statistics
+        return "evaluates detections against the labels (training only)"
     if layer.type == "Silence":
         return "consumes blobs nothing else reads (training only)"
     return None

@@ -208,3 +208,26 @@ def test_feed_at_rewrites_top_level_input_fields(tmp_path: Path) -> None:
     assert out.read_bytes() == (b'input: "data"\ninput_shape { dim: 2 dim: 3 dim: 5 dim: 5 }\n'
                                 b'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
     assert infer_shapes(net)["r"] == infer_shapes(bnfuse.load(out))["r"] == (2, 3, 5, 5)
+
+
+def test_an_ssd_test_net_loses_its_evaluation_and_its_label() -> None:
+    # The SSD fork's test nets end in DetectionEvaluate (mAP against the labels); its
+    # AnnotatedData label has a shape only the database knows. The deploy form needs
+    # neither (found by the corpus run on eric612/MobileNet-YOLO's pelee test net).
+    net = bnfuse.load(b"""
+layer { name: "data" type: "AnnotatedData" top: "data" top: "label"
+        include { phase: TEST }
+        transform_param { mean_value: 127 mean_value: 127 mean_value: 127
+                          resize_param { height: 8 width: 8 } }
+        data_param { batch_size: 1 } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "eval" type: "DetectionEvaluate" bottom: "conv" bottom: "label"
+        top: "map" }""")
+    assert [str(c) for c in to_deploy(net)] == [
+        "removed eval (DetectionEvaluate): evaluates detections against the labels "
+        "(training only)",
+        "made data (AnnotatedData) an Input layer: data (1, 3, 8, 8); dropped label (no "
+        "layer reads it)"]
+    assert [(layer.type, layer.tops) for layer in net.layers] == [
+        ("Input", ("data",)), ("Convolution", ("conv",))]
