@@ -561,13 +561,19 @@ def _check_pair(out: Path, pair: _Pair, *, killed: bool, what: str) -> str:
     return "cut"
 
 
-def _scenario_signal(rng: random.Random, work: Path) -> tuple[FuzzInput, str, str]:
+def _medium_case(rng: random.Random, work: Path) -> tuple[Seed, Path, Path]:
+    """A model of random size written as ``work/case/m.prototxt`` and ``m.caffemodel``."""
     seed = _medium(rng)
     case = work / "case"
     case.mkdir()
     prototxt, caffemodel = case / "m.prototxt", case / "m.caffemodel"
     prototxt.write_bytes(seed.prototxt)
     caffemodel.write_bytes(seed.caffemodel or b"")
+    return seed, prototxt, caffemodel
+
+
+def _scenario_signal(rng: random.Random, work: Path) -> tuple[FuzzInput, str, str]:
+    seed, prototxt, caffemodel = _medium_case(rng, work)
     pair = _Pair({}, _reference(prototxt, caffemodel, work))
     out = work / "out"
     pair.old = _prepare_out(rng, out, prototxt, caffemodel)
@@ -622,12 +628,7 @@ def _scenario_signal(rng: random.Random, work: Path) -> tuple[FuzzInput, str, st
 
 
 def _scenario_change(rng: random.Random, work: Path) -> tuple[FuzzInput, str, str]:
-    seed = _medium(rng)
-    case = work / "case"
-    case.mkdir()
-    prototxt, caffemodel = case / "m.prototxt", case / "m.caffemodel"
-    prototxt.write_bytes(seed.prototxt)
-    caffemodel.write_bytes(seed.caffemodel or b"")
+    seed, prototxt, caffemodel = _medium_case(rng, work)
     out = work / "out"
     old = _prepare_out(rng, out, prototxt, caffemodel)
     change = rng.choice(["truncate", "truncate-zero", "rewrite", "replace", "append"])
@@ -655,7 +656,7 @@ def _scenario_change(rng: random.Random, work: Path) -> tuple[FuzzInput, str, st
             with open(caffemodel, "ab") as f:
                 f.write(b"\x00" * 100)
         else:
-            replacement = case / "new.caffemodel"
+            replacement = caffemodel.with_name("new.caffemodel")
             replacement.write_bytes(b"\n\x03new")
             os.replace(replacement, caffemodel)
 

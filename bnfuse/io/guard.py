@@ -618,13 +618,8 @@ def _lock_folder(folder: str, shown: str, deadline: float) -> int | None:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
     except OSError:
         return _lock_file(os.path.join(folder, ".bnfuse.lock"), shown, deadline)
-    try:
-        if _flock(fd, shown, deadline):
-            return fd
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
+    if _flock_kept(fd, shown, deadline):
+        return fd
     # Network file systems emulate flock with write locks, which a folder opened
     # read-only cannot take: use a lock file there.
     return _lock_file(os.path.join(folder, ".bnfuse.lock"), shown, deadline)
@@ -636,14 +631,19 @@ def _lock_file(path: str, shown: str, deadline: float) -> int | None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError:
         return None
+    return fd if _flock_kept(fd, shown, deadline) else None
+
+
+def _flock_kept(fd: int, shown: str, deadline: float) -> bool:
+    """:func:`_flock` on ``fd``; closes ``fd`` unless the lock was taken."""
     try:
         if _flock(fd, shown, deadline):
-            return fd
+            return True
     except BaseException:
         os.close(fd)
         raise
     os.close(fd)
-    return None
+    return False
 
 
 @contextlib.contextmanager
