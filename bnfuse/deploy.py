@@ -55,7 +55,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bnfuse.layertypes.datalayers import data_shapes, is_data_layer
-from bnfuse.layertypes.shapes import input_layer_shapes, input_shape_error, is_input_layer
+from bnfuse.layertypes.shapes import (
+    as_shapes,
+    input_layer_shapes,
+    input_shape_error,
+    is_input_layer,
+)
 from bnfuse.net import Layer, Net
 
 Shape = tuple[int, ...]
@@ -148,7 +153,7 @@ def to_deploy(net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None
     :func:`~bnfuse.layertypes.shapes.input_shape_error`. A net without data, loss or
     TRAIN-only layers is left as it is (an empty list).
     """
-    given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    given = as_shapes(input_shapes)
     changes = [DeployChange(layer.name, layer.type, "removed", "excluded from the TEST phase")
                for layer in net.remove_excluded_layers()]
     for layer in [layer for layer in net.layers if training_only(layer) is not None]:
@@ -189,7 +194,7 @@ def feed_at(net: Net, input_shapes: Mapping[str, Sequence[int]]) -> None:
         >>> infer_shapes(net)["prob"]
         (4, 10)
     """
-    given = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+    given = as_shapes(input_shapes)
     shapes = input_layer_shapes(net.layers, given, required=False)
     for layer in [layer for layer in net.layers if is_input_layer(layer)]:
         if given.keys() & set(layer.tops):

@@ -38,6 +38,16 @@ from bnfuse.layertypes.datalayers import (
 from bnfuse.layertypes.geometry import check_blob_shape
 
 
+def as_shapes(shapes: Mapping[str, Sequence[int]] | None) -> dict[str, Shape]:
+    """Given shapes by blob name as tuples of ints (None: none given).
+
+    Example:
+        >>> as_shapes({"data": [1, 3, 8, 8]}), as_shapes(None)
+        ({'data': (1, 3, 8, 8)}, {})
+    """
+    return {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
+
+
 def is_input_layer(layer: LayerLike) -> bool:
     """Whether the net is fed through ``layer``: an ``Input`` or a data layer
     (:func:`~bnfuse.layertypes.datalayers.is_data_layer`), whose tops verification feeds.
@@ -158,7 +168,7 @@ def input_layer_shapes(
         >>> input_layer_shapes(net.layers, {"data": (1, 3, 8, 8)})
         {'data': (1, 3, 8, 8), 'label': (2,)}
     """
-    fixed = {k: tuple(int(d) for d in v) for k, v in (given or {}).items()}
+    fixed = as_shapes(given)
     shapes: dict[str, Shape] = {}
     for index, layer in enumerate(layers):
         if is_input_layer(layer):
@@ -245,7 +255,7 @@ def infer_shapes(
         >>> shapes["pool1"], shapes["fc"]
         ((2, 16, 32, 32), (2, 10))
     """
-    given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    given = as_shapes(input_shapes)
     shapes: dict[str, Shape] = {}
     layers = list(net.layers)
     for index, layer in enumerate(layers):
@@ -298,6 +308,7 @@ def param_shapes(layer: LayerLike, bottom_shapes: Sequence[Sequence[int]]) -> li
 
 
 __all__ = [
+    "as_shapes",
     "infer_shapes",
     "input_layer_shapes",
     "input_shape_error",

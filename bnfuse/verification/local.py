@@ -72,7 +72,7 @@ import numpy.typing as npt
 from bnfuse.errors import BnfuseError, UnsupportedLayerError, naming_file
 from bnfuse.graph import build_graph
 from bnfuse.layertypes import executable, implied_bottom
-from bnfuse.layertypes.shapes import is_input_layer
+from bnfuse.layertypes.shapes import as_shapes, is_input_layer
 from bnfuse.verification.backends import NetOrPaths, as_net
 from bnfuse.verification.compare import VerifyResult, compare_runs, default_tolerances
 from bnfuse.verification.inputs import seeded_inputs
@@ -129,7 +129,7 @@ def shape_walk(net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None
     """
     from bnfuse.layertypes.shapes import input_layer_shapes, is_input_layer, layer_output_shapes
 
-    given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    given = as_shapes(input_shapes)
     shapes = {} if shapes is None else shapes
     layers = list(net.layers)
     for position, layer in enumerate(layers):
@@ -313,7 +313,7 @@ def verify_local(
         return VerifyResult(passed=True, blobs=[], first_divergence=None, topk=[],
                             backend="numpy (local)", tolerances=tolerances,
                             notes=["local check: no layer changed"], scope="local")
-    override = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    override = as_shapes(input_shapes)
     shapes = [override, known_shapes(net_a, input_shapes), known_shapes(net_b, input_shapes)]
     feed = _region_feed(region_a, region_b, shapes, seed, dtype)
     values = []

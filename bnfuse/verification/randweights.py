@@ -208,7 +208,12 @@ def _fill(net: Net, *, seed: int, factor: float | None,
           unmeasurable: Literal["error", "unit"]) -> Net:
     """:func:`random_weights` once the arguments and the memory budget are checked."""
     from bnfuse.layertypes import executable
-    from bnfuse.layertypes.shapes import input_shape_error, is_input_layer, param_shapes
+    from bnfuse.layertypes.shapes import (
+        as_shapes,
+        input_shape_error,
+        is_input_layer,
+        param_shapes,
+    )
     from bnfuse.verification.executor import forward
     from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
     from bnfuse.verification.local import shape_walk
@@ -216,7 +221,7 @@ def _fill(net: Net, *, seed: int, factor: float | None,
     # The measurement batch is drawn by the one input generator verify and the executor
     # use, so `forward(net, seed=seed)` replays it; the weights use their own stream.
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-    given = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    given = as_shapes(input_shapes)
     declared = input_layer_shapes(net.layers, given, required=False)
     batch = seeded_inputs(declared, seed)
     # Each layer's bottoms as that layer sees them (a name-keyed map would give the last
