@@ -68,6 +68,7 @@ _FLAG_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"unmeasurable='unit'"), "--fill-unmeasurable"),
     (re.compile(r"force_global_stats=True"), "--force-global-stats"),
     (re.compile(r"deploy=True"), "--deploy"),
+    (re.compile(r"phase='(TRAIN|TEST)'"), "--phase {0}"),
     (re.compile(r"--max-memory \(max_memory=\)"), "--max-memory"),
     (re.compile(r"input_shapes=\{'((?:[^'\\]|\\.)*)': \(([^)]*)\)\}(?: to verify_local)?"),
      "--input-shape {0}={1}"),
@@ -231,12 +232,12 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
     # the outputs written (the report comes last).
     _check_outputs(outputs, [prototxt, caffemodel])
     # --batch needs the inputs' shapes (a data layer's channels may come from the weights).
-    shapes = (_shapes_of(bnfuse.load(prototxt, caffemodel), args) if args.batch is not None
-              else _shapes_of(None, args))
+    shapes = (_shapes_of(bnfuse.load(prototxt, caffemodel, phase=args.phase), args)
+              if args.batch is not None else _shapes_of(None, args))
     result = bnfuse.fold(prototxt, caffemodel, forward=not args.no_forward,
                          merge_unfoldable=not args.no_merge,
                          force_global_stats=args.force_global_stats, deploy=args.deploy,
-                         input_shapes=shapes if args.deploy else None)
+                         input_shapes=shapes if args.deploy else None, phase=args.phase)
     report = result.report
     out.say(f"{prototxt.name} + {caffemodel.name}")
     out.say(_counts_table(report.layers_before, report.layers_after,
@@ -310,10 +311,17 @@ def _fold_pair(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]] | No
     folded.prototxt_source = str(shown)
     if not args.deploy and not shapes:
         return original, folded
-    net_a = bnfuse.load(*original)
+    net_a = bnfuse.load(*original, phase=args.phase)
     if args.deploy:
         to_deploy(net_a, shapes)
     return _fed(net_a, shapes), _fed(folded, shapes)
+
+
+def _add_phase(parser: argparse.ArgumentParser, what: str, train_note: str) -> None:
+    # load(..., phase=): a train-only file's TEST phase has no input.
+    parser.add_argument("--phase", choices=("TEST", "TRAIN"), default="TEST",
+                        help=f"the phase whose layers {what} (default: TEST); TRAIN for a "
+                             f"train-only file whose data layers are TRAIN-only{train_note}")
 
 
 def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
@@ -323,7 +331,7 @@ def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
     inputs = [p for p in (args.prototxt, args.caffemodel) if p is not None]
     if args.json:
         _check_outputs([("--json", args.json)], inputs)
-    net = bnfuse.load(args.prototxt, args.caffemodel)
+    net = bnfuse.load(args.prototxt, args.caffemodel, phase=args.phase)
     counts = layer_counts(net.layers)
     parameters = sum(int(b.size) for layer in net.layers for b in layer.blobs)
     size = sum(int(b.nbytes) for layer in net.layers for b in layer.blobs)
@@ -400,8 +408,14 @@ def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
             f"name it with -w {target} to replace it, or pass --force", path=str(target))
     from bnfuse.net import load
 
-    net = load(Path(args.prototxt))
-    net = random_weights(net, seed=args.seed, input_shapes=_shapes_of(net, args),
+    net = load(Path(args.prototxt), phase=args.phase)
+    shapes = _shapes_of(net, args)
+    if args.phase != "TEST":
+        from bnfuse.deploy import to_deploy
+
+        # Weights are matched by layer name: those of the deploy form are the file's.
+        to_deploy(net, shapes)
+    net = random_weights(net, seed=args.seed, input_shapes=shapes,
                          unmeasurable="unit" if args.fill_unmeasurable else "error",
                          max_memory=args.max_memory)
     save_weights(net, target)
@@ -544,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     fold.add_argument("--deploy", action="store_true",
                       help="write the deploy form of a train/val net: data layers become Input "
                            "layers, loss, Accuracy, Silence and TRAIN-only layers are removed")
+    _add_phase(fold, "the deploy form keeps", " (needs --deploy)")
     fold.add_argument("--json", metavar="REPORT.json",
                       help="write the report as JSON to this file ('-': stdout, instead of the "
                            "table)")
@@ -564,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "the table)")
     inspect.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_fold_options(inspect)
+    _add_phase(inspect, "are inspected", "")
     inspect.set_defaults(handler=_cmd_inspect)
 
     verify = commands.add_parser(
@@ -594,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="random seed (an integer from 0 to 2**64 - 1)")
     _add_max_memory(rand, "the measurement run")
     _add_shape_options(rand)
+    _add_phase(rand, "get weights", ", measured in its deploy form")
     rand.add_argument("--fill-unmeasurable", action="store_true",
                       help="give BatchNorms behind a layer the executor cannot run mean 0, "
                            "variance 1 instead of failing")

@@ -5,7 +5,10 @@ People often have a ``train_val.prototxt`` and a snapshot, not the deploy file.
 edit methods, and lists every change:
 
 - the TEST-phase view: layers the TEST phase excludes (``include { phase: TRAIN }``)
-  are removed from the text;
+  are removed from the text. A train-only file (its data layers are TRAIN-only, so its
+  TEST phase has no input) is loaded with ``phase="TRAIN"`` instead: the layers the TRAIN
+  phase excludes are removed, and the include/exclude rules of the others, so that the
+  deploy file keeps them in the TEST phase;
 - loss layers (every type ending in ``Loss``: ``SoftmaxWithLoss``, ``EuclideanLoss``,
   ``SigmoidCrossEntropyLoss``, ``HingeLoss``, ``InfogainLoss``, ...), ``Accuracy``, the
   SSD fork's ``DetectionEvaluate`` and ``Silence`` layers are removed. A
@@ -68,8 +71,9 @@ Shape = tuple[int, ...]
 
 @dataclass(frozen=True)
 class DeployChange:
-    """One change :func:`to_deploy` made: ``action`` is ``"removed"``, ``"made_input"`` or
-    ``"set_global_stats"``.
+    """One change :func:`to_deploy` made: ``action`` is ``"removed"``, ``"made_input"``,
+    ``"set_global_stats"`` or ``"cleared_rules"`` (include/exclude rules of a TRAIN-phase
+    view's layer).
 
     Example:
         >>> change = DeployChange("loss", "SoftmaxWithLoss", "removed", "a loss layer")
@@ -85,6 +89,8 @@ class DeployChange:
     def __str__(self) -> str:
         if self.action == "made_input":
             return f"made {self.layer} ({self.type}) an Input layer: {self.detail}"
+        if self.action == "cleared_rules":
+            return f"removed the include/exclude rules of {self.layer} ({self.type}): {self.detail}"
         if self.action == "set_global_stats":
             return f"set use_global_stats: true in {self.layer} ({self.type}): {self.detail}"
         return f"{self.action} {self.layer} ({self.type}): {self.detail}"
@@ -154,8 +160,16 @@ def to_deploy(net: Net, input_shapes: Mapping[str, Sequence[int]] | None = None
     TRAIN-only layers is left as it is (an empty list).
     """
     given = as_shapes(input_shapes)
-    changes = [DeployChange(layer.name, layer.type, "removed", "excluded from the TEST phase")
-               for layer in net.remove_excluded_layers()]
+    phase = net.phase
+    changes = [DeployChange(layer.name, layer.type, "removed", f"excluded from the {phase} phase")
+               for layer in net.excluded_layers]
+    if phase == "TEST":
+        net.remove_excluded_layers()
+    else:
+        changes += [DeployChange(layer.name, layer.type, "cleared_rules",
+                                 f"the deploy form keeps the {phase} phase's layers in every "
+                                 "phase")
+                    for layer in net.make_test_phase()]
     for layer in [layer for layer in net.layers if training_only(layer) is not None]:
         net.remove_layer(layer)
         changes.append(DeployChange(layer.name, layer.type, "removed",

@@ -2,7 +2,8 @@
 
 :func:`load` reads a prototxt (and optionally a caffemodel) the way Caffe's
 ``Net`` constructor and ``CopyTrainedLayersFrom`` do: old formats are upgraded,
-include/exclude rules are applied for the TEST phase, and weights are matched to
+include/exclude rules are applied for the TEST phase (or, asked for, the TRAIN phase of a
+train-only file, to make its deploy form from), and weights are matched to
 layers by name. :func:`save` writes the net back: untouched layers keep their
 exact text and their exact caffemodel bytes.
 
@@ -75,6 +76,7 @@ from bnfuse.layertypes import (  # the type names are defined with the layer reg
 )
 from bnfuse.proto import (
     TEST,
+    TRAIN,
     LayerParameter,
     NetParameter,
     NetState,
@@ -344,6 +346,7 @@ class Net:
         self._edited = False
         self._removed: list[Layer] = []
         self._excluded: list[Layer] = []
+        self._phase = "TEST"
         #: The input files as the kernel knows them (device, inode), taken when they
         #: were read: no output may replace them, whatever path names them later.
         self._input_files: tuple[FileId, ...] = ()
@@ -434,14 +437,22 @@ class Net:
         self._edited = True
 
     @property
+    def phase(self) -> str:
+        """The phase whose include/exclude rules chose :attr:`layers`: ``"TEST"`` unless
+        :func:`load` was asked for ``phase="TRAIN"``. A TRAIN-phase view is only the raw
+        material of a deploy form (:func:`bnfuse.deploy.to_deploy`, which makes it a TEST
+        net): folding, running or saving one is refused."""
+        return self._phase
+
+    @property
     def excluded_layers(self) -> tuple[Layer, ...]:
-        """Layers of the file that the TEST phase excludes (a train/val net's TRAIN-only
+        """Layers of the file that the net's phase excludes (a train/val net's TRAIN-only
         layers), read-only: they are not part of :attr:`layers`, but their text is in
         the document until :meth:`remove_excluded_layers` removes it."""
         return tuple(self._excluded)
 
     def remove_excluded_layers(self) -> list[Layer]:
-        """Delete the text of every layer the TEST phase excludes; return those layers.
+        """Delete the text of every layer the net's phase excludes; return those layers.
 
         Example:
             >>> import bnfuse
@@ -460,6 +471,38 @@ class Net:
         if removed:
             self._edited = True
         return removed
+
+    def make_test_phase(self) -> list[Layer]:
+        """Make a TRAIN-phase view (``load(..., phase="TRAIN")``) a TEST net with the same
+        layers; return the layers whose include/exclude rules were removed.
+
+        The text of the layers the TRAIN phase excludes is deleted
+        (:meth:`remove_excluded_layers`), and so are the rules of the kept layers: a
+        TEST-phase load of the file then keeps exactly these layers. A TEST net is left
+        as it is.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(b'''
+            ... layer { name: "t" type: "Input" top: "x" include { phase: TRAIN } }
+            ... layer { name: "v" type: "ReLU" bottom: "x" top: "x" include { phase: TEST } }
+            ... ''', phase="TRAIN")
+            >>> [layer.name for layer in net.make_test_phase()], net.phase
+            (['t'], 'TEST')
+            >>> net.document.render()
+            '\\nlayer { name: "t" type: "Input" top: "x" }\\n'
+        """
+        if self._phase == "TEST":
+            return []
+        self.remove_excluded_layers()
+        cleared = [layer for layer in self.layers
+                   if layer.param.include or layer.param.exclude]
+        for layer in cleared:
+            self.clear_field(layer, "include")
+            self.clear_field(layer, "exclude")
+        self._phase = "TEST"
+        self._edited = True
+        return cleared
 
     def make_input(self, layer: Layer, shapes: Sequence[tuple[str, Sequence[int]]]) -> None:
         """Turn ``layer`` (a data layer, or an Input) into an ``Input`` layer with these
@@ -927,14 +970,15 @@ def _refuse_unknown_top_fields(document: Document, unknown: Sequence[str], sourc
 
 
 def _refuse_orphan_bottoms(layers: Sequence[Layer], excluded: Sequence[Layer],
-                           source: str) -> None:
-    """Refuse a bottom that no TEST-phase layer before it produces, as Caffe does.
+                           source: str, phase: str) -> None:
+    """Refuse a bottom that no layer of the phase before it produces, as Caffe does.
 
     Caffe's ``Net::Init`` stops at such a bottom with "Unknown bottom blob"; bnfuse
     would otherwise see a net input there and plan, shape and blame the wrong layer.
     A net that declares no input at all (no ``Input``, no data layer) is a fragment:
     bnfuse loads those, their unproduced bottoms being the inputs.
     """
+    from bnfuse.layertypes.datalayers import is_data_layer
     from bnfuse.layertypes.shapes import is_input_layer
 
     made_by_excluded: dict[str, Layer] = {}
@@ -949,12 +993,17 @@ def _refuse_orphan_bottoms(layers: Sequence[Layer], excluded: Sequence[Layer],
                 continue
             maker = made_by_excluded.get(name)
             if maker is not None:
+                # A train-only file (its data layers are TRAIN-only) is still foldable:
+                # its deploy form is made from the TRAIN phase's layers.
+                hint = (f"; for a train-only net, make its deploy form from the {_other(phase)} "
+                        f"phase (phase={_other(phase)!r} with deploy=True)"
+                        if is_data_layer(maker) else "")
                 raise ModelMismatchError(
                     f"{source}: layer {excerpt(layer.name)} ({layer.type}) reads blob "
-                    f"{excerpt(name)}, which no TEST-phase layer produces (only "
-                    f"{excerpt(maker.name)}, which the TEST phase excludes): Caffe refuses "
-                    "this net (\"Unknown bottom blob\"); give the TEST phase its own producer "
-                    "of the blob", path=source, layer=layer.name)
+                    f"{excerpt(name)}, which no {phase}-phase layer produces (only "
+                    f"{excerpt(maker.name)}, which the {phase} phase excludes): Caffe refuses "
+                    f"this net (\"Unknown bottom blob\"); give the {phase} phase its own "
+                    f"producer of the blob{hint}", path=source, layer=layer.name)
             if declares_inputs:
                 raise ModelMismatchError(
                     f"{source}: layer {excerpt(layer.name)} ({layer.type}) reads blob "
@@ -962,6 +1011,28 @@ def _refuse_orphan_bottoms(layers: Sequence[Layer], excluded: Sequence[Layer],
                     "declares: Caffe refuses this net (\"Unknown bottom blob\")",
                     path=source, layer=layer.name)
         produced.update(layer.tops)
+
+
+def _refuse_train_view(net: Net, func: str) -> None:
+    """A TRAIN-phase view keeps the file's include rules, so it would not load back as
+    the same net: only its deploy form (a TEST net) is written or run."""
+    if net.phase != "TEST":
+        raise BnfuseError(
+            f"{func}: {net.prototxt_source} was loaded with phase={net.phase!r}; make its "
+            "deploy form first (deploy=True, or bnfuse.deploy.to_deploy(net))")
+
+
+def _other(phase: str) -> str:
+    return "TRAIN" if phase == "TEST" else "TEST"
+
+
+def _phase_of(phase: object, func: str) -> Any:
+    """The schema's enum value of a phase given as ``"TEST"`` or ``"TRAIN"``."""
+    if not isinstance(phase, str):
+        raise TypeError(f"{func}: phase must be a str, not {type(phase).__name__}")
+    if phase not in ("TEST", "TRAIN"):
+        raise BnfuseError(f"{func}: phase must be 'TEST' or 'TRAIN', not {excerpt(phase)}")
+    return TEST if phase == "TEST" else TRAIN
 
 
 def _input_layer(net_param: NetParameter, source: str) -> LayerParameter | None:
@@ -989,13 +1060,18 @@ def _slot(layer: Layer, field: str, index: object, method: str) -> int:
     return position
 
 
-def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
+def load(prototxt: Source, caffemodel: Source | None = None, *, phase: str = "TEST") -> Net:
     """Read a Caffe net: the prototxt, and the weights when a caffemodel is given.
 
     Accepts paths, bytes or binary file objects. Old formats (V0, V1, ``input``
     fields) are upgraded as Caffe does; layers are filtered for the TEST phase;
     weights are matched by layer name. Raises a :class:`BnfuseError` subclass
     naming the file and the place on any problem.
+
+    ``phase="TRAIN"`` filters the layers for the TRAIN phase instead: for a train-only
+    file (``train.prototxt`` whose data layers say ``include { phase: TRAIN }``), whose
+    TEST phase has no input. Such a net is only made into its deploy form
+    (``fold(..., phase="TRAIN", deploy=True)``, :func:`bnfuse.deploy.to_deploy`).
 
     Example:
         >>> import bnfuse
@@ -1007,12 +1083,14 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
     """
     require_source(prototxt, "load", "prototxt")
     require_source(caffemodel, "load", "caffemodel", optional=True)
+    phase_value = _phase_of(phase, "load")
     text_input = _read_source(prototxt, "prototxt")
     document, net_param, notes, original_text = _parse_prototxt(text_input.data,
                                                                 text_input.source)
     state = NetState()
     state.CopyFrom(net_param.state)
-    state.phase = TEST  # type: ignore[assignment]  # inference: never the file's phase
+    # Inference: never the file's own phase (a solver's), TEST unless asked otherwise.
+    state.phase = phase_value
     layers: list[Layer] = []
     input_layer = _input_layer(net_param, text_input.source)
     if input_layer is not None:
@@ -1024,12 +1102,12 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
         (layers if kept else excluded).append(
             Layer(param, node, unknown_fields=unknown, source=text_input.source))
     if not layers:
-        what = (f"all {len(excluded)} of its layers are excluded from the TEST phase"
+        what = (f"all {len(excluded)} of its layers are excluded from the {phase} phase"
                 if excluded else "it has no layers and no inputs")
         raise PrototxtSchemaError(
             f"{text_input.source}: is not a net bnfuse can use: {what}; expected a Caffe "
             "net definition with 'layer { ... }' entries", path=text_input.source)
-    _refuse_orphan_bottoms(layers, excluded, text_input.source)
+    _refuse_orphan_bottoms(layers, excluded, text_input.source, phase)
     weights = None
     caffemodel_path = None
     if caffemodel is not None:
@@ -1043,6 +1121,7 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
               weights=weights, caffemodel_path=caffemodel_path,
               original_text=original_text, upgrade_notes=notes)
     net._excluded = excluded
+    net._phase = phase
     net._input_files = tuple(i for i in (text_input.identity,
                                          weights.identity if weights is not None else None)
                              if i is not None)
@@ -1184,6 +1263,7 @@ def save(
         True
     """
     require_net(net, "save")
+    _refuse_train_view(net, "save")
     require_destination(prototxt, "save", "prototxt")
     require_destination(caffemodel, "save", "caffemodel", optional=True)
     text_path = _destination(prototxt, "prototxt")
@@ -1235,6 +1315,7 @@ def save_weights(net: Net, caffemodel: Destination) -> None:
         True
     """
     require_net(net, "save_weights")
+    _refuse_train_view(net, "save_weights")
     require_destination(caffemodel, "save_weights", "caffemodel")
     model_path = _destination(caffemodel, "caffemodel")
     inputs = _inputs_of(net)

@@ -421,7 +421,9 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
     assert str(info.value) == (
         "<prototxt bytes>: layer 'conv1' (Convolution) reads blob 'data', which no TEST-phase "
         "layer produces (only 'data', which the TEST phase excludes): Caffe refuses this net "
-        '("Unknown bottom blob"); give the TEST phase its own producer of the blob')
+        '("Unknown bottom blob"); give the TEST phase its own producer of the blob; for a '
+        "train-only net, make its deploy form from the TRAIN phase (phase='TRAIN' with "
+        "deploy=True)")
     assert info.value.layer == "conv1"
     # With its own TEST-phase data layer the train/val net loads, the TRAIN one excluded.
     text += (b'layer { name: "val" type: "Data" top: "data" include { phase: TEST } '

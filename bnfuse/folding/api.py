@@ -156,6 +156,12 @@ def fold_net(
     _check_switches("fold_net", forward, merge_unfoldable, force_global_stats)
     require_bool(deploy, "fold_net", "deploy")
     _check_input_shapes("fold_net", input_shapes, deploy)
+    if net.phase != "TEST" and not deploy:
+        # Its layers keep their TRAIN-only rules: folded and written as they are, the
+        # file would load in the TEST phase without them.
+        raise BnfuseError(f"fold_net: {net.prototxt_source} was loaded with "
+                          f"phase={net.phase!r}; only its deploy form is folded: pass "
+                          "deploy=True")
     options = FoldOptions(forward=forward, merge_unfoldable=merge_unfoldable,
                           force_global_stats=force_global_stats)
     layers_before = layer_counts(net.layers)
@@ -182,11 +188,13 @@ def fold(
     force_global_stats: bool = False,
     deploy: bool = False,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    phase: str = "TEST",
 ) -> FoldResult:
     """Load a Caffe model and fold its BatchNorm and Scale layers; see :func:`fold_net`.
 
     Without a caffemodel only the plan can be made (nothing has weights), so
-    every chain is reported as skipped for lack of weights.
+    every chain is reported as skipped for lack of weights. ``phase="TRAIN"`` (with
+    ``deploy=True``) folds the deploy form of a train-only file (see :func:`load`).
 
     Example:
         >>> import bnfuse
@@ -200,7 +208,7 @@ def fold(
     _check_switches("fold", forward, merge_unfoldable, force_global_stats)
     require_bool(deploy, "fold", "deploy")
     _check_input_shapes("fold", input_shapes, deploy)
-    net = load(prototxt, caffemodel)
+    net = load(prototxt, caffemodel, phase=phase)
     return fold_net(net, forward=forward, merge_unfoldable=merge_unfoldable,
                     force_global_stats=force_global_stats, deploy=deploy,
                     input_shapes=input_shapes)

@@ -96,6 +96,11 @@ def forward_steps(
 
 def _steps(net: NetLike, inputs: Mapping[str, npt.ArrayLike] | None, work: np.dtype[Any],
            seed: int) -> Iterator[tuple[LayerLike, dict[str, Array]]]:
+    if getattr(net, "phase", "TEST") != "TEST":
+        # The executor has Caffe's TEST-phase semantics (stored statistics, no dropout).
+        raise BnfuseError(f"the reference executor runs TEST-phase nets; this one was loaded "
+                          f"with phase={getattr(net, 'phase', None)!r}: make its deploy form "
+                          "first (deploy=True, or bnfuse.deploy.to_deploy(net))")
     given = {name: np.asarray(value, dtype=work) for name, value in (inputs or {}).items()}
     layers = list(net.layers)
     _check_input_names(layers, given)
