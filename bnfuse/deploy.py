@@ -10,7 +10,8 @@ edit methods, and lists every change:
   phase excludes are removed, and the include/exclude rules of the others, so that the
   deploy file keeps them in the TEST phase;
 - loss layers (every type ending in ``Loss``: ``SoftmaxWithLoss``, ``EuclideanLoss``,
-  ``SigmoidCrossEntropyLoss``, ``HingeLoss``, ``InfogainLoss``, ...), ``Accuracy``, the
+  ``SigmoidCrossEntropyLoss``, ``HingeLoss``, ``InfogainLoss``, ..., and any layer whose
+  every top has a non-zero ``loss_weight``, such as a fork's ``Yolov3``), ``Accuracy``, the
   SSD fork's ``DetectionEvaluate`` and ``Silence`` layers are removed. A
   ``SoftmaxWithLoss`` becomes nothing: no ``Softmax`` is put in its place, so the
   deploy net outputs the scores the loss read (the logits);
@@ -104,13 +105,25 @@ class DeployChange:
 def training_only(layer: Layer) -> str | None:
     """Why a deploy net has no place for ``layer`` (None: it keeps it).
 
+    A layer whose every top has a non-zero ``loss_weight`` is a loss whatever its type
+    (a fork's detection loss such as ``Yolov3``): Caffe sums those tops into the training
+    objective.
+
     Example:
         >>> from types import SimpleNamespace
-        >>> [training_only(SimpleNamespace(type=t)) for t in ("HingeLoss", "Silence", "ReLU")]
+        >>> [training_only(SimpleNamespace(type=t, tops=("x",),
+        ...                                param=SimpleNamespace(loss_weight=[])))
+        ...  for t in ("HingeLoss", "Silence", "ReLU")]
         ['a loss layer (training only)', 'consumes blobs nothing else reads (training only)', None]
+        >>> training_only(SimpleNamespace(type="Yolov3", tops=("det_loss",),
+        ...                               param=SimpleNamespace(loss_weight=[1.0])))
+        'its tops are losses (loss_weight; training only)'
     """
     if layer.type.endswith("Loss"):
         return "a loss layer (training only)"
+    weights = list(layer.param.loss_weight)
+    if layer.tops and len(weights) == len(layer.tops) and all(w != 0 for w in weights):
+        return "its tops are losses (loss_weight; training only)"
     if layer.type == "Accuracy":
         return "measures accuracy against the labels (training only)"
     if layer.type == "DetectionEvaluate":  # the SSD fork's mAP statistics

@@ -231,3 +231,20 @@ layer { name: "eval" type: "DetectionEvaluate" bottom: "conv" bottom: "label"
         "layer reads it)"]
     assert [(layer.type, layer.tops) for layer in net.layers] == [
         ("Input", ("data",)), ("Convolution", ("conv",))]
+
+
+def test_a_layer_whose_tops_are_losses_is_removed_whatever_its_type() -> None:
+    # A fork's detection loss (YOLOv3's "Yolov3") is a loss by its loss_weight, not its name;
+    # a layer with one zero loss_weight top is kept.
+    net = bnfuse.load(b"""
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } shape { dim: 1 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "yolo" type: "Yolov3" bottom: "conv" bottom: "label" top: "det_loss"
+        loss_weight: 1 }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "r" loss_weight: 0 }
+""")
+    changes = [str(change) for change in to_deploy(net)]
+    assert changes == ["removed yolo (Yolov3): its tops are losses (loss_weight; training only)"]
+    assert [layer.name for layer in net.layers] == ["data", "conv", "relu"]

@@ -53,7 +53,7 @@ Example:
 (29,376,000,000 bytes) of memory at its peak (comparing the blobs), more than the budget \
 of 8.0 GiB (8,589,934,592 bytes); \
 the largest blob is 'data' with shape (1, 3, 12000, 12000) (1.6 GiB); allow more with \
---max-memory (max_memory=) or declare smaller inputs
+--max-memory (max_memory=) or declare smaller inputs (--batch, --input-shape; input_shapes=)
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def check_budget(estimate: MemoryEstimate, budget: int, doing: str) -> None:
         f"{format_size(budget)} ({budget:,} bytes); the largest blob is "
         f"{quote_user_text(estimate.largest_blob)} with shape {estimate.largest_shape} "
         f"({format_size(estimate.largest_bytes)}); allow more with --max-memory "
-        "(max_memory=) or declare smaller inputs")
+        "(max_memory=) or declare smaller inputs (--batch, --input-shape; input_shapes=)")
 
 
 # --------------------------------------------------------------------------- the walk

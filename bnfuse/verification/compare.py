@@ -683,7 +683,8 @@ def verify(
         raise MemoryBudgetError(
             "verifying the two nets ran out of memory although the estimate was within the "
             f"budget of {format_size(budget)}; lower --max-memory (max_memory=) to what this "
-            "machine can spare, or declare smaller inputs") from None
+            "machine can spare, or declare smaller inputs (--batch, --input-shape; "
+            "input_shapes=)") from None
     except UnsupportedLayerError as exc:
         if fallback != "local" or backend != "numpy" or inputs is not None:
             raise
