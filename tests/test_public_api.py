@@ -257,6 +257,7 @@ def test_shapes_per_version_when_a_name_is_written_again() -> None:
     assert (graph.producer(x1), graph.readers(x1)) == (1, [2])
     assert graph.outputs() == [x2] and graph.final_version("x") == x2
     assert graph.reads[2] == (x1,) and graph.writes[2] == (x2,)
+    assert graph.layers == net.layers
 
 
 def test_inputs_of_data_layers_and_fragments() -> None:
