@@ -465,6 +465,7 @@ class Net:
         from bnfuse.layertypes.shapes import shape_steps
 
         given = require_input_shapes(input_shapes, "Net.shapes")
+        require_bool(versions, "Net.shapes", "versions")
         if not versions:
             from bnfuse.layertypes.shapes import infer_shapes
 
@@ -539,7 +540,8 @@ class Net:
         from bnfuse.layertypes.geometry import conv_geometry, pool_geometry
         from bnfuse.layertypes.shapes import shape_steps
 
-        index = self.index(layer)
+        self._check_layer(layer, "geometry")
+        index = self.layers.index(layer)
         if layer.type not in CONV_TYPES | {"Deconvolution", "Pooling"}:
             raise UnsupportedLayerError(
                 f"Net.geometry: layer {excerpt(layer.name)} is a {excerpt(layer.type)}; "

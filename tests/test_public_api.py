@@ -405,3 +405,17 @@ def test_copy_is_independent_of_the_original() -> None:
     net.rename_layer(net.layer("conv1"), "first")
     assert other.layer("conv1").name == "conv1" and not other.edited
     assert other.document.render() == prototxt.read_text()
+
+
+def test_wrong_argument_types_are_type_errors() -> None:
+    net = bnfuse.load(bnfuse.example_path("prototxt"))
+    with pytest.raises(TypeError, match="affine_of: layer must be a Layer"):
+        bnfuse.affine_of("conv1/bn")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Net\.shapes: input_shapes must be a mapping"):
+        net.shapes([1, 3, 8, 8])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Net\.shapes: versions must be"):
+        net.shapes(versions="yes")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"Net\.geometry: layer must be a Layer"):
+        net.geometry("conv1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="forward: inputs must be a mapping"):
+        bnfuse.forward(net, [np.zeros((1, 3, 32, 32))])  # type: ignore[arg-type]
