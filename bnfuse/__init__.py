@@ -6,6 +6,12 @@ The public API:
 - :func:`fold` / :func:`fold_net`: fold BatchNorm, Scale and Bias layers and
   report every decision;
 - :func:`verify`: run two nets on the same inputs and compare every blob;
+- for embedders (converters): :func:`forward` runs a net and returns its blobs,
+  :func:`affine_of` gives any BatchNorm dialect's, Scale's or Bias's per-channel
+  :class:`Affine` map, and :class:`Net` gives the blob :class:`Graph`
+  (:class:`BlobVersion` per write), shapes, inputs, outputs, layer geometry
+  (:class:`ConvGeometry`, :class:`PoolGeometry`), its load :class:`NetWarning` list
+  and an independent ``copy()``;
 - :class:`BnfuseError` and its subclasses: the only errors bnfuse raises.
 
 Example:
@@ -34,9 +40,15 @@ from bnfuse.errors import (
     UpgradeError,
     excerpt,
 )
+from bnfuse.folding.affine import affine_of
 from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
+from bnfuse.folding.arith import Affine
 from bnfuse.folding.planner import Action
+from bnfuse.graph import BlobVersion, Graph
+from bnfuse.layertypes.geometry import ConvGeometry, PoolGeometry
+from bnfuse.layertypes.notices import NetWarning
 from bnfuse.net import Layer, Net, load, save
+from bnfuse.run import forward
 from bnfuse.verification.compare import VerifyResult, verify
 
 __version__ = "0.1.0"
@@ -65,17 +77,23 @@ def example_path(kind: str = "prototxt") -> Path:
 
 __all__ = [
     "Action",
+    "Affine",
     "BackendUnavailableError",
+    "BlobVersion",
     "BnfuseError",
     "CaffemodelError",
+    "ConvGeometry",
     "FoldReport",
     "FoldResult",
+    "Graph",
     "InternalError",
     "Layer",
     "MemoryBudgetError",
     "ModelMismatchError",
     "Net",
+    "NetWarning",
     "OutputError",
+    "PoolGeometry",
     "PrototxtSchemaError",
     "PrototxtSyntaxError",
     "ReadOnlyLayerError",
@@ -83,9 +101,11 @@ __all__ = [
     "UpgradeError",
     "VerifyResult",
     "__version__",
+    "affine_of",
     "example_path",
     "fold",
     "fold_net",
+    "forward",
     "load",
     "save",
     "verify",

@@ -186,3 +186,13 @@ def test_inspect_of_a_train_only_file(model: tuple[Path, Path],
                                 "Dropout": 1, "SoftmaxWithLoss": 1}
     assert [(a["kind"], a["layers"], a["target"]) for a in report["actions"]] == [
         ("folded_into_producer", ["bn1", "sc1"], ["conv1"])]
+
+
+def test_a_copy_keeps_the_phase(model: tuple[Path, Path]) -> None:
+    net = bnfuse.load(*model, phase="TRAIN")
+    twin = net.copy()
+    assert twin.phase == "TRAIN"
+    assert [layer.name for layer in twin.excluded_layers] == ["probe"]
+    to_deploy(twin, {"data": (2, 3, 6, 6)})
+    assert (twin.phase, net.phase) == ("TEST", "TRAIN")
+    assert twin.document.render() == DEPLOY
