@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import FrameType
+from types import CodeType, FrameType
 
 from bnfuse.errors import OutputError
 
@@ -382,7 +382,23 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+#: Signals whose handler ran inside bnfuse's own handler bookkeeping (see
+#: :func:`_raise_interrupted`): delivered again once that bookkeeping is done.
+_pending: list[int] = []
+#: The code of that bookkeeping, filled in below the functions it names.
+_SHIELDED: set[CodeType] = set()
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    # Python runs a handler at any bytecode boundary, and within signal.signal and
+    # pthread_sigmask themselves: raised while the handlers are being put in or taken
+    # out, the exception would escape the code meant to handle it. There it is only
+    # recorded, and the bookkeeping delivers it again when it is done.
+    while frame is not None:
+        if frame.f_code in _SHIELDED:
+            _pending.append(signum)
+            return
+        frame = frame.f_back
     raise Interrupted(signum)
 
 
@@ -417,48 +433,73 @@ def install_handlers() -> Callable[[], None]:
     return restore
 
 
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
+class interruptible:  # noqa: N801 -- used like a function: ``with interruptible():``
     """Inside: SIGTERM and SIGHUP raise :class:`Interrupted` where they would have killed.
 
     Only signals whose handler is the default (kill the process) are taken
     over: a handler the caller installed is left alone.  On the way out the
     previous handlers come back; if one of the taken-over signals arrived, it is
     delivered again with its default action once the ``with`` block has cleaned
-    up, so the process still ends as it would have, minus the temp files.
+    up, so the process still ends as it would have, minus the temp files. That
+    holds wherever the signal lands, on the way in and out included.
     SIGINT needs nothing: Python already turns it into ``KeyboardInterrupt``.
 
     Example:
         >>> with interruptible():
         ...     pass
     """
-    if not _main_thread():
-        yield
-        return
-    taken: dict[int, object] = {}
-    for signum in TERMINATING:
-        if signum == signal.SIGINT:
-            continue
-        if signal.getsignal(signum) == signal.SIG_DFL:
-            taken[signum] = signal.signal(signum, _raise_interrupted)
-    try:
-        yield
-    except Interrupted as exc:
-        ours = exc.signum in taken
-        _restore(taken)
-        if ours:
+
+    def __init__(self) -> None:
+        self._taken: dict[int, object] = {}
+
+    def __enter__(self) -> None:
+        if not _main_thread():
+            return
+        for signum in TERMINATING:
+            if signum != signal.SIGINT and signal.getsignal(signum) == signal.SIG_DFL:
+                self._taken[signum] = signal.SIG_DFL
+                signal.signal(signum, _raise_interrupted)
+        if any(signum in self._taken for signum in _pending):
+            self._end(None)  # arrived on the way in: nothing to clean up yet
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        ours = exc.signum if isinstance(exc, Interrupted) and exc.signum in self._taken else None
+        self._end(ours)
+
+    def _end(self, signum: int | None) -> None:
+        """Put the previous handlers back; then end the process by ``signum``, or by a
+        taken-over signal that arrived meanwhile, with its default action."""
+        taken = set(self._taken)
+        _restore(self._taken)
+        late = [s for s in _pending if s in taken]
+        _pending[:] = [s for s in _pending if s not in taken]
+        if signum is None and late:
+            signum = late[0]
+        if signum is not None:
             # The default action, now that the cleanup is done: the process ends by
             # the signal, exactly as without bnfuse's handler.
-            os.kill(os.getpid(), exc.signum)
-        raise
-    finally:
-        _restore(taken)
+            os.kill(os.getpid(), signum)
 
 
 def _restore(taken: dict[int, object]) -> None:
+    """Put the previous handlers back, the signals blocked meanwhile.
+
+    A signal that arrives while blocked stays pending and, once unblocked, takes its
+    default action; one already on its way runs the handler (which only records it,
+    see :func:`_raise_interrupted`) before its default comes back, rather than being
+    dropped: Python runs no handler for a default it finds when it gets to it.
+    """
+    mask = getattr(signal, "pthread_sigmask", None)
+    previous = mask(signal.SIG_BLOCK, list(taken)) if mask is not None and taken else None
     for signum, handler in taken.items():
         signal.signal(signum, handler)  # type: ignore[arg-type]
     taken.clear()
+    if mask is not None and previous is not None:
+        mask(signal.SIG_SETMASK, previous)
+
+
+_SHIELDED.update(f.__code__ for f in (interruptible.__enter__, interruptible.__exit__,
+                                      interruptible._end, _restore))
 
 
 @contextlib.contextmanager
