@@ -6,6 +6,8 @@ The public API:
 - :func:`fold` / :func:`fold_net`: fold BatchNorm, Scale and Bias layers and
   report every decision;
 - :func:`verify`: run two nets on the same inputs and compare every blob;
+- :func:`to_onnx`: export a net (folded first by default) as an ONNX model
+  (``pip install "bnfuse[onnx]"``);
 - :class:`BnfuseError` and its subclasses: the only errors bnfuse raises.
 
 Example:
@@ -34,6 +36,7 @@ from bnfuse.errors import (
     UpgradeError,
     excerpt,
 )
+from bnfuse.export.api import to_onnx
 from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
 from bnfuse.folding.planner import Action
 from bnfuse.net import Layer, Net, load, save
@@ -88,5 +91,6 @@ __all__ = [
     "fold_net",
     "load",
     "save",
+    "to_onnx",
     "verify",
 ]
