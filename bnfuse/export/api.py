@@ -27,6 +27,7 @@ from bnfuse.errors import BnfuseError, OutputError
 from bnfuse.export._onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graph
 from bnfuse.io.atomic import StrPath, atomic_write
 from bnfuse.verification.backends import NetOrPaths, net_files
+from bnfuse.verification.compare import Inputs, VerifyResult
 
 #: Protobuf cannot serialise a message of 2 GiB or more (ONNX's external data is not used).
 _MAX_MODEL_BYTES = 2**31 - 1
@@ -84,6 +85,59 @@ def to_onnx(
     return model
 
 
+def verify_onnx(
+    net: NetOrPaths,
+    model: Any,
+    *,
+    exported: NetOrPaths | None = None,
+    inputs: Inputs | None = None,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> VerifyResult:
+    """Compare an ONNX model run in ONNX Runtime with bnfuse's executor on ``net``.
+
+    ``net`` is the reference (the Caffe net as loaded); ``exported`` is the net the model
+    was written from (the folded one; default ``net``), whose layers say which blobs
+    moved. Every output of the model named like a blob of ``net`` is compared with the
+    tolerance :func:`bnfuse.verify` uses: calibrated on ``net``'s own noise unless
+    ``rtol`` is given. Inputs are seeded from ``seed`` unless given.
+
+    Example:
+        >>> import bnfuse
+        >>> paths = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
+        >>> result = verify_onnx(paths, bnfuse.to_onnx(paths))
+        >>> result.passed, result.backend, [blob.name for blob in result.blobs]
+        (True, 'onnxruntime', ['prob'])
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from bnfuse.verification._given import resolve_inputs
+    from bnfuse.verification.backends import as_net
+    from bnfuse.verification.backends.numpy_backend import run as run_numpy
+    from bnfuse.verification.backends.onnxruntime_backend import session
+    from bnfuse.verification.calibrate import measure_noise
+    from bnfuse.verification.compare import compare_runs, default_tolerances
+
+    reference = as_net(net)
+    written = reference if exported is None else as_net(exported)
+    given = resolve_inputs(reference, inputs, seed, np.float32)
+    values_a = run_numpy(reference, given)
+    tolerances = replace(default_tolerances(np.float32, rtol, atol), calibrated=rtol is None)
+    noise = (measure_noise(reference, given, dtype=np.float32, seed=seed, baseline=values_a)
+             if tolerances.calibrated else None)
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    feed = {i.name: np.ascontiguousarray(given[i.name], dtype=np.float32)
+            for i in sess.get_inputs()}
+    values_b = dict(zip(names, sess.run(names, feed), strict=True))
+    return compare_runs(reference.layers, written.layers, values_a, values_b,
+                        tolerances=tolerances, backend="onnxruntime", skip=list(given),
+                        noise=noise)
+
+
 def save_onnx(model: Any, path: StrPath, *, inputs: Sequence[StrPath] = ()) -> None:
     """Write an ONNX model to ``path`` through bnfuse's guarded writer (atomic replace).
 
@@ -106,4 +160,4 @@ def save_onnx(model: Any, path: StrPath, *, inputs: Sequence[StrPath] = ()) -> N
         out.write(model.SerializeToString())
 
 
-__all__ = ["MAX_OPSET", "MIN_OPSET", "save_onnx", "to_onnx"]
+__all__ = ["MAX_OPSET", "MIN_OPSET", "save_onnx", "to_onnx", "verify_onnx"]

@@ -1,0 +1,419 @@
+"""ONNX export and the ONNX Runtime backend, against real Caffe and written-out rules.
+
+Tolerances: max |difference| relative to the reference's max |value|. Real MobileNets
+against real Caffe: 1e-4 (float32 rounding alone reaches 3.6e-5 there, see
+test_executor.py); golden cases (shallow nets) against Caffe: 1e-5; ONNX Runtime against
+bnfuse's executor on the layer-zoo net: 1e-5; pooling against Caffe's loops written out
+here: 1e-6 (one rounding of a sum of at most 9 terms).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from conftest import golden_cases, real_models, shared_path
+
+import bnfuse
+from bnfuse.cli import main
+from bnfuse.errors import BackendUnavailableError, BnfuseError, OutputError, UnsupportedLayerError
+from bnfuse.export._onnx import MAX_OPSET, MIN_OPSET, export_graph, import_onnx
+from bnfuse.verification.backends.onnxruntime_backend import session
+from bnfuse.verification.executor import forward
+from bnfuse.verification.randweights import random_weights
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
+pytest.importorskip("onnxruntime", reason="the verify extra (onnxruntime) is not installed")
+
+Array = npt.NDArray[Any]
+
+
+def relative(actual: Array, expected: Array) -> float:
+    assert actual.shape == expected.shape
+    return float(np.abs(actual.astype(np.float64) - expected).max()
+                 / max(float(np.abs(expected).max()), 1e-30))
+
+
+def run_exported(net: Any, inputs: dict[str, Array], *, opset: int = 17,
+                 every_blob: bool = True) -> dict[str, Array]:
+    """Export, check with onnx's full checker and strict shape inference, run in ORT.
+
+    Returns Caffe blob name -> the final value ORT computed for it.
+    """
+    exported = export_graph(net, opset=opset, every_blob=every_blob,
+                            input_shapes={k: v.shape for k, v in inputs.items()})
+    onnx.checker.check_model(exported.model, full_check=True)
+    onnx.shape_inference.infer_shapes(exported.model, strict_mode=True)
+    assert exported.model.opset_import[0].version == opset
+    sess = session(exported.model)
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, {k: inputs[k].astype(np.float32)
+                                               for k in exported.inputs}), strict=True))
+    return {blob: values[value] for blob, value in exported.blob_values.items()
+            if value in values}
+
+
+def load_case(folder: Path, *, fold: bool) -> tuple[Any, dict[str, Array], Any]:
+    net = bnfuse.load(folder / "model.prototxt", folder / "model.caffemodel")
+    if fold:
+        net = bnfuse.fold_net(net).net
+    ref = np.load(folder / "blobs.npz")
+    inputs = {k[len("input:"):]: ref[k] for k in ref.files if k.startswith("input:")}
+    return net, inputs, ref
+
+
+# --------------------------------------------------------------------------- real Caffe
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["unfolded", "folded"])
+@pytest.mark.parametrize("model", real_models() or ["absent"])
+def test_real_models_match_real_caffe_in_onnxruntime(model: str, fold: bool) -> None:
+    folder = shared_path("corpus", "real", model)
+    net, inputs, ref = load_case(folder, fold=fold)
+    got = run_exported(net, inputs)
+    outputs = [v.name for v in bnfuse.graph.build_graph(net.layers).outputs()]
+    assert outputs
+    compared = 0
+    for name, value in got.items():
+        key = f"blob:{name}"
+        if key in ref.files and "_split_" not in name:
+            limit = 1e-4
+            assert relative(value, ref[key]) < limit, name
+            compared += 1
+    assert all(f"blob:{name}" in ref.files for name in outputs)
+    assert compared >= 2
+
+
+@pytest.mark.parametrize("fold", [False, True], ids=["unfolded", "folded"])
+@pytest.mark.parametrize("case", golden_cases() or ["absent"])
+def test_golden_cases_match_real_caffe_in_onnxruntime(case: str, fold: bool) -> None:
+    folder = shared_path("golden", case)
+    net, inputs, ref = load_case(folder, fold=fold)
+    got = run_exported(net, inputs, opset=MIN_OPSET if fold else MAX_OPSET)
+    compared = [name for name in got if f"blob:{name}" in ref.files and "_split_" not in name
+                and name not in inputs]
+    assert compared
+    for name in compared:
+        assert relative(got[name], ref[f"blob:{name}"]) < 1e-5, name
+
+
+# --------------------------------------------------------------------------- pooling edge
+
+
+def caffe_pool(x: Array, method: str, k: int, s: int, p: int, ceil: bool = True) -> Array:
+    """Caffe's pooling_layer.cpp written out: output size, then MAX / AVE per window."""
+    n, c, h, w = x.shape
+
+    def size(extent: int) -> int:
+        span = extent + 2 * p - k
+        out = (-(-span // s) if ceil else span // s) + 1
+        if p and (out - 1) * s >= extent + p:
+            out -= 1
+        return out
+
+    oh, ow = size(h), size(w)
+    y = np.zeros((n, c, oh, ow), np.float64)
+    for i in range(oh):
+        for j in range(ow):
+            hstart, wstart = i * s - p, j * s - p
+            hend, wend = min(hstart + k, h + p), min(wstart + k, w + p)
+            pool_size = (hend - hstart) * (wend - wstart)  # AVE: padding counts
+            hstart, wstart = max(hstart, 0), max(wstart, 0)
+            hend, wend = min(hend, h), min(wend, w)
+            window = x[:, :, hstart:hend, wstart:wend]
+            if method == "MAX":
+                y[:, :, i, j] = window.max(axis=(2, 3))
+            else:
+                y[:, :, i, j] = window.sum(axis=(2, 3)) / pool_size
+    return y
+
+
+POOL_CASES = [
+    # (method, kernel, stride, pad, height/width, ceil): each overhangs the padded image
+    ("AVE", 3, 2, 1, 6, True),   # last window one row beyond the padding: divisor 6, 4
+    ("AVE", 3, 2, 0, 8, True),   # no padding, ceil: last window reaches past the image
+    ("AVE", 2, 2, 1, 5, True),   # 4 windows would start in the padding: Caffe drops one
+    ("AVE", 5, 3, 2, 9, True),
+    ("MAX", 3, 2, 1, 6, True),
+    ("MAX", 3, 2, 0, 8, True),
+    ("MAX", 2, 2, 1, 5, True),
+    ("MAX", 3, 2, 0, 8, False),  # the forks' ceil_mode: false (floor)
+    ("AVE", 3, 2, 1, 8, False),
+]
+
+
+@pytest.mark.parametrize(("method", "k", "s", "p", "size", "ceil"), POOL_CASES)
+def test_pooling_at_the_overhanging_edge_matches_caffe(method: str, k: int, s: int, p: int,
+                                                       size: int, ceil: bool) -> None:
+    fork = "" if ceil else " ceil_mode: false"
+    net = bnfuse.load(f'''
+    layer {{ name: "data" type: "Input" top: "data"
+             input_param {{ shape {{ dim: 2 dim: 3 dim: {size} dim: {size} }} }} }}
+    layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool"
+             pooling_param {{ pool: {method} kernel_size: {k} stride: {s} pad: {p}{fork} }} }}
+    '''.encode())
+    # Negative values everywhere: a MAX that let the zero padding in would be caught.
+    x = -np.random.default_rng(size + k).uniform(0.5, 2.0, (2, 3, size, size))
+    expected = caffe_pool(x, method, k, s, p, ceil)
+    got = run_exported(net, {"data": x.astype(np.float32)})["pool"]
+    assert got.shape == expected.shape
+    assert relative(got, expected) < 1e-6
+
+
+def test_overhanging_ave_pooling_divides_by_the_clipped_window() -> None:
+    net = bnfuse.load(b'''
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 1 dim: 1 dim: 6 dim: 6 } } }
+    layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+            pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }''')
+    got = run_exported(net, {"data": np.ones((1, 1, 6, 6), np.float32)})["pool"]
+    # Ones: per axis the windows [-1, 2), [1, 4), [3, 6), [5, 8) hold 2, 3, 3, 1 pixels of
+    # the image and Caffe divides by their extent clipped to the padded [-1, 7): 3, 3, 3, 2.
+    # (ONNX's count_include_pad would give 1/9 in the corner, Caffe gives 1/4.)
+    pixels, divisor = np.array([2, 3, 3, 1]), np.array([3, 3, 3, 2])
+    expected = np.outer(pixels, pixels) / np.outer(divisor, divisor)
+    np.testing.assert_allclose(got[0, 0], expected, rtol=1e-6)
+    assert got[0, 0, 3, 3] == np.float32(0.25)
+
+
+# --------------------------------------------------------------------------- the layer zoo
+
+ZOO = b'''
+layer { name: "data" type: "Input" top: "data" top: "side"
+        input_param { shape { dim: 2 dim: 4 dim: 9 dim: 9 } shape { dim: 2 dim: 6 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 2 dilation: 2 group: 2 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "prelu" type: "PReLU" bottom: "conv" top: "conv" }
+layer { name: "deconv" type: "Deconvolution" bottom: "conv" top: "deconv"
+        convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 } }
+layer { name: "cudnn_bn" type: "CuDNNBatchNorm" bottom: "deconv" top: "deconv" }
+layer { name: "elu" type: "ELU" bottom: "deconv" top: "deconv" elu_param { alpha: 0.5 } }
+layer { name: "pool" type: "Pooling" bottom: "deconv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "lrn" type: "LRN" bottom: "pool" top: "lrn"
+        lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 k: 2 } }
+layer { name: "lrn_within" type: "LRN" bottom: "pool" top: "lrn_within"
+        lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 norm_region: WITHIN_CHANNEL } }
+layer { name: "sum" type: "Eltwise" bottom: "lrn" bottom: "lrn_within" top: "sum"
+        eltwise_param { operation: SUM coeff: 0.5 coeff: -2 } }
+layer { name: "prod" type: "Eltwise" bottom: "sum" bottom: "lrn" top: "prod"
+        eltwise_param { operation: PROD } }
+layer { name: "max" type: "Eltwise" bottom: "prod" bottom: "sum" top: "max"
+        eltwise_param { operation: MAX } }
+layer { name: "slice" type: "Slice" bottom: "max" top: "s1" top: "s2"
+        slice_param { axis: 1 slice_point: 1 } }
+layer { name: "sig" type: "Sigmoid" bottom: "s1" top: "s1" }
+layer { name: "tanh" type: "TanH" bottom: "s2" top: "s2" }
+layer { name: "concat" type: "Concat" bottom: "s2" bottom: "s1" top: "cat" }
+layer { name: "crop" type: "Crop" bottom: "cat" bottom: "s1" top: "crop"
+        crop_param { axis: 1 offset: 1 offset: 0 offset: 0 } }
+layer { name: "power" type: "Power" bottom: "crop" top: "power"
+        power_param { power: 2 scale: 0.5 shift: 1 } }
+layer { name: "split" type: "Split" bottom: "power" top: "p1" top: "p2" }
+layer { name: "scale2" type: "Scale" bottom: "p1" bottom: "p2" top: "scaled"
+        scale_param { axis: 0 } }
+layer { name: "bias" type: "Bias" bottom: "scaled" top: "scaled" }
+layer { name: "ave" type: "Pooling" bottom: "scaled" top: "ave"
+        pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 } }
+layer { name: "global" type: "Pooling" bottom: "ave" top: "global"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "permute" type: "Permute" bottom: "ave" top: "permute"
+        permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "flat" type: "Flatten" bottom: "permute" top: "flat" }
+layer { name: "reshape" type: "Reshape" bottom: "flat" top: "reshaped"
+        reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }
+layer { name: "ip_axis" type: "InnerProduct" bottom: "reshaped" top: "ip_axis"
+        inner_product_param { num_output: 5 axis: 2 } }
+layer { name: "ip_t" type: "InnerProduct" bottom: "side" top: "ip_t"
+        inner_product_param { num_output: 3 transpose: true } }
+layer { name: "segnet_bn" type: "BN" bottom: "ip_t" top: "ip_t"
+        bn_param { bn_mode: INFERENCE } }
+layer { name: "leaky" type: "ReLU" bottom: "ip_t" top: "ip_t" relu_param { negative_slope: 0.1 } }
+layer { name: "drop" type: "Dropout" bottom: "ip_t" top: "ip_t" }
+layer { name: "softmax" type: "Softmax" bottom: "ip_axis" top: "prob" softmax_param { axis: 1 } }
+'''
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, MAX_OPSET])
+def test_every_layer_type_matches_the_executor(opset: int) -> None:
+    net = random_weights(ZOO, seed=3)
+    rng = np.random.default_rng(0)
+    inputs = {"data": rng.standard_normal((2, 4, 9, 9)).astype(np.float32),
+              "side": rng.standard_normal((2, 6)).astype(np.float32)}
+    expected = forward(net, inputs)
+    got = run_exported(net, inputs, opset=opset)
+    assert set(got) == set(expected) - set(inputs)
+    for name in got:
+        assert relative(got[name], expected[name]) < 1e-5, name
+    # Only the net's outputs in the default export, under Caffe's names.
+    plain = export_graph(net, opset=opset)
+    assert [o.name for o in plain.model.graph.output] == ["global", "ip_t", "prob"]
+
+
+def test_in_place_blobs_are_versioned_and_the_final_version_keeps_the_name() -> None:
+    net = random_weights(b'''
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }
+    layer { name: "pre" type: "Power" bottom: "data" top: "data" power_param { shift: 1 } }
+    layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+            convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "conv1/bn" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+    layer { name: "relu" type: "ReLU" bottom: "conv1" top: "conv1" }''', seed=0)
+    exported = export_graph(net)
+    graph = exported.model.graph
+    assert [(n.op_type, list(n.input)[:1], list(n.output)) for n in graph.node] == [
+        ("Add", ["data"], ["data#1"]),
+        ("Conv", ["data#1"], ["conv1#0"]),
+        ("BatchNormalization", ["conv1#0"], ["conv1#1"]),
+        ("Relu", ["conv1#1"], ["conv1"]),
+    ]
+    assert [i.name for i in graph.input] == ["data"]
+    assert exported.blob_values == {"data": "data#1", "conv1": "conv1"}
+    assert [n.name for n in graph.node] == ["pre", "conv1", "conv1/bn", "relu"]
+
+
+def test_one_error_names_every_type_that_cannot_be_exported() -> None:
+    net = bnfuse.load(b'''
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+    layer { name: "reorg" type: "Reorg" bottom: "data" top: "r" }
+    layer { name: "relu" type: "ReLU" bottom: "r" top: "r" }
+    layer { name: "py" type: "Python" bottom: "r" top: "q" }
+    layer { name: "reorg2" type: "Reorg" bottom: "q" top: "z" }''')
+    with pytest.raises(UnsupportedLayerError) as info:
+        export_graph(net)
+    assert "layer types 'Python', 'Reorg' cannot be exported to ONNX" in str(info.value)
+
+
+def test_a_pooling_mask_top_is_refused_with_its_reason() -> None:
+    net = bnfuse.load(b'''
+    layer { name: "data" type: "Input" top: "data"
+            input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+    layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask"
+            pooling_param { pool: MAX kernel_size: 2 stride: 2 } }''')
+    with pytest.raises(UnsupportedLayerError, match=r"\(the argmax mask\) has no ONNX equivalent"):
+        export_graph(net)
+
+
+def test_opsets_outside_the_stated_range_are_refused() -> None:
+    paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    for opset in (MIN_OPSET - 1, MAX_OPSET + 1):
+        with pytest.raises(BnfuseError, match="bnfuse writes opsets 13 to 21"):
+            bnfuse.to_onnx(paths, opset=opset)
+    with pytest.raises(TypeError, match="opset must be an int"):
+        bnfuse.to_onnx(paths, opset="17")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- extras, API
+
+
+def test_import_bnfuse_never_imports_onnx() -> None:
+    code = ("import sys, bnfuse; bnfuse.load(bnfuse.example_path()); "
+            "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_missing_onnx_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    with pytest.raises(BackendUnavailableError, match=r'pip install "bnfuse\[onnx\]"'):
+        import_onnx()
+    from bnfuse.verification.backends.onnxruntime_backend import import_onnxruntime
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailableError, match=r'pip install "bnfuse\[verify\]"'):
+        import_onnxruntime()
+
+
+def test_to_onnx_folds_a_copy_and_leaves_the_callers_net_alone(tmp_path: Path) -> None:
+    net = bnfuse.load(bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    types = [layer.type for layer in net.layers]
+    out = tmp_path / "m.onnx"
+    model = bnfuse.to_onnx(net, out)
+    assert [layer.type for layer in net.layers] == types
+    assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
+    assert out.read_bytes() == model.SerializeToString()
+    unfolded = bnfuse.to_onnx(net, fold=False)
+    assert [n.op_type for n in unfolded.graph.node].count("BatchNormalization") == 2
+
+
+def test_to_onnx_never_writes_over_the_nets_own_files(tmp_path: Path) -> None:
+    prototxt = tmp_path / "a.prototxt"
+    caffemodel = tmp_path / "a.caffemodel"
+    prototxt.write_bytes(bnfuse.example_path("prototxt").read_bytes())
+    caffemodel.write_bytes(bnfuse.example_path("caffemodel").read_bytes())
+    with pytest.raises(OutputError):
+        bnfuse.to_onnx((prototxt, caffemodel), caffemodel)
+    assert caffemodel.read_bytes() == bnfuse.example_path("caffemodel").read_bytes()
+
+
+def test_a_converter_needs_only_bnfuse_names(tmp_path: Path) -> None:
+    """What a converter author writes: bnfuse's public names, onnx and onnxruntime."""
+    import onnxruntime
+
+    paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    net = bnfuse.load(*paths)
+    folded = bnfuse.fold(*paths)
+    assert [a.kind for a in folded.report.actions] == ["folded_into_producer"] * 2
+    target = tmp_path / "example.onnx"
+    bnfuse.to_onnx(net, target, opset=13)
+    sess = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    (prob,) = sess.run(["prob"], {"data": x})
+    reference = bnfuse.verify(paths, paths, inputs={"data": x})
+    assert reference.passed
+    assert prob.shape == (1, 10)
+    assert abs(float(prob.sum()) - 1.0) < 1e-5
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _perturbed(net: Any) -> Any:
+    """A deliberately wrong fold: the first weighted layer's largest weight moved by 5%."""
+    for layer in net.layers:
+        if layer.blobs:
+            blobs = [np.array(b) for b in layer.blobs]
+            flat = blobs[0].reshape(-1)
+            i = int(np.abs(flat).argmax())
+            flat[i] *= 1.05
+            net.set_blobs(layer, blobs)
+            return net
+    raise AssertionError("no weights")
+
+
+@pytest.mark.parametrize("case", golden_cases() or ["absent"])
+def test_onnxruntime_backend_agrees_with_numpy_verdicts(case: str) -> None:
+    folder = shared_path("golden", case)
+    original = (folder / "model.prototxt", folder / "model.caffemodel")
+    verdicts = {}
+    for backend in ("numpy", "onnxruntime"):
+        good = bnfuse.verify(original, bnfuse.fold(*original).net, backend=backend)
+        bad = bnfuse.verify(original, _perturbed(bnfuse.fold(*original).net), backend=backend)
+        verdicts[backend] = (good.passed, bad.passed, bad.first_divergence)
+    assert verdicts["numpy"] == verdicts["onnxruntime"]
+    assert verdicts["numpy"][:2] == (True, False)
+
+
+def test_cli_export_verify_and_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = [str(bnfuse.example_path(kind)) for kind in ("prototxt", "caffemodel")]
+    out = tmp_path / "example.onnx"
+    assert main(["export", *model, "-o", str(out), "--verify", "--opset", "13"]) == 0
+    text = capsys.readouterr().out
+    assert "PASSED (onnxruntime, float32)" in text
+    assert f"wrote {out}" in text
+    assert onnx.load(out).opset_import[0].version == 13
+    assert main(["export", *model, "-o", str(out), "--no-fold", "-q"]) == 0
+    assert [n.op_type for n in onnx.load(out).graph.node].count("BatchNormalization") == 2
+    assert main(["export", *model, "-o", model[1]]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert main(["verify", *model, *model, "--backend", "onnxruntime", "-q"]) == 0
+    assert main(["export", *model, "--opset", "12"]) == 2
