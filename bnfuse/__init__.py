@@ -8,6 +8,10 @@ The public API:
 - :func:`verify`: run two nets on the same inputs and compare every blob;
 - :func:`to_onnx`: export a net (folded first by default) as an ONNX model
   (``pip install "bnfuse[onnx]"``);
+- for embedders (converters): :func:`forward` runs a net and returns its blobs,
+  :func:`affine_of` gives any BatchNorm dialect's, Scale's or Bias's per-channel
+  :class:`Affine` map, and :class:`Net` gives the blob :class:`Graph`
+  (:class:`BlobVersion` per write), shapes, inputs, outputs and layer geometry;
 - :class:`BnfuseError` and its subclasses: the only errors bnfuse raises.
 
 Example:
@@ -37,9 +41,13 @@ from bnfuse.errors import (
     excerpt,
 )
 from bnfuse.export.api import to_onnx
+from bnfuse.folding.affine import affine_of
 from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
+from bnfuse.folding.arith import Affine
 from bnfuse.folding.planner import Action
+from bnfuse.graph import BlobVersion, Graph
 from bnfuse.net import Layer, Net, load, save
+from bnfuse.run import forward
 from bnfuse.verification.compare import VerifyResult, verify
 
 __version__ = "0.1.0"
@@ -68,11 +76,14 @@ def example_path(kind: str = "prototxt") -> Path:
 
 __all__ = [
     "Action",
+    "Affine",
     "BackendUnavailableError",
+    "BlobVersion",
     "BnfuseError",
     "CaffemodelError",
     "FoldReport",
     "FoldResult",
+    "Graph",
     "InternalError",
     "Layer",
     "MemoryBudgetError",
@@ -86,9 +97,11 @@ __all__ = [
     "UpgradeError",
     "VerifyResult",
     "__version__",
+    "affine_of",
     "example_path",
     "fold",
     "fold_net",
+    "forward",
     "load",
     "save",
     "to_onnx",

@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +81,9 @@ from bnfuse.proto import (
     NetStateRule,
     V1LayerParameter,
 )
+
+if TYPE_CHECKING:
+    from bnfuse.graph import Graph
 
 #: What :func:`load` and :func:`save` accept for a file: a path, the bytes, or a file object.
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
@@ -393,6 +396,30 @@ class Net:
             self._document.root.remove_many(self._doomed)
             self._doomed = []
         return self._document
+
+    # --- the embedder's view: graph, shapes, inputs, outputs ------------------
+
+    def graph(self) -> Graph:
+        """The blob graph of the layers as they are now: versioned blobs, producers, readers.
+
+        Each write of a blob name is its own :class:`~bnfuse.graph.BlobVersion`
+        (``conv1#0`` from the convolution, ``conv1#1`` after its in-place BatchNorm);
+        ``graph.reads[i]`` / ``graph.writes[i]`` are the versions ``net.layers[i]``
+        reads and writes, ``graph.readers(v)`` and ``graph.producer(v)`` layer indices.
+        Built anew on each call (O(layers)): keep it while the net is not edited.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+            >>> g = net.graph()
+            >>> [str(v) for v in g.versions_of("conv1")]
+            ['conv1#0', 'conv1#1', 'conv1#2', 'conv1#3']
+            >>> [net.layers[i].name for i in g.readers(g.versions_of("conv1")[0])]
+            ['conv1/bn']
+        """
+        from bnfuse.graph import build_graph
+
+        return build_graph(self.layers)
 
     # --- edits -------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import numpy as np
 from bnfuse._text import quote_user_text
 from bnfuse.errors import BnfuseError
 from bnfuse.folding import arith, variants
+from bnfuse.folding.affine import layer_affine, scale_bias_problem
 from bnfuse.graph import Graph, build_graph
 from bnfuse.layertypes.batchnorm import NORM_TYPES, Dialect, detect_layer
 from bnfuse.net import CONV_TYPES, Layer, Net
@@ -102,57 +103,14 @@ def _norm_dialect(layer: Layer, options: FoldOptions, structural: bool) -> Diale
     return dialect.with_stored_statistics() if options.force_global_stats else dialect
 
 
-def _norm_affine(layer: Layer, options: FoldOptions, structural: bool) -> arith.Affine | None:
-    """Per-channel (scale, shift) of a BatchNorm dialect, or raise _SkipError with the reason."""
-    if not layer.blobs and not structural:
-        raise _SkipError(f"{layer.type} {layer.name!r} has no weights in the caffemodel")
+def _layer_affine(layer: Layer, options: FoldOptions, structural: bool) -> arith.Affine | None:
+    """The layer's map (:func:`~bnfuse.folding.affine.layer_affine`), or _SkipError with
+    the reason it has none."""
     try:
-        dialect = _norm_dialect(layer, options, structural)
-        if not dialect.foldable:
-            reason = dialect.reason or f"{layer.type} layout is unknown"
-            if dialect.statistics == "batch" and dialect.name in ("bvlc", "nvidia"):
-                reason += " (force_global_stats=True folds it with the stored statistics)"
-            raise _SkipError(reason)
-        if structural:
-            return None
-        return variants.dialect_affine(dialect, [np.asarray(blob) for blob in layer.blobs])
+        return layer_affine(layer, force_global_stats=options.force_global_stats,
+                            structural=structural)
     except BnfuseError as exc:
         raise _SkipError(str(exc)) from None
-
-
-def _scale_affine(layer: Layer) -> arith.Affine:
-    blobs = [np.asarray(blob) for blob in layer.blobs]
-    try:
-        if layer.type == "Scale":
-            gamma = blobs[0].reshape(-1)
-            beta = blobs[1].reshape(-1) if len(blobs) > 1 else None
-            return arith.affine_from_scale(gamma, beta)
-        return arith.affine_from_bias(blobs[0].reshape(-1))
-    except BnfuseError as exc:
-        # Blobs that do not fit together (a corrupt caffemodel) leave the layer as it is,
-        # with the reason in the report, as for a BatchNorm's blobs.
-        raise _SkipError(f"{layer.type} {layer.name!r}: {exc}") from None
-
-
-def _affine_layer_problem(layer: Layer, structural: bool = False) -> str | None:
-    """Why a Scale/Bias layer is not a simple per-channel map on axis 1 (None: it is)."""
-    if layer.type == "Scale":
-        param = layer.param.scale_param
-    elif layer.type == "Bias":
-        param = layer.param.bias_param  # type: ignore[assignment]
-    else:
-        return f"{layer.type} is not a per-channel affine layer"
-    if len(layer.bottoms) != 1:
-        return (f"{layer.type} {layer.name!r} has {len(layer.bottoms)} bottoms: its factor "
-                "is an input, not a weight")
-    if param.axis != 1 or param.num_axes != 1:
-        return (f"{layer.type} {layer.name!r} works on axis {param.axis} with num_axes "
-                f"{param.num_axes}; only per-channel (axis 1, num_axes 1) maps fold")
-    if not layer.blobs and not structural:
-        return f"{layer.type} {layer.name!r} has no weights in the caffemodel"
-    if len(layer.tops) != 1:
-        return f"{layer.type} {layer.name!r} has {len(layer.tops)} tops"
-    return None
 
 
 def _shared_params(layer: Layer) -> str | None:
@@ -231,7 +189,7 @@ class _Planner:
             nxt = self._sole_reader(chain[-1])
             if nxt is None or nxt in self.used or self.layers[nxt].type not in allowed:
                 break
-            problem = _affine_layer_problem(self.layers[nxt], self.structural)
+            problem = scale_bias_problem(self.layers[nxt], structural=self.structural)
             if problem is not None:
                 notes.append(problem)
                 break
@@ -341,7 +299,7 @@ class _Planner:
             if layer.type in NORM_TYPES:
                 actions.append(self._plan_chain(index))
             elif layer.type in ("Scale", "Bias"):
-                problem = _affine_layer_problem(layer, self.structural)
+                problem = scale_bias_problem(layer, structural=self.structural)
                 if problem is None:
                     actions.append(self._plan_chain(index))
                 elif self._reads_norm(index):
@@ -359,17 +317,14 @@ class _Planner:
         names = [layer.name for layer in layers]
         first = self.layers[start]
         try:
-            affine: arith.Affine | None = None
-            if first.type in NORM_TYPES:
-                if len(first.bottoms) != 1 or len(first.tops) != 1:
-                    raise _SkipError(f"{first.type} {first.name!r} needs one bottom and one top")
-                affine = _norm_affine(first, self.options, self.structural)
-            elif not self.structural:
-                affine = _scale_affine(first)
+            affine = _layer_affine(first, self.options, self.structural)
             if affine is not None:
                 for i in chain[1:]:
                     try:
-                        affine = arith.compose(affine, _scale_affine(self.layers[i]))
+                        after = _layer_affine(self.layers[i], self.options,
+                                              structural=False)
+                        assert after is not None  # only a structural reading gives None
+                        affine = arith.compose(affine, after)
                     except _SkipError:
                         raise
                     except BnfuseError as exc:  # e.g. BatchNorm and Scale channel counts differ
