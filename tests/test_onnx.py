@@ -355,25 +355,6 @@ def test_to_onnx_never_writes_over_the_nets_own_files(tmp_path: Path) -> None:
     assert caffemodel.read_bytes() == bnfuse.example_path("caffemodel").read_bytes()
 
 
-def test_a_converter_needs_only_bnfuse_names(tmp_path: Path) -> None:
-    """What a converter author writes: bnfuse's public names, onnx and onnxruntime."""
-    import onnxruntime
-
-    paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
-    net = bnfuse.load(*paths)
-    folded = bnfuse.fold(*paths)
-    assert [a.kind for a in folded.report.actions] == ["folded_into_producer"] * 2
-    target = tmp_path / "example.onnx"
-    bnfuse.to_onnx(net, target, opset=13)
-    sess = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    (prob,) = sess.run(["prob"], {"data": x})
-    reference = bnfuse.verify(paths, paths, inputs={"data": x})
-    assert reference.passed
-    assert prob.shape == (1, 10)
-    assert abs(float(prob.sum()) - 1.0) < 1e-5
-
-
 # --------------------------------------------------------------------------- verification
 
 
