@@ -102,6 +102,25 @@ def test_golden_cases_match_real_caffe_in_onnxruntime(case: str, fold: bool) -> 
         assert relative(got[name], ref[f"blob:{name}"]) < 1e-5, name
 
 
+def test_ssd_fork_layers_match_the_ssd_forks_own_caffe() -> None:
+    """Normalize, PriorBox, Permute, Flatten, Concat, Reshape, Softmax of SSD's Caffe.
+
+    DetectionOutput (a data-dependent number of rows after NMS) is not exported: the
+    net is cut before it, and every blob before it is compared.
+    """
+    folder = shared_path("golden_forks", "ssd_tiny")
+    net, inputs, ref = load_case(folder, fold=False)
+    with pytest.raises(UnsupportedLayerError, match="'DetectionOutput' cannot be exported"):
+        export_graph(net)
+    for layer in [layer for layer in net.layers if layer.type == "DetectionOutput"]:
+        net.remove_layer(layer)
+    got = run_exported(net, inputs)
+    compared = [name for name in got if f"blob:{name}" in ref.files and name not in inputs]
+    assert {"conv2_norm", "mbox_priorbox", "mbox_conf_softmax"} <= set(compared)
+    for name in compared:
+        assert relative(got[name], ref[f"blob:{name}"]) < 1e-5, name
+
+
 # --------------------------------------------------------------------------- pooling edge
 
 
@@ -255,6 +274,35 @@ def test_every_layer_type_matches_the_executor(opset: int) -> None:
     # Only the net's outputs in the default export, under Caffe's names.
     plain = export_graph(net, opset=opset)
     assert [o.name for o in plain.model.graph.output] == ["global", "ip_t", "prob"]
+
+
+FORKS = b'''
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 6 dim: 5 dim: 5 } } }
+layer { name: "relu6" type: "ReLU6" bottom: "data" top: "r6" }
+layer { name: "leaky6" type: "ReLU6" bottom: "data" top: "l6" relu6_param { negative_slope: 0.2 } }
+layer { name: "shuffle" type: "ShuffleChannel" bottom: "l6" top: "shuffled"
+        shuffle_channel_param { group: 3 } }
+layer { name: "gap" type: "Pooling" bottom: "shuffled" top: "gap"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "gate" type: "Sigmoid" bottom: "gap" top: "gap" }
+layer { name: "axpy" type: "Axpy" bottom: "gap" bottom: "shuffled" bottom: "r6" top: "axpy" }
+layer { name: "up" type: "Upsample" bottom: "axpy" top: "up" upsample_param { scale: 2 } }
+layer { name: "norm" type: "Normalize" bottom: "up" top: "norm"
+        norm_param { across_spatial: false channel_shared: false } }
+layer { name: "norm_all" type: "Normalize" bottom: "up" top: "norm_all" }
+'''
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, MAX_OPSET])
+def test_fork_layers_match_the_executor(opset: int) -> None:
+    net = random_weights(FORKS, seed=1)
+    x = {"data": 4 * np.random.default_rng(2).standard_normal((2, 6, 5, 5)).astype(np.float32)}
+    expected = forward(net, x)
+    got = run_exported(net, x, opset=opset)
+    assert set(got) == set(expected) - {"data"}
+    for name in got:
+        assert relative(got[name], expected[name]) < 1e-5, name
 
 
 def test_in_place_blobs_are_versioned_and_the_final_version_keeps_the_name() -> None:

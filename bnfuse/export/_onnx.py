@@ -53,7 +53,15 @@ from bnfuse._text import quote_user_text
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
 from bnfuse.graph import BlobVersion, build_graph
 from bnfuse.layertypes._base import DEPTHWISE_TYPES, LayerLike, NetLike, Shape
-from bnfuse.layertypes._forks import permute_order, refused_fork_field
+from bnfuse.layertypes._forks import (
+    normalize_config,
+    permute_order,
+    prior_box_config,
+    refused_fork_field,
+    relu6_slope,
+    shuffle_groups,
+    upsample_output,
+)
 from bnfuse.layertypes.batchnorm import BVLC_DEFAULT_EPS
 from bnfuse.layertypes.geometry import (
     POOL_AVE,
@@ -71,6 +79,7 @@ from bnfuse.layertypes.geometry import (
     slice_layout,
 )
 from bnfuse.layertypes.shapes import input_layer_shapes, is_input_layer, layer_output_shapes
+from bnfuse.verification._ssd import prior_box_forward
 from bnfuse.verification.layers import layer_weights
 from bnfuse.verification.norms import norm_dialect
 
@@ -279,11 +288,12 @@ def _batch_norm(b: _Builder, c: _Call) -> None:
            c.outs, layer, epsilon=eps)
 
 
-def _reduce_mean(b: _Builder, x: str, axes: list[int], layer: LayerLike, what: str) -> str:
+def _reduce(b: _Builder, op: str, x: str, axes: list[int], *, layer: LayerLike,
+            what: str) -> str:
+    """A reduction keeping its axes (axes an attribute before opset 18, an input from 18)."""
     if b.opset >= 18:
-        return b.op("ReduceMean", [x, b.ints(axes, f"{layer.name}/axes")], layer, what,
-                    keepdims=1)
-    return b.op("ReduceMean", [x], layer, what, axes=axes, keepdims=1)
+        return b.op(op, [x, b.ints(axes, f"{layer.name}/axes")], layer, what, keepdims=1)
+    return b.op(op, [x], layer, what, axes=axes, keepdims=1)
 
 
 def _batch_statistics_norm(b: _Builder, c: _Call, eps: float, affine: tuple[Array, Array] | None
@@ -292,10 +302,10 @@ def _batch_statistics_norm(b: _Builder, c: _Call, eps: float, affine: tuple[Arra
     layer = c.layer
     (x,), (shape,) = c.ins, c.in_shapes
     axes = [0, *range(2, len(shape))]
-    mean = _reduce_mean(b, x, axes, layer, "batch_mean")
+    mean = _reduce(b, "ReduceMean", x, axes, layer=layer, what="batch_mean")
     centred = b.op("Sub", [x, mean], layer, "centred")
     square = b.op("Mul", [centred, centred], layer, "square")
-    var = _reduce_mean(b, square, axes, layer, "batch_variance")
+    var = _reduce(b, "ReduceMean", square, axes, layer=layer, what="batch_variance")
     padded = b.op("Add", [var, b.const(np.float32(eps), f"{layer.name}/eps")], layer, "var_eps")
     std = b.op("Sqrt", [padded], layer, "std")
     if affine is None:
@@ -626,6 +636,91 @@ def _permute(b: _Builder, c: _Call) -> None:
     b.node("Transpose", c.ins, c.outs, c.layer, perm=list(order))
 
 
+# --------------------------------------------------------------------------- fork layers
+
+
+def _relu6(b: _Builder, c: _Call) -> None:
+    layer = c.layer
+    slope = relu6_slope(layer)
+    x = c.ins[0]
+    if slope != 0:
+        x = b.op("LeakyRelu", [x], layer, "leaky", alpha=slope)
+        b.node("Min", [x, b.const(np.float32(6), f"{layer.name}/six")], c.outs, layer)
+        return
+    b.node("Clip", [x, b.const(np.float32(0), f"{layer.name}/zero"),
+                    b.const(np.float32(6), f"{layer.name}/six")], c.outs, layer)
+
+
+def _shuffle_channel(b: _Builder, c: _Call) -> None:
+    layer = c.layer
+    shape = c.in_shapes[0]
+    n, channels = shape[0], shape[1]
+    group = shuffle_groups(layer, channels)
+    grouped = b.op("Reshape", [c.ins[0], b.ints((n, group, channels // group, -1),
+                                                f"{layer.name}/grouped_shape")],
+                   layer, "grouped")
+    swapped = b.op("Transpose", [grouped], layer, "swapped", perm=[0, 2, 1, 3])
+    b.node("Reshape", [swapped, b.ints(shape, f"{layer.name}/shape")], c.outs, layer)
+
+
+def _axpy(b: _Builder, c: _Call) -> None:
+    layer = c.layer
+    a, x, y = c.ins
+    a_shape, x_shape = c.in_shapes[0], c.in_shapes[1]
+    target = (a_shape[0], a_shape[1], *([1] * (len(x_shape) - 2)))
+    if tuple(a_shape) != target:
+        a = b.op("Reshape", [a, b.ints(target, f"{layer.name}/a_shape")], layer, "a")
+    scaled = b.op("Mul", [a, x], layer, "ax")
+    b.node("Add", [scaled, y], c.outs, layer)
+
+
+def _normalize(b: _Builder, c: _Call) -> None:
+    layer = c.layer
+    config = normalize_config(layer)
+    (scale,) = c.weights()
+    (x,), (shape,) = c.ins, c.in_shapes
+    if len(shape) < 2:
+        raise _refuse(layer, f"its input {shape} has no channel axis")
+    axes = list(range(1, len(shape))) if config.across_spatial else [1]
+    total = _reduce(b, "ReduceSumSquare", x, axes, layer=layer, what="sum_square")
+    padded = b.op("Add", [total, b.const(np.float32(config.eps), f"{layer.name}/eps")], layer,
+                  "sum_square_eps")
+    norm = b.op("Sqrt", [padded], layer, "norm")
+    if config.across_spatial:
+        # Caffe multiplies by the reciprocal of the norm.
+        inverse = b.op("Reciprocal", [norm], layer, "inverse")
+        normed = b.op("Mul", [x, inverse], layer, "normed")
+    else:
+        normed = b.op("Div", [x, norm], layer, "normed")
+    factor = scale.reshape(()) if scale.ndim == 0 else _channel_shaped(scale, len(shape))
+    b.node("Mul", [normed, b.const(factor, f"{layer.name}/scale")], c.outs, layer)
+
+
+def _prior_box(b: _Builder, c: _Call) -> None:
+    # The priors depend on the two bottoms' shapes only: a constant of the exported graph.
+    layer = c.layer
+    feature, image = c.in_shapes
+    priors = prior_box_forward(feature, image, prior_box_config(layer), _F32)
+    tensor = b.onnx.numpy_helper.from_array(np.ascontiguousarray(priors, np.float32),
+                                            f"{layer.name}/priors")
+    b.node("Constant", [], c.outs, layer, value=tensor)
+
+
+def _upsample(b: _Builder, c: _Call) -> None:
+    layer = c.layer
+    if len(c.ins) != 1:
+        raise _refuse(layer, "SegNet's unpooling by a mask has no exact ONNX equivalent")
+    n, channels, height, width = c.in_shapes[0]
+    out_h, _ = upsample_output(layer, c.in_shapes)
+    k = out_h // height
+    # Nearest-neighbour by repetition: (N,C,H,1,W,1) broadcast to (N,C,H,k,W,k), exactly.
+    spread = b.op("Reshape", [c.ins[0], b.ints((n, channels, height, 1, width, 1),
+                                               f"{layer.name}/spread_shape")], layer, "spread")
+    tiled = b.op("Expand", [spread, b.ints((n, channels, height, k, width, k),
+                                           f"{layer.name}/tiled_shape")], layer, "tiled")
+    b.node("Reshape", [tiled, b.ints(c.out_shapes[0], f"{layer.name}/shape")], c.outs, layer)
+
+
 _EMITTERS: dict[str, Emitter] = {
     "Convolution": _convolution,
     **{t: _convolution for t in DEPTHWISE_TYPES},
@@ -660,6 +755,12 @@ _EMITTERS: dict[str, Emitter] = {
     "Crop": _crop,
     "Softmax": _softmax,
     "Permute": _permute,
+    "ReLU6": _relu6,
+    "ShuffleChannel": _shuffle_channel,
+    "Axpy": _axpy,
+    "Normalize": _normalize,
+    "PriorBox": _prior_box,
+    "Upsample": _upsample,
 }
 
 #: Every layer type the exporter writes (``Input`` and data layers become graph inputs).
@@ -673,10 +774,11 @@ def unexportable_types(net: NetLike) -> list[str]:
         >>> import bnfuse
         >>> net = bnfuse.load(b'''
         ... layer { name: "r" type: "Reorg" bottom: "x" top: "y" }
-        ... layer { name: "p" type: "PriorBox" bottom: "y" bottom: "x" top: "z" }
+        ... layer { name: "d" type: "DetectionOutput" bottom: "y" bottom: "x" bottom: "x"
+        ...         top: "z" }
         ... layer { name: "s" type: "Sigmoid" bottom: "z" top: "z" }''')
         >>> unexportable_types(net)
-        ['PriorBox', 'Reorg']
+        ['DetectionOutput', 'Reorg']
     """
     return sorted({layer.type for layer in net.layers
                    if not is_input_layer(layer) and layer.type not in _EMITTERS})
