@@ -340,14 +340,55 @@ def test_one_error_names_every_type_that_cannot_be_exported() -> None:
     assert "layer types 'Python', 'Reorg' cannot be exported to ONNX" in str(info.value)
 
 
-def test_a_pooling_mask_top_is_refused_with_its_reason() -> None:
-    net = bnfuse.load(b'''
-    layer { name: "data" type: "Input" top: "data"
-            input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
-    layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask"
-            pooling_param { pool: MAX kernel_size: 2 stride: 2 } }''')
-    with pytest.raises(UnsupportedLayerError, match=r"\(the argmax mask\) has no ONNX equivalent"):
-        export_graph(net)
+def caffe_pool_mask(x: Array, k: int, s: int, p: int) -> Array:
+    """Caffe's MAX mask written out: ``h * W + w`` of the first maximum (strict ``>``)."""
+    n, c, h, w = x.shape
+    oh = -(-(h + 2 * p - k) // s) + 1
+    if p and (oh - 1) * s >= h + p:
+        oh -= 1
+    mask = np.zeros((n, c, oh, oh))
+    for i, j in np.ndindex(oh, oh):
+        hs, ws = max(i * s - p, 0), max(j * s - p, 0)
+        he, we = min(i * s - p + k, h), min(j * s - p + k, w)
+        for a, b_ in np.ndindex(n, c):
+            best, where = -np.inf, -1
+            for y in range(hs, he):
+                for z in range(ws, we):
+                    if x[a, b_, y, z] > best:
+                        best, where = x[a, b_, y, z], y * w + z
+            mask[a, b_, i, j] = where
+    return mask
+
+
+SEGNET = b'''
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 3 dim: 7 dim: 7 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "pool2" type: "Pooling" bottom: "pool" top: "pool2" top: "mask2"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "unpool2" type: "Upsample" bottom: "pool2" bottom: "mask2" top: "unpooled2"
+        upsample_param { scale: 2 } }
+layer { name: "interp" type: "Interp" bottom: "unpooled2" top: "zoomed"
+        interp_param { zoom_factor: 3 } }
+layer { name: "shrink" type: "Interp" bottom: "zoomed" top: "shrunk"
+        interp_param { shrink_factor: 2 pad_beg: -1 pad_end: -1 } }
+'''
+
+
+def test_segnet_masks_unpooling_and_pspnet_interp_match_caffe_rules() -> None:
+    net = bnfuse.load(SEGNET)
+    # Ties everywhere (few distinct values): the mask must name the first maximum.
+    x = np.random.default_rng(4).integers(-2, 3, (2, 3, 7, 7)).astype(np.float32)
+    got = run_exported(net, {"data": x})
+    np.testing.assert_array_equal(got["mask"], caffe_pool_mask(x, 3, 2, 1))
+    np.testing.assert_array_equal(got["pool"], caffe_pool(x, "MAX", 3, 2, 1))
+    expected = forward(net, {"data": x})
+    assert set(got) == set(expected) - {"data"}
+    for name in ("mask2", "unpooled2"):
+        np.testing.assert_array_equal(got[name], expected[name])
+    for name in ("zoomed", "shrunk"):
+        assert relative(got[name], expected[name]) < 1e-6, name
 
 
 def test_opsets_outside_the_stated_range_are_refused() -> None:

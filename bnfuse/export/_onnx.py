@@ -20,6 +20,10 @@ explicitly:
   statistics written out for ``use_global_stats: false``).
 - Scale and Bias broadcast over ``axis``/``num_axes``; InnerProduct flattens from its
   ``axis`` and honours ``transpose``.
+- Fork layers the executor runs are written with the fork's arithmetic: SegNet's mask
+  and unpooling, PSPNet's ``Interp`` (its bilinear weights as two matrix products), SSD's
+  ``Normalize`` and ``PriorBox`` (a constant: it depends on shapes only), ``Axpy``,
+  ``ShuffleChannel``, ``ReLU6``, nearest ``Upsample``.
 
 Blob names: Caffe lets layers write a name again (in place). ONNX values are assigned
 once, so each write is a version (:mod:`bnfuse.graph`). The final version of a blob
@@ -54,6 +58,7 @@ from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayer
 from bnfuse.graph import BlobVersion, build_graph
 from bnfuse.layertypes._base import DEPTHWISE_TYPES, LayerLike, NetLike, Shape
 from bnfuse.layertypes._forks import (
+    interp_geometry,
     normalize_config,
     permute_order,
     prior_box_config,
@@ -79,6 +84,7 @@ from bnfuse.layertypes.geometry import (
     slice_layout,
 )
 from bnfuse.layertypes.shapes import input_layer_shapes, is_input_layer, layer_output_shapes
+from bnfuse.verification._forklayers import _source_positions as source_positions
 from bnfuse.verification._ssd import prior_box_forward
 from bnfuse.verification.layers import layer_weights
 from bnfuse.verification.norms import norm_dialect
@@ -526,10 +532,45 @@ def _pool(b: _Builder, layer: LayerLike, value: tuple[str, Shape], g: PoolGeomet
 
 def _pooling(b: _Builder, c: _Call) -> None:
     layer = c.layer
-    if len(c.outs) != 1:
-        raise _refuse(layer, "its second top (the argmax mask) has no ONNX equivalent")
     g = pool_geometry(layer, c.in_shapes[0])
-    _pool(b, layer, (c.ins[0], c.in_shapes[0]), g, c.outs)
+    if len(c.outs) == 1:
+        _pool(b, layer, (c.ins[0], c.in_shapes[0]), g, c.outs)
+        return
+    if g.method != POOL_MAX:
+        raise _refuse(layer, "only MAX pooling has a mask top")
+    _pool_with_mask(b, layer, (c.ins[0], c.in_shapes[0]), g, c.outs)
+
+
+def _pool_with_mask(b: _Builder, layer: LayerLike, value: tuple[str, Shape], g: PoolGeometry,
+                    outs: Sequence[str]) -> None:
+    """MAX pooling and Caffe's mask: the index ``h * W + w`` of each window's maximum.
+
+    ONNX's ``MaxPool`` gives the maximum's index in the flattened padded input; the
+    position inside the image follows from it (ties go to the first maximum in both).
+    """
+    x, (_, _, height, width) = value
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = g.kernel, g.stride, g.pad, g.output
+    ext_h = max((oh - 1) * sh + kh, ph + height)
+    ext_w = max((ow - 1) * sw + kw, pw + width)
+    fill = b.const(np.float32(_FLT_MIN), f"{layer.name}/fill")
+    pads = b.ints([0, 0, ph, pw, 0, 0, ext_h - ph - height, ext_w - pw - width],
+                  f"{layer.name}/pads")
+    padded = b.op("Pad", [x, pads, fill], layer, "padded", mode="constant")
+    flat = b.fresh(f"{layer.name}/argmax")
+    b.node("MaxPool", [padded], [outs[0], flat], layer, kernel_shape=[kh, kw],
+           strides=[sh, sw])
+
+    def const(v: int, what: str) -> str:
+        return b.const(np.int64(v), f"{layer.name}/{what}", np.int64)
+
+    in_plane = b.op("Mod", [flat, const(ext_h * ext_w, "plane")], layer, "in_plane")
+    row = b.op("Div", [in_plane, const(ext_w, "padded_width")], layer, "padded_row")
+    col = b.op("Mod", [in_plane, const(ext_w, "padded_width#")], layer, "padded_col")
+    image_row = b.op("Sub", [row, const(ph, "pad_h")], layer, "row")
+    image_col = b.op("Sub", [col, const(pw, "pad_w")], layer, "col")
+    offset = b.op("Mul", [image_row, const(width, "width")], layer, "row_offset")
+    index = b.op("Add", [offset, image_col], layer, "index")
+    b.node("Cast", [index], [outs[1]], layer, to=b.onnx.TensorProto.FLOAT)
 
 
 def _lrn(b: _Builder, c: _Call) -> None:
@@ -706,10 +747,26 @@ def _prior_box(b: _Builder, c: _Call) -> None:
     b.node("Constant", [], c.outs, layer, value=tensor)
 
 
+def _unpool(b: _Builder, c: _Call) -> None:
+    """SegNet's unpooling: each value to the place its mask names in its own channel."""
+    layer = c.layer
+    n, channels, height, width = c.in_shapes[0]
+    out_h, out_w = upsample_output(layer, c.in_shapes)
+    # Caffe truncates the float mask to int; MaxUnpool indexes the flattened whole output.
+    index = b.op("Cast", [c.ins[1]], layer, "mask_index", to=b.onnx.TensorProto.INT64)
+    planes = np.arange(n * channels, dtype=np.int64).reshape(n, channels, 1, 1) * out_h * out_w
+    flat = b.op("Add", [index, b.const(planes, f"{layer.name}/plane_offsets", np.int64)],
+                layer, "flat_index")
+    shape = b.ints((n, channels, out_h, out_w), f"{layer.name}/shape")
+    b.node("MaxUnpool", [c.ins[0], flat, shape], c.outs, layer,
+           kernel_shape=[max(1, out_h // height), max(1, out_w // width)])
+
+
 def _upsample(b: _Builder, c: _Call) -> None:
     layer = c.layer
     if len(c.ins) != 1:
-        raise _refuse(layer, "SegNet's unpooling by a mask has no exact ONNX equivalent")
+        _unpool(b, c)
+        return
     n, channels, height, width = c.in_shapes[0]
     out_h, _ = upsample_output(layer, c.in_shapes)
     k = out_h // height
@@ -719,6 +776,39 @@ def _upsample(b: _Builder, c: _Call) -> None:
     tiled = b.op("Expand", [spread, b.ints((n, channels, height, k, width, k),
                                            f"{layer.name}/tiled_shape")], layer, "tiled")
     b.node("Reshape", [tiled, b.ints(c.out_shapes[0], f"{layer.name}/shape")], c.outs, layer)
+
+
+def _interp_matrix(size_in: int, size_out: int) -> Array:
+    """``(size_out, size_in)`` weights of the fork's linear interpolation along one axis."""
+    index, step, near, far = source_positions(size_in, size_out, _F32)
+    matrix = np.zeros((size_out, size_in), np.float32)
+    rows = np.arange(size_out)
+    np.add.at(matrix, (rows, index), near)
+    np.add.at(matrix, (rows, index + step), far)
+    return matrix
+
+
+def _interp(b: _Builder, c: _Call) -> None:
+    """PSPNet's ``Interp``: crop, then the fork's bilinear weights as two matrix products.
+
+    Each output is ``h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d)`` as the fork sums it;
+    the other terms of the products are exact zeros.
+    """
+    layer = c.layer
+    g = interp_geometry(layer, c.in_shapes)
+    x = c.ins[0]
+    _, _, height, width = c.in_shapes[0]
+    if (g.pad_beg, g.in_h, g.in_w) != (0, height, width):
+        x = b.op("Slice", [x, b.ints([g.pad_beg] * 2, f"{layer.name}/starts"),
+                           b.ints([g.pad_beg + g.in_h, g.pad_beg + g.in_w], f"{layer.name}/ends"),
+                           b.ints([2, 3], f"{layer.name}/axes")], layer, "window")
+    if (g.in_h, g.in_w) == (g.out_h, g.out_w):
+        b.node("Identity", [x], c.outs, layer)
+        return
+    columns = b.const(_interp_matrix(g.in_w, g.out_w).T, f"{layer.name}/columns")
+    along_w = b.op("MatMul", [x, columns], layer, "along_width")
+    rows = b.const(_interp_matrix(g.in_h, g.out_h), f"{layer.name}/rows")
+    b.node("MatMul", [rows, along_w], c.outs, layer)
 
 
 _EMITTERS: dict[str, Emitter] = {
@@ -761,6 +851,7 @@ _EMITTERS: dict[str, Emitter] = {
     "Normalize": _normalize,
     "PriorBox": _prior_box,
     "Upsample": _upsample,
+    "Interp": _interp,
 }
 
 #: Every layer type the exporter writes (``Input`` and data layers become graph inputs).
