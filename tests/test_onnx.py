@@ -391,6 +391,36 @@ def test_segnet_masks_unpooling_and_pspnet_interp_match_caffe_rules() -> None:
         assert relative(got[name], expected[name]) < 1e-6, name
 
 
+def test_legacy_inputs_and_data_layers_become_graph_inputs() -> None:
+    legacy = bnfuse.load(b'''input: "data" input_dim: 2 input_dim: 3 input_dim: 4 input_dim: 4
+    layer { name: "relu" type: "ReLU" bottom: "data" top: "out" }''')
+    exported = export_graph(legacy)
+    assert exported.inputs == {"data": (2, 3, 4, 4)} and exported.outputs == ["out"]
+    data_layer = bnfuse.load(b'''
+    layer { name: "d" type: "Data" top: "data" top: "label" include { phase: TEST }
+            transform_param { crop_size: 5 } data_param { batch_size: 4 } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 2 kernel_size: 1 } }''')
+    net = random_weights(data_layer, seed=0, input_shapes={"data": (4, 3, 5, 5)})
+    exported = export_graph(net, input_shapes={"data": (4, 3, 5, 5)})
+    assert exported.inputs == {"data": (4, 3, 5, 5)}  # the label nobody reads is left out
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    assert relative(run_exported(net, {"data": x})["conv"], forward(net, {"data": x})["conv"]) \
+        < 1e-6
+
+
+def test_a_train_val_net_is_pointed_to_its_deploy_form() -> None:
+    net = bnfuse.load(b'''
+    layer { name: "data" type: "Input" top: "data" top: "label"
+            input_param { shape { dim: 1 dim: 4 } shape { dim: 1 } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" }
+    layer { name: "acc" type: "Accuracy" bottom: "data" bottom: "label" top: "acc" }''')
+    with pytest.raises(UnsupportedLayerError, match=r"layer types 'Accuracy', 'SoftmaxWithLoss' "
+                                                    r"cannot be exported to ONNX; this is a "
+                                                    r"train/val net: export its deploy form"):
+        export_graph(net)
+
+
 def test_opsets_outside_the_stated_range_are_refused() -> None:
     paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
     for opset in (MIN_OPSET - 1, MAX_OPSET + 1):

@@ -952,9 +952,13 @@ def export_graph(
                           f"to {MAX_OPSET}")
     missing = unexportable_types(net)
     if missing:
+        training = any(t.endswith(("Loss", "Accuracy")) or t == "Silence" for t in missing)
+        hint = ("; this is a train/val net: export its deploy form (bnfuse fold --deploy, "
+                "bnfuse.deploy.to_deploy)" if training else "")
         raise UnsupportedLayerError(
             f"{getattr(net, 'prototxt_source', 'the net')}: layer types "
-            f"{', '.join(quote_user_text(t, 60) for t in missing)} cannot be exported to ONNX")
+            f"{', '.join(quote_user_text(t, 60) for t in missing)} cannot be exported to "
+            f"ONNX{hint}")
     onnx = import_onnx()
     helper = onnx.helper
     layers = list(net.layers)
@@ -984,8 +988,8 @@ def export_graph(
     for index, layer in enumerate(layers):
         if is_input_layer(layer):
             for v in graph.writes[index]:
-                if not graph.readers(v) and v.name not in stated:
-                    continue  # a data layer's label nobody reads: not an input of the model
+                if not graph.readers(v):
+                    continue  # a top nobody reads (a data layer's label): no input of the model
                 shapes[v] = inputs[names[v]] = input_shape(v.name, layer)
             continue
         for v in graph.reads[index]:
@@ -997,9 +1001,11 @@ def export_graph(
                      [names[v] for v in graph.writes[index]], out_shapes)
         _EMITTERS[layer.type](b, call)
         shapes.update(zip(graph.writes[index], out_shapes, strict=True))
+    produced = {names[v] for v in shapes}
     outputs = [names[v] for v in graph.outputs() if v in shapes and names[v] not in inputs]
     if every_blob:
-        finals = [value for value in blob_values.values() if value not in inputs]
+        finals = [value for value in blob_values.values()
+                  if value not in inputs and value in produced]
         outputs = list(dict.fromkeys([*outputs, *finals]))
     shape_of = {names[v]: shape for v, shape in shapes.items()}
     float32 = onnx.TensorProto.FLOAT
