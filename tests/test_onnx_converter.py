@@ -9,6 +9,7 @@ probabilities; the BatchNorm map in float32 against affine_of's float64, 1e-6 re
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ import pytest
 
 import bnfuse
 
-onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
-pytest.importorskip("onnxruntime", reason="the verify extra (onnxruntime) is not installed")
+if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+    pytest.skip("the verify extra (onnx, onnxruntime) is not installed", allow_module_level=True)
 
 
 def test_a_converter_needs_only_bnfuse_names(tmp_path: Path) -> None:
     """What a converter author writes: bnfuse's public names, onnx and onnxruntime."""
+    import onnx
     import onnxruntime
 
     paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))

@@ -56,6 +56,7 @@ import numpy.typing as npt
 from bnfuse._text import quote_user_text
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
 from bnfuse.graph import BlobVersion, build_graph
+from bnfuse.io.guard import deferred_signals
 from bnfuse.layertypes._base import DEPTHWISE_TYPES, LayerLike, NetLike, Shape
 from bnfuse.layertypes._forks import (
     interp_geometry,
@@ -112,7 +113,11 @@ def import_onnx() -> Any:
         'onnx'
     """
     try:
-        import onnx
+        # onnx starts a native thread when imported; made with SIGINT/SIGTERM/SIGHUP
+        # blocked, it inherits that mask, so those signals keep reaching the main thread
+        # and bnfuse's deferral around a commit's renames stays effective.
+        with deferred_signals():
+            import onnx
     except ImportError:
         raise BackendUnavailableError(f"ONNX export needs the onnx package: {_INSTALL}") from None
     return onnx

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import BackendUnavailableError, BnfuseError
+from bnfuse.io.guard import deferred_signals
 from bnfuse.verification.backends import NetOrPaths, Progress, as_net, python_layers
 
 NAME = "onnxruntime"
@@ -47,7 +48,11 @@ def import_onnxruntime() -> Any:
         'onnxruntime'
     """
     try:
-        import onnxruntime
+        # Native threads inherit the signal mask of the thread that makes them: made with
+        # the deferred signals blocked, ORT's threads never take a SIGINT/SIGTERM meant
+        # for the main thread (which would defeat the deferral around a commit).
+        with deferred_signals():
+            import onnxruntime
     except ImportError:
         raise BackendUnavailableError(
             f"the onnxruntime backend needs ONNX Runtime: {_INSTALL}") from None
@@ -70,8 +75,9 @@ def session(model: Any, *, optimize: bool = False) -> Any:
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(model.SerializeToString(), options,
-                                    providers=["CPUExecutionProvider"])
+        with deferred_signals():  # its thread pool inherits the mask (see above)
+            return ort.InferenceSession(model.SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types
         raise BnfuseError(f"ONNX Runtime refused the exported model: {exc}") from None
 
