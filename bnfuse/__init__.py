@@ -11,7 +11,9 @@ The public API:
 - for embedders (converters): :func:`forward` runs a net and returns its blobs,
   :func:`affine_of` gives any BatchNorm dialect's, Scale's or Bias's per-channel
   :class:`Affine` map, and :class:`Net` gives the blob :class:`Graph`
-  (:class:`BlobVersion` per write), shapes, inputs, outputs and layer geometry;
+  (:class:`BlobVersion` per write), shapes, inputs, outputs, layer geometry
+  (:class:`ConvGeometry`, :class:`PoolGeometry`), its load :class:`NetWarning` list
+  and an independent ``copy()``;
 - :class:`BnfuseError` and its subclasses: the only errors bnfuse raises.
 
 Example:
@@ -46,6 +48,8 @@ from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
 from bnfuse.folding.arith import Affine
 from bnfuse.folding.planner import Action
 from bnfuse.graph import BlobVersion, Graph
+from bnfuse.layertypes.geometry import ConvGeometry, PoolGeometry
+from bnfuse.layertypes.notices import NetWarning
 from bnfuse.net import Layer, Net, load, save
 from bnfuse.run import forward
 from bnfuse.verification.compare import VerifyResult, verify
@@ -81,6 +85,7 @@ __all__ = [
     "BlobVersion",
     "BnfuseError",
     "CaffemodelError",
+    "ConvGeometry",
     "FoldReport",
     "FoldResult",
     "Graph",
@@ -89,7 +94,9 @@ __all__ = [
     "MemoryBudgetError",
     "ModelMismatchError",
     "Net",
+    "NetWarning",
     "OutputError",
+    "PoolGeometry",
     "PrototxtSchemaError",
     "PrototxtSyntaxError",
     "ReadOnlyLayerError",

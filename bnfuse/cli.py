@@ -348,10 +348,16 @@ def _cmd_inspect(args: argparse.Namespace, out: _Out) -> int:
         out.say("fork fields (not in BVLC Caffe's schema) of the layers above:")
         for name, fields in forks.items():
             out.say(f"  {name}: {', '.join(fields)}")
+    if net.warnings:
+        out.say()
+        out.say(f"warnings ({len(net.warnings)}): what the layers' schema fields do not say")
+        for warning in net.warnings:
+            out.say(f"  {warning.message}")
     if args.json:
         _write_json({"prototxt": net.prototxt_source, "layers": counts,
                      "parameters": parameters, "bytes": size,
-                     "actions": [a.to_dict() for a in actions], "fork_fields": forks},
+                     "actions": [a.to_dict() for a in actions], "fork_fields": forks,
+                     "warnings": [w.to_dict() for w in net.warnings]},
                     args.json, inputs)
     return EXIT_OK
 

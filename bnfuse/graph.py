@@ -27,7 +27,10 @@ queries (:meth:`Graph.outputs`, :meth:`Graph.depths`, :meth:`Graph.between`)
 are one more pass.
 
 This module is the only place that answers questions about the blob graph:
-the planner, the comparison and the local check all ask a :class:`Graph`.
+the planner, the comparison and the local check all ask a :class:`Graph`. It is
+also public: ``bnfuse.Graph`` and ``bnfuse.BlobVersion``, built for a loaded net
+by :meth:`bnfuse.Net.graph`, are the graph view a converter uses (an ONNX value
+per version, the producers and readers of each).
 
 Example:
     >>> from types import SimpleNamespace as L
@@ -154,6 +157,18 @@ class Graph:
         self.reads: tuple[tuple[BlobVersion, ...], ...] = tuple(reads)
         #: ``writes[i]``: the versions layer ``i`` writes, one per top.
         self.writes: tuple[tuple[BlobVersion, ...], ...] = tuple(writes)
+
+    @property
+    def layers(self) -> tuple[LayerLike, ...]:
+        """The layers the graph was built from, in order: the indices are positions here.
+
+        Example:
+            >>> from types import SimpleNamespace as L
+            >>> g = build_graph([L(name="r", type="ReLU", bottoms=("x",), tops=("y",))])
+            >>> g.layers[g.producer(g.final_version("y"))].name
+            'r'
+        """
+        return self._layers
 
     def _known(self, version: BlobVersion) -> list[int]:
         who = self._readers.get(version)

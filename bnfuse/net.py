@@ -25,16 +25,17 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import text_format
 
 from bnfuse._checks import (
+    require_bool,
     require_destination,
     require_int,
     require_net,
@@ -83,7 +84,9 @@ from bnfuse.proto import (
 )
 
 if TYPE_CHECKING:
-    from bnfuse.graph import Graph
+    from bnfuse.graph import BlobVersion, Graph
+    from bnfuse.layertypes.geometry import ConvGeometry, PoolGeometry
+    from bnfuse.layertypes.notices import NetWarning
 
 #: What :func:`load` and :func:`save` accept for a file: a path, the bytes, or a file object.
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
@@ -350,6 +353,7 @@ class Net:
         #: The input files as the kernel knows them (device, inode), taken when they
         #: were read: no output may replace them, whatever path names them later.
         self._input_files: tuple[FileId, ...] = ()
+        self._warnings: tuple[NetWarning, ...] = ()
 
     @property
     def layers(self) -> tuple[Layer, ...]:
@@ -420,6 +424,203 @@ class Net:
         from bnfuse.graph import build_graph
 
         return build_graph(self.layers)
+
+    @overload
+    def shapes(self, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+               versions: Literal[False] = False) -> dict[str, tuple[int, ...]]: ...
+
+    @overload
+    def shapes(self, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+               versions: Literal[True]) -> dict[BlobVersion, tuple[int, ...]]: ...
+
+    def shapes(self, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+               versions: bool = False
+               ) -> dict[str, tuple[int, ...]] | dict[BlobVersion, tuple[int, ...]]:
+        """Every blob's shape, from the prototxt alone (no weights needed), as Caffe's
+        ``Reshape`` computes it.
+
+        ``input_shapes`` overrides the shapes the inputs declare (``Input`` layers,
+        ``input_dim`` fields, data layers whose prototxt states them) and gives those
+        they leave open, by blob name. By default the result maps each blob name to its
+        shape after the whole net (in net order); ``versions=True`` maps each
+        :class:`~bnfuse.graph.BlobVersion` of :meth:`graph` to its own shape, for a
+        name that a later layer writes again with another shape. Raises
+        :class:`~bnfuse.errors.UnsupportedLayerError` at a layer whose shape rule bnfuse
+        does not know, or whose input shape the prototxt does not state.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+            >>> net.shapes()["pool1"], net.shapes({"data": (2, 3, 64, 64)})["fc"]
+            ((1, 16, 16, 16), (2, 10))
+            >>> reused = bnfuse.load(b'''
+            ... layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1
+            ...         dim: 2 dim: 8 dim: 8 } } }
+            ... layer { name: "pool" type: "Pooling" bottom: "x" top: "x"
+            ...         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }''')
+            >>> {str(v): shape for v, shape in reused.shapes(versions=True).items()}
+            {'x#0': (1, 2, 8, 8), 'x#1': (1, 2, 4, 4)}
+        """
+        from bnfuse._checks import require_input_shapes
+        from bnfuse.layertypes.shapes import shape_steps
+
+        given = require_input_shapes(input_shapes, "Net.shapes")
+        require_bool(versions, "Net.shapes", "versions")
+        if not versions:
+            from bnfuse.layertypes.shapes import infer_shapes
+
+            return infer_shapes(self, given)
+        graph = self.graph()
+        found: dict[BlobVersion, tuple[int, ...]] = {}
+        for reads, writes, (bottoms, tops) in zip(graph.reads, graph.writes,
+                                                  shape_steps(self, given), strict=False):
+            found.update((v, s) for v, s in zip(reads, bottoms, strict=False)
+                         if v.producer is None)  # a fragment's given inputs
+            found.update(zip(writes, tops, strict=True))
+        return found
+
+    @property
+    def inputs(self) -> dict[str, tuple[int, ...] | None]:
+        """The blobs the net is fed, by name, in order, with the shape they declare.
+
+        The tops of ``Input`` layers (``input``/``input_dim``/``input_shape`` fields
+        included, upgraded to an ``Input`` layer) and of data layers (``None`` where
+        the prototxt leaves the shape to the data, such as a ``Data`` layer's image
+        size), then the blobs read before any layer writes them (a fragment's open
+        bottoms: ``None``). These are the names :func:`bnfuse.forward` and
+        :func:`bnfuse.verify` accept as inputs.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(b'input: "data" input_dim: 1 input_dim: 3 input_dim: 8 '
+            ...                   b'input_dim: 8 layer { name: "r" type: "ReLU" '
+            ...                   b'bottom: "data" top: "out" }')
+            >>> net.inputs, net.outputs
+            ({'data': (1, 3, 8, 8)}, ('out',))
+        """
+        from bnfuse.verification.inputs import net_input_shapes
+
+        return net_input_shapes(self.layers)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The net's outputs, as Caffe's ``net.outputs``: blob names no layer reads after
+        their last write, in the order of the layers that wrote them.
+
+        A data layer's label nobody reads is one, as in Caffe. Example: see :attr:`inputs`.
+        """
+        return tuple(version.name for version in self.graph().outputs())
+
+    def geometry(self, layer: Layer,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None
+                 ) -> ConvGeometry | PoolGeometry:
+        """The resolved window of a convolution or pooling layer, for its input's shape.
+
+        Convolution, Deconvolution and the depthwise types give a
+        :class:`~bnfuse.ConvGeometry`, Pooling a :class:`~bnfuse.PoolGeometry`: kernel,
+        stride and pad per spatial axis (Caffe's repeated ``kernel_size`` or
+        ``kernel_h``/``kernel_w``, a pooling's single ``kernel_size``, global pooling),
+        dilation, group, the output size, and the pooling's rounding (``round_mode``, a
+        fork's ``ceil_mode: false`` included). The input's shape comes from
+        :meth:`shapes` with ``input_shapes``. Any other layer type raises
+        :class:`~bnfuse.errors.UnsupportedLayerError`.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+            >>> conv = net.geometry(net.layer("conv2"))
+            >>> conv.kernel, conv.pad, conv.group, conv.output
+            ((3, 3), (1, 1), 2, (16, 16))
+            >>> pool = net.geometry(net.layer("pool1"), {"data": (1, 3, 31, 31)})
+            >>> pool.method_name, pool.kernel, pool.stride, pool.output, pool.ceil
+            ('MAX', (2, 2), (2, 2), (16, 16), True)
+        """
+        from bnfuse._checks import require_input_shapes
+        from bnfuse.errors import UnsupportedLayerError
+        from bnfuse.layertypes.geometry import conv_geometry, pool_geometry
+        from bnfuse.layertypes.shapes import shape_steps
+
+        self._check_layer(layer, "geometry")
+        index = self.layers.index(layer)
+        if layer.type not in CONV_TYPES | {"Deconvolution", "Pooling"}:
+            raise UnsupportedLayerError(
+                f"Net.geometry: layer {excerpt(layer.name)} is a {excerpt(layer.type)}; "
+                "only convolution and pooling layers have a window geometry",
+                layer=layer.name)
+        given = require_input_shapes(input_shapes, "Net.geometry")
+        for position, (bottoms, _) in enumerate(shape_steps(self, given)):
+            if position == index:
+                if layer.type == "Pooling":
+                    return pool_geometry(layer, bottoms[0])
+                return conv_geometry(layer, bottoms[0])
+        raise AssertionError("the walk reaches every layer")  # pragma: no cover
+
+    @property
+    def warnings(self) -> tuple[NetWarning, ...]:
+        """What the loader found that the layers' typed parameters do not say.
+
+        Each :class:`~bnfuse.NetWarning` has a ``kind``: ``fork_field`` (a fork field
+        bnfuse honours that changes the computation, such as ``ceil_mode: false``),
+        ``unknown_fork_field`` (a fork field bnfuse does not know, which may change what
+        the layer computes), ``unknown_enum`` (an enum value only a fork has, kept as
+        text) or ``missing_weights`` (a layer that needs weights and has none in the
+        caffemodel); and ``layer``, ``field`` and ``message``. Taken at load:
+        ``bnfuse inspect`` prints them.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(b'''layer { name: "p" type: "Pooling" bottom: "x" top: "y"
+            ...   pooling_param { pool: AVE kernel_size: 3 stride: 2 ceil_mode: false } }''')
+            >>> [(w.kind, w.layer, w.field) for w in net.warnings]
+            [('fork_field', 'p', 'pooling_param.ceil_mode')]
+        """
+        return self._warnings
+
+    def copy(self) -> Net:
+        """An independent deep copy: editing or folding either net leaves the other as it is.
+
+        The text, the layers and their typed parameters are copied; weights are shared
+        until one net replaces them (they are read-only arrays, and every edit gives a
+        layer new arrays), so a copy costs the text, not the weights. The copy saves to
+        the same bytes as the original.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(bnfuse.example_path("prototxt"),
+            ...                   bnfuse.example_path("caffemodel"))
+            >>> folded = bnfuse.fold_net(net.copy()).net
+            >>> len(net.layers), len(folded.layers), net.edited, folded.edited
+            (12, 8, False, True)
+        """
+        import copy as deep
+
+        memo: dict[int, Any] = {}
+        document = deep.deepcopy(self.document, memo)  # .document: pending removals done
+
+        def twin(layer: Layer) -> Layer:
+            new = Layer.__new__(Layer)
+            for slot in Layer.__slots__:
+                object.__setattr__(new, slot, getattr(layer, slot))
+            param = LayerParameter()
+            param.CopyFrom(layer._param)
+            object.__setattr__(new, "_param", param)
+            if layer._node is not None:
+                object.__setattr__(new, "_node", memo[id(layer._node)])
+            return new
+
+        twin_net = Net(name=self.name, layers=[twin(layer) for layer in self.layers],
+                       document=document, prototxt_source=self.prototxt_source,
+                       prototxt_path=self.prototxt_path, weights=self.weights,
+                       caffemodel_path=self.caffemodel_path,
+                       original_text=self._original_text,
+                       upgrade_notes=list(self.upgrade_notes))
+        twin_net._edited = self._edited
+        # Removed layers only say which caffemodel records to leave out on save.
+        twin_net._removed = list(self._removed)
+        twin_net._excluded = [twin(layer) for layer in self._excluded]
+        twin_net._input_files = self._input_files
+        twin_net._warnings = self._warnings
+        return twin_net
 
     # --- edits -------------------------------------------------------------
 
@@ -991,19 +1192,21 @@ def _refuse_orphan_bottoms(layers: Sequence[Layer], excluded: Sequence[Layer],
         produced.update(layer.tops)
 
 
-def _input_layer(net_param: NetParameter, source: str) -> LayerParameter | None:
-    """The Input layer Caffe makes from top-level input fields (the text keeps the fields)."""
+def _input_layer(net_param: NetParameter,
+                 source: str) -> tuple[LayerParameter | None, list[str]]:
+    """The Input layer Caffe makes from top-level input fields (the text keeps the fields),
+    with the upgrade's notes."""
     if not net_param.input:
-        return None
+        return None, []
     probe = NetParameter()
     probe.input.extend(net_param.input)
     probe.input_dim.extend(net_param.input_dim)
     probe.input_shape.extend(net_param.input_shape)
     try:
-        upgrade_net(probe)
+        notes = upgrade_net(probe)
     except UpgradeError as exc:
         raise UpgradeError(f"{source}: {exc}", path=source) from None
-    return probe.layer[0] if probe.layer else None
+    return (probe.layer[0] if probe.layer else None), notes
 
 
 def _slot(layer: Layer, field: str, index: object, method: str) -> int:
@@ -1016,24 +1219,36 @@ def _slot(layer: Layer, field: str, index: object, method: str) -> int:
     return position
 
 
-def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
+def load(prototxt: Source, caffemodel: Source | None = None, *,
+         require_weights: bool = False) -> Net:
     """Read a Caffe net: the prototxt, and the weights when a caffemodel is given.
 
     Accepts paths, bytes or binary file objects. Old formats (V0, V1, ``input``
-    fields) are upgraded as Caffe does; layers are filtered for the TEST phase;
-    weights are matched by layer name. Raises a :class:`BnfuseError` subclass
-    naming the file and the place on any problem.
+    fields) are upgraded as Caffe does (``net.upgrade_notes`` says what changed);
+    layers are filtered for the TEST phase; weights are matched by layer name. What
+    the typed parameters do not say is in ``net.warnings``. With
+    ``require_weights=True`` a layer that needs weights and has none (no record in
+    the caffemodel, or no caffemodel) raises
+    :class:`~bnfuse.errors.ModelMismatchError` naming the layers. Raises a
+    :class:`BnfuseError` subclass naming the file and the place on any problem.
 
     Example:
         >>> import bnfuse
         >>> net = bnfuse.load(b'input: "data" input_dim: 1 input_dim: 3 input_dim: 4 '
         ...                   b'input_dim: 4 layer { name: "r" type: "ReLU" bottom: "data" '
         ...                   b'top: "data" }')
-        >>> [(layer.type, layer.tops) for layer in net.layers]
-        [('Input', ('data',)), ('ReLU', ('data',))]
+        >>> [(layer.type, layer.tops) for layer in net.layers], net.upgrade_notes
+        ([('Input', ('data',)), ('ReLU', ('data',))], ['input fields became an Input layer'])
+        >>> try:
+        ...     bnfuse.load(b'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y" '
+        ...                 b'inner_product_param { num_output: 2 } }', require_weights=True)
+        ... except bnfuse.ModelMismatchError as exc:
+        ...     print(str(exc).split(": ", 1)[1])
+        1 layer needs weights and has none (no caffemodel given): 'fc' (InnerProduct)
     """
     require_source(prototxt, "load", "prototxt")
     require_source(caffemodel, "load", "caffemodel", optional=True)
+    require_bool(require_weights, "load", "require_weights")
     text_input = _read_source(prototxt, "prototxt")
     document, net_param, notes, original_text = _parse_prototxt(text_input.data,
                                                                 text_input.source)
@@ -1041,7 +1256,8 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
     state.CopyFrom(net_param.state)
     state.phase = TEST  # type: ignore[assignment]  # inference: never the file's phase
     layers: list[Layer] = []
-    input_layer = _input_layer(net_param, text_input.source)
+    input_layer, input_notes = _input_layer(net_param, text_input.source)
+    notes = [*notes, *input_notes]
     if input_layer is not None:
         layers.append(Layer(input_layer, source=text_input.source))
     excluded: list[Layer] = []
@@ -1073,7 +1289,27 @@ def load(prototxt: Source, caffemodel: Source | None = None) -> Net:
     net._input_files = tuple(i for i in (text_input.identity,
                                          weights.identity if weights is not None else None)
                              if i is not None)
+    _take_warnings(net, require_weights)
     return net
+
+
+def _take_warnings(net: Net, require_weights: bool) -> None:
+    """Fill ``net.warnings``; refuse layers without weights when they are required."""
+    from bnfuse.layertypes.notices import layers_without_weights, net_warnings
+
+    if require_weights:
+        missing = layers_without_weights(net.layers)
+        if missing:
+            where = (f"in {net.weights.source}" if net.weights is not None
+                     else "(no caffemodel given)")
+            shown = ", ".join(f"{excerpt(layer.name)} ({layer.type})" for layer in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            count = f"{len(missing)} layer{'s' if len(missing) > 1 else ''}"
+            raise ModelMismatchError(
+                f"{net.prototxt_source}: {count} need{'' if len(missing) > 1 else 's'} "
+                f"weights and ha{'ve' if len(missing) > 1 else 's'} none {where}: "
+                f"{shown}{more}", path=net.prototxt_source, layer=missing[0].name)
+    net._warnings = tuple(net_warnings(net.layers, weights_loaded=net.weights is not None))
 
 
 def _check_pair(text: _Input, weights: cm.CaffemodelFile) -> None:

@@ -26,11 +26,18 @@ def test_inspect_names_the_fork_fields_of_the_layers_it_mentions(
     report = tmp_path / "inspect.json"
     assert main(["inspect", str(prototxt), "--json", str(report)]) == 0
     out = capsys.readouterr().out
-    # The pooling layer's fork field is not listed: no fold decision names that layer.
-    assert out.endswith("\nfork fields (not in BVLC Caffe's schema) of the layers above:\n"
-                        "  bn: batch_norm_param.scale_filler\n")
-    assert json.loads(report.read_text())["fork_fields"] == {
-        "bn": ["batch_norm_param.scale_filler"]}
+    # The pooling layer's fork field is not listed: no fold decision names that layer;
+    # it is a warning instead, since it changes the pooled size (the net's warnings end it).
+    assert ("\nfork fields (not in BVLC Caffe's schema) of the layers above:\n"
+            "  bn: batch_norm_param.scale_filler\n\nwarnings (1): ") in out
+    assert out.endswith("\n  layer 'pool' (Pooling): fork field pooling_param.ceil_mode makes "
+                        "the pooled size round down (floor); bnfuse honours it "
+                        "(PoolGeometry.round_mode), but a reader of BVLC Caffe's schema drops "
+                        "the field and gets another output size\n")
+    written = json.loads(report.read_text())
+    assert written["fork_fields"] == {"bn": ["batch_norm_param.scale_filler"]}
+    assert [(w["kind"], w["layer"], w["field"]) for w in written["warnings"]] == [
+        ("fork_field", "pool", "pooling_param.ceil_mode")]
 
 
 def test_inspect_without_fork_fields_prints_no_section(

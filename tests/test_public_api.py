@@ -212,3 +212,210 @@ def test_forward_refuses_unknown_names() -> None:
         bnfuse.forward(net, blobs=["poll"])
     with pytest.raises(TypeError, match="blobs must be a list"):
         bnfuse.forward(net, blobs="pool")
+
+
+# --------------------------------------------------------------------------- shapes, graph
+
+
+def test_shapes_inputs_and_outputs_of_an_input_dim_net() -> None:
+    net = bnfuse.load(b'''name: "old" input: "data" input_dim: 2 input_dim: 3 input_dim: 9
+    input_dim: 9
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 4 kernel_size: 3 stride: 2 dilation: 2 } }
+    layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+    layer { name: "split" type: "Slice" bottom: "conv" top: "a" top: "b"
+            slice_param { slice_point: 1 } }
+    layer { name: "ip" type: "InnerProduct" bottom: "a" top: "ip"
+            inner_product_param { num_output: 5 } }''')
+    assert net.upgrade_notes == ["input fields became an Input layer"]
+    assert net.inputs == {"data": (2, 3, 9, 9)}
+    assert net.outputs == ("b", "ip")
+    side = (9 - (2 * (3 - 1) + 1)) // 2 + 1  # Caffe: (H + 2p - dilated kernel) / s + 1
+    assert side == 3
+    assert net.shapes() == {"data": (2, 3, 9, 9), "conv": (2, 4, side, side),
+                            "a": (2, 1, side, side), "b": (2, 3, side, side), "ip": (2, 5)}
+    bigger = net.shapes({"data": (1, 3, 17, 17)})
+    assert bigger["conv"] == (1, 4, 7, 7) and bigger["ip"] == (1, 5)
+
+
+def test_shapes_per_version_when_a_name_is_written_again() -> None:
+    net = bnfuse.load(b'''
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 6
+            dim: 6 } } }
+    layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }
+    layer { name: "pool" type: "Pooling" bottom: "x" top: "x"
+            pooling_param { pool: AVE kernel_size: 3 stride: 2 } }''')
+    by_version = net.shapes(versions=True)
+    assert {str(v): s for v, s in by_version.items()} == {
+        "x#0": (1, 2, 6, 6), "x#1": (1, 2, 6, 6), "x#2": (1, 2, 3, 3)}  # ceil(3/2) + 1
+    assert net.shapes() == {"x": (1, 2, 3, 3)}
+    graph = net.graph()
+    assert isinstance(graph, bnfuse.Graph)
+    x0, x1, x2 = graph.versions_of("x")
+    assert isinstance(x0, bnfuse.BlobVersion)
+    assert (graph.producer(x0), graph.readers(x0)) == (0, [1])
+    assert (graph.producer(x1), graph.readers(x1)) == (1, [2])
+    assert graph.outputs() == [x2] and graph.final_version("x") == x2
+    assert graph.reads[2] == (x1,) and graph.writes[2] == (x2,)
+    assert graph.layers == net.layers
+
+
+def test_inputs_of_data_layers_and_fragments() -> None:
+    net = bnfuse.load(b'''
+    layer { name: "d" type: "Data" top: "data" top: "label"
+            transform_param { crop_size: 8 } data_param { batch_size: 4 } }
+    layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+            inner_product_param { num_output: 3 } }''')
+    # The database decides the channels: open until given; the label is an output.
+    assert net.inputs == {"data": None, "label": (4,)}
+    assert net.outputs == ("label", "fc")
+    assert net.shapes({"data": (4, 3, 8, 8)})["fc"] == (4, 3)
+    fragment = bnfuse.load(b'layer { name: "e" type: "Eltwise" bottom: "a" bottom: "b" '
+                           b'top: "c" }')
+    assert fragment.inputs == {"a": None, "b": None} and fragment.outputs == ("c",)
+    assert fragment.shapes({"a": (1, 2), "b": (1, 2)}) == {"a": (1, 2), "b": (1, 2),
+                                                           "c": (1, 2)}
+
+
+GEOMETRY_NET = b'''
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 4 dim: 11
+        dim: 14 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 8 kernel_size: 3 kernel_size: 5 stride: 2
+                            pad_h: 1 pad_w: 2 dilation: 2 group: 2 } }
+layer { name: "dw" type: "DepthwiseConvolution" bottom: "c" top: "dw"
+        convolution_param { num_output: 8 kernel_h: 3 kernel_w: 1 } }
+layer { name: "up" type: "Deconvolution" bottom: "dw" top: "up"
+        convolution_param { num_output: 2 kernel_size: 4 stride: 2 pad: 1 } }
+layer { name: "ceil" type: "Pooling" bottom: "up" top: "p1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "floor" type: "Pooling" bottom: "up" top: "p2"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 ceil_mode: false } }
+layer { name: "global" type: "Pooling" bottom: "up" top: "p3"
+        pooling_param { pool: AVE global_pooling: true } }
+'''
+
+
+def test_geometry_of_convolutions_and_poolings() -> None:
+    net = bnfuse.load(GEOMETRY_NET)
+    conv = net.geometry(net.layer("conv"))
+    assert isinstance(conv, bnfuse.ConvGeometry)
+    assert (conv.kernel, conv.stride, conv.pad, conv.dilation, conv.group) == (
+        (3, 5), (2, 2), (1, 2), (2, 2), 2)
+    # floor((11 + 2 - 5) / 2) + 1 = 5 and floor((14 + 4 - 9) / 2) + 1 = 5
+    assert conv.output == (5, 5) and net.shapes()["c"] == (1, 8, 5, 5)
+    dw = net.geometry(net.layer("dw"))
+    assert (dw.kernel, dw.group, dw.output) == ((3, 1), 8, (3, 5))
+    up = net.geometry(net.layer("up"))
+    # stride (size - 1) + kernel - 2 pad
+    assert up.output == (2 * (3 - 1) + 4 - 2, 2 * (5 - 1) + 4 - 2) == (6, 10)
+    ceil = net.geometry(net.layer("ceil"))
+    assert isinstance(ceil, bnfuse.PoolGeometry)
+    # ceil((6 + 2 - 3) / 2) + 1 = 4 and ceil((10 + 2 - 3) / 2) + 1 = 6; the last windows
+    # start at 3 * 2 - 1 = 5 and 5 * 2 - 1 = 9, inside the image, so both stay.
+    assert (ceil.method_name, ceil.kernel, ceil.pad, ceil.output, ceil.ceil) == (
+        "MAX", (3, 3), (1, 1), (4, 6), True)
+    assert ceil.overhang((6, 10)) == (1, 1)  # (4-1)*2+3 - (6+2) and (6-1)*2+3 - (10+2)
+    floor = net.geometry(net.layer("floor"))
+    # floor((6 - 3) / 2) + 1 = 2 and floor((10 - 3) / 2) + 1 = 4
+    assert (floor.method_name, floor.output, floor.ceil) == ("AVE", (2, 4), False)
+    assert net.geometry(net.layer("global")).kernel == (6, 10)
+    # 21 high: conv 10, depthwise 8, deconvolution 16, pooling ceil(15 / 2) + 1 = 9
+    assert net.geometry(net.layer("ceil"), {"x": (1, 4, 21, 14)}).output == (9, 6)
+    # A window that would start in the bottom padding is dropped: 5 high, pad 1, 2/2:
+    # ceil((5 + 2 - 2) / 2) + 1 = 4, but the 4th window would start at row 3 * 2 - 1 = 5,
+    # past the image's last row 4, so Caffe makes 3.
+    edge = bnfuse.load(b'''layer { name: "in" type: "Input" top: "x" input_param {
+        shape { dim: 1 dim: 1 dim: 5 dim: 5 } } }
+        layer { name: "p" type: "Pooling" bottom: "x" top: "y"
+        pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 } }''')
+    assert edge.geometry(edge.layer("p")).output == (3, 3)
+    with pytest.raises(bnfuse.UnsupportedLayerError, match="only convolution and pooling"):
+        net.geometry(net.layer("in"))
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+WARNED = b'''
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 5
+        dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 2 kernel_size: 1 quantize: true } }
+layer { name: "conv2" type: "Convolution" bottom: "c" top: "c2"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "c2" top: "p"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 ceil_mode: false
+                        engine: PRE_FIXED } }
+'''
+
+
+def test_warnings_say_what_the_schema_fields_do_not(tmp_path: object) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    net = bnfuse.load(WARNED)
+    assert [(w.kind, w.layer, w.field) for w in net.warnings] == [
+        ("unknown_fork_field", "conv", "convolution_param.quantize"),
+        ("fork_field", "pool", "pooling_param.ceil_mode"),
+        ("unknown_enum", "pool", "pooling_param.engine"),
+    ]
+    assert all(isinstance(w, bnfuse.NetWarning) for w in net.warnings)
+    assert "round down (floor)" in str(net.warnings[1])
+    assert "'PRE_FIXED'" in str(net.warnings[2])
+    assert net.shapes()["p"] == (1, 2, 2, 2)  # floor((5 - 2) / 2) + 1, not ceil's 3
+    # A caffemodel with the weights of conv2 only: conv has none.
+    net.set_blobs(net.layer("conv2"), [np.ones((2, 2, 1, 1), np.float32),
+                                       np.zeros(2, np.float32)])
+    bnfuse.save(net, folder / "w.prototxt", folder / "w.caffemodel")
+    loaded = bnfuse.load(folder / "w.prototxt", folder / "w.caffemodel")
+    assert [(w.kind, w.layer) for w in loaded.warnings if w.kind == "missing_weights"] == [
+        ("missing_weights", "conv")]
+    with pytest.raises(bnfuse.ModelMismatchError,
+                       match=r"1 layer needs weights and has none in .*'conv' \(Convolution\)"):
+        bnfuse.load(folder / "w.prototxt", folder / "w.caffemodel", require_weights=True)
+    with pytest.raises(bnfuse.ModelMismatchError, match="2 layers need weights"):
+        bnfuse.load(WARNED, require_weights=True)
+    assert bnfuse.load(b'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }',
+                       require_weights=True).warnings == ()
+
+
+# --------------------------------------------------------------------------- copy
+
+
+def test_copy_is_independent_of_the_original() -> None:
+    prototxt, caffemodel = bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel")
+    net = bnfuse.load(prototxt, caffemodel)
+    weights = [np.array(b) for layer in net.layers for b in layer.blobs]
+    twin = net.copy()
+    assert [layer.name for layer in twin.layers] == [layer.name for layer in net.layers]
+    assert twin.layer("conv1") is not net.layer("conv1")
+    twin.rename_layer(twin.layer("fc"), "classifier")
+    twin.set_blobs(twin.layer("conv2"), [np.zeros_like(b) for b in twin.layer("conv2").blobs])
+    folded = bnfuse.fold_net(twin).net
+    assert folded is twin and len(twin.layers) < len(net.layers)
+    assert not net.edited and net.layer("fc").name == "fc"
+    assert net.document.render() == prototxt.read_text()
+    assert 'name: "classifier"' in twin.document.render()
+    for before, after in zip(weights, (b for layer in net.layers for b in layer.blobs),
+                             strict=True):
+        np.testing.assert_array_equal(before, after)
+    # And the other way round: editing the original leaves the copy as it was.
+    other = net.copy()
+    net.rename_layer(net.layer("conv1"), "first")
+    assert other.layer("conv1").name == "conv1" and not other.edited
+    assert other.document.render() == prototxt.read_text()
+
+
+def test_wrong_argument_types_are_type_errors() -> None:
+    net = bnfuse.load(bnfuse.example_path("prototxt"))
+    with pytest.raises(TypeError, match="affine_of: layer must be a Layer"):
+        bnfuse.affine_of("conv1/bn")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Net\.shapes: input_shapes must be a mapping"):
+        net.shapes([1, 3, 8, 8])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Net\.shapes: versions must be"):
+        net.shapes(versions="yes")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"Net\.geometry: layer must be a Layer"):
+        net.geometry("conv1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="forward: inputs must be a mapping"):
+        bnfuse.forward(net, [np.zeros((1, 3, 32, 32))])  # type: ignore[arg-type]

@@ -615,22 +615,37 @@ def _field_paths(layer: LayerLike, path: str) -> list[str]:
     return names or [path]
 
 
-def refused_fork_field(layer: LayerLike) -> str | None:
-    """The first fork field on ``layer`` that the numpy executor would ignore, or None.
+def refused_fork_fields(layer: LayerLike) -> list[str]:
+    """Every fork field on ``layer`` that the numpy executor would ignore, in text order.
 
     A layer's own fork block (``prior_box_param`` on ``PriorBox``) is read field by field
     by its forward; honoured fields and fields known not to change the TEST output pass.
 
-    Example: see the module docstring.
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(b'''layer { name: "c" type: "Convolution" bottom: "x" top: "y"
+        ...   engine: "MKL2017" convolution_param { num_output: 4 kernel_size: 1
+        ...   quantize: true bits: 8 } }''')
+        >>> refused_fork_fields(net.layer("c"))
+        ['convolution_param.quantize', 'convolution_param.bits']
     """
     own = OWN_GROUPS.get(layer.type, frozenset())
+    refused: list[str] = []
     for written in getattr(layer, "unknown_fields", ()):
         if written.partition(".")[0] in own:
             continue
-        for path in _field_paths(layer, str(written)):
-            if path not in HONOURED and not _inert(layer.type, path):
-                return path
-    return None
+        refused.extend(path for path in _field_paths(layer, str(written))
+                       if path not in HONOURED and not _inert(layer.type, path))
+    return refused
+
+
+def refused_fork_field(layer: LayerLike) -> str | None:
+    """The first of :func:`refused_fork_fields`, or None.
+
+    Example: see the module docstring.
+    """
+    refused = refused_fork_fields(layer)
+    return refused[0] if refused else None
 
 
 def pool_round_mode(layer: LayerLike) -> int:
@@ -696,6 +711,7 @@ __all__ = [
     "prior_box_config",
     "read_block",
     "refused_fork_field",
+    "refused_fork_fields",
     "relu6_slope",
     "runtime_shaped",
     "shuffle_groups",

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -112,7 +113,13 @@ def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
 class ConvGeometry:
     """Everything a convolution or deconvolution needs besides its weights.
 
-    ``axis`` is the canonical channel axis; the spatial axes are the ones after it.
+    ``axis`` is the canonical channel axis; the spatial axes are the ones after it, and
+    ``kernel``, ``stride``, ``pad``, ``dilation`` and ``output`` have one value per
+    spatial axis, resolved from Caffe's repeated fields or their ``_h``/``_w`` pairs
+    (defaults stride 1, pad 0, dilation 1). ``group`` is the input channels for the
+    depthwise types. Pads are symmetric, and the output size rounds down (floor), as in
+    Caffe's ``compute_output_shape``; a deconvolution's is ``stride·(size-1) +
+    dilation·(kernel-1) + 1 - 2·pad``.
 
     Example:
         >>> g = ConvGeometry(1, 3, 8, 1, (3, 3), (1, 1), (1, 1), (1, 1), True)
@@ -129,6 +136,8 @@ class ConvGeometry:
     pad: tuple[int, ...]
     dilation: tuple[int, ...]
     bias_term: bool
+    #: The output extent per spatial axis (``()`` when built without a bottom shape).
+    output: tuple[int, ...] = ()
 
     def output_spatial(self, spatial: Sequence[int], *, deconv: bool) -> Shape:
         """Output extent per spatial axis (Caffe's ``compute_output_shape``).
@@ -245,7 +254,7 @@ def conv_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> ConvGeometry
     out = geometry.output_spatial(bottom_shape[axis + 1 :], deconv=deconv)
     if min(out) <= 0:
         raise unsupported(layer, f"output spatial size {out} is empty for bottom {bottom_shape}")
-    return geometry
+    return dataclasses.replace(geometry, output=out)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -253,7 +262,18 @@ def conv_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> ConvGeometry
 
 @dataclass(frozen=True)
 class PoolGeometry:
-    """A 2-D pooling window: method, kernel, stride, pad and output size (h, w).
+    """A 2-D pooling window: method, kernel, stride, pad, output size and rounding, (h, w).
+
+    ``method`` is Caffe's enum value (:data:`POOL_MAX` 0, :data:`POOL_AVE` 1; see
+    :attr:`method_name`); ``kernel`` is the whole input for ``global_pooling``. Pads are
+    symmetric; ``round_mode`` is :data:`ROUND_CEIL` (Caffe's default) or
+    :data:`ROUND_FLOOR` (BVLC's ``round_mode: FLOOR``, or a fork's ``ceil_mode: false``).
+    ``output`` is :func:`pooled_size` of each axis: rounded, then one less when the
+    last window would start in the bottom/right padding. A window may overhang the
+    padded input on the bottom/right (:meth:`overhang`). MAX takes the largest input
+    value a window covers (padding never counts); AVE sums the input values it covers
+    and divides by the part of the window inside the padded input (padding counts, the
+    overhang does not).
 
     Example:
         >>> PoolGeometry(POOL_MAX, (3, 3), (2, 2), (0, 0), (56, 56)).output
@@ -265,6 +285,44 @@ class PoolGeometry:
     stride: tuple[int, int]
     pad: tuple[int, int]
     output: tuple[int, int]
+    round_mode: int = ROUND_CEIL
+
+    @property
+    def method_name(self) -> str:
+        """``"MAX"`` or ``"AVE"``, as Caffe's ``PoolingParameter.PoolMethod`` spells it.
+
+        Example:
+            >>> PoolGeometry(POOL_AVE, (2, 2), (2, 2), (0, 0), (3, 3)).method_name
+            'AVE'
+        """
+        return {POOL_MAX: "MAX", POOL_AVE: "AVE", POOL_STOCHASTIC: "STOCHASTIC"}[self.method]
+
+    @property
+    def ceil(self) -> bool:
+        """True when the output size rounds up (Caffe's default), False when it rounds down.
+
+        Example:
+            >>> PoolGeometry(POOL_MAX, (2, 2), (2, 2), (0, 0), (2, 2), ROUND_FLOOR).ceil
+            False
+        """
+        return self.round_mode == ROUND_CEIL
+
+    def overhang(self, size: tuple[int, int]) -> tuple[int, int]:
+        """How far the last window reaches past the padded input of ``size`` (h, w), per axis.
+
+        ``(output - 1)·stride + kernel - (size + 2·pad)``, at least 0: the extra padding
+        at the bottom/right that another runtime needs to produce Caffe's output size
+        (Caffe counts it in no window: neither in a MAX nor in an AVE divisor).
+
+        Example:
+            >>> g = PoolGeometry(POOL_MAX, (2, 2), (2, 2), (0, 0), (3, 3))  # 5x5 input, ceil
+            >>> g.overhang((5, 5))
+            (1, 1)
+        """
+        return (max(0, (self.output[0] - 1) * self.stride[0] + self.kernel[0]
+                    - size[0] - 2 * self.pad[0]),
+                max(0, (self.output[1] - 1) * self.stride[1] + self.kernel[1]
+                    - size[1] - 2 * self.pad[1]))
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: int) -> int:
@@ -339,7 +397,7 @@ def pool_geometry(layer: LayerLike, bottom_shape: Sequence[int]) -> PoolGeometry
     )
     if min(output) <= 0:
         raise unsupported(layer, f"pooled size {output} is empty for bottom {tuple(bottom_shape)}")
-    return PoolGeometry(method, kernel, stride, pad, output)
+    return PoolGeometry(method, kernel, stride, pad, output, round_mode)
 
 
 def scale_operand_shape(layer: LayerLike, bottoms: Sequence[Shape]) -> tuple[int, Shape]:

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from bnfuse._text import quote_user_text
 from bnfuse.errors import ModelMismatchError, UnsupportedLayerError
@@ -234,6 +234,45 @@ def unsupported_type(layer: LayerLike) -> UnsupportedLayerError:
     )
 
 
+def shape_steps(
+    net: NetLike, input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Iterator[tuple[list[Shape], list[Shape]]]:
+    """For each layer in order, ``(bottom shapes, top shapes)``: the walk of :func:`infer_shapes`.
+
+    One step per layer, so that every version of a blob that layers rewrite (in place
+    or by reusing its name) has its own shape; an input layer's step has no bottoms.
+    Raises as :func:`infer_shapes` does, at the layer it cannot handle.
+
+    Example:
+        >>> import bnfuse
+        >>> net = bnfuse.load(bnfuse.example_path("prototxt"))
+        >>> [tops for _, tops in shape_steps(net, {"data": (2, 3, 8, 8)})][:2]
+        [[(2, 3, 8, 8)], [(2, 16, 8, 8)]]
+    """
+    given = as_shapes(input_shapes)
+    shapes: dict[str, Shape] = {}
+    layers = list(net.layers)
+    for index, layer in enumerate(layers):
+        if is_input_layer(layer):
+            fed = _fed_shapes(layer, layers[index + 1:], given, required=True)
+            shapes.update(fed)
+            yield [], [fed[top] for top in layer.tops]
+            continue
+        bottoms = []
+        for b in layer.bottoms:
+            if b not in shapes and b in given:
+                shapes[b] = given[b]
+            if b not in shapes:
+                raise ModelMismatchError(
+                    f"{where(layer)}: bottom {quote_user_text(b)} is produced by no "
+                    "earlier layer and was not given as an input"
+                )
+            bottoms.append(shapes[b])
+        outs = layer_output_shapes(layer, bottoms)
+        shapes.update(zip(layer.tops, outs, strict=True))
+        yield bottoms, outs
+
+
 def infer_shapes(
     net: NetLike,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -255,30 +294,17 @@ def infer_shapes(
         >>> shapes["pool1"], shapes["fc"]
         ((2, 16, 32, 32), (2, 10))
     """
-    given = as_shapes(input_shapes)
     shapes: dict[str, Shape] = {}
-    layers = list(net.layers)
-    for index, layer in enumerate(layers):
+    steps = shape_steps(net, input_shapes)
+    for layer in net.layers:
         try:
-            if is_input_layer(layer):
-                shapes.update(_fed_shapes(layer, layers[index + 1:], given, required=True))
-                continue
-            bottoms = []
-            for b in layer.bottoms:
-                if b not in shapes and b in given:
-                    shapes[b] = given[b]
-                if b not in shapes:
-                    raise ModelMismatchError(
-                        f"{where(layer)}: bottom {quote_user_text(b)} is produced by no "
-                        "earlier layer and was not given as an input"
-                    )
-                bottoms.append(shapes[b])
-            outs = layer_output_shapes(layer, bottoms)
+            bottoms, tops = next(steps)
         except UnsupportedLayerError:
             if stop_at_unknown:
                 return shapes
             raise
-        shapes.update(zip(layer.tops, outs, strict=True))
+        shapes.update(zip(layer.bottoms, bottoms, strict=False))  # a fragment's inputs
+        shapes.update(zip(layer.tops, tops, strict=True))
     return shapes
 
 
@@ -316,5 +342,6 @@ __all__ = [
     "is_input_layer",
     "layer_output_shapes",
     "param_shapes",
+    "shape_steps",
     "unsupported_type",
 ]
