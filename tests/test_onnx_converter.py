@@ -31,9 +31,14 @@ def test_a_converter_needs_only_bnfuse_names(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     expected = bnfuse.forward(net, {"data": x}, blobs=["prob", "conv1"])
     target = tmp_path / "example.onnx"
-    bnfuse.to_onnx(net, target, opset=13)
+    model = bnfuse.to_onnx(net, target, opset=13)
     sess = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == ["data"]
+    # The model's inputs and outputs are the net's, by name and shape.
+    assert {i.name: tuple(i.shape) for i in sess.get_inputs()} == net.inputs == {
+        "data": (1, 3, 32, 32)}
+    assert tuple(o.name for o in model.graph.output) == net.outputs == ("prob",)
+    assert tuple(d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim) == \
+        net.shapes()["prob"]
     (prob,) = sess.run(["prob"], {"data": x})
     np.testing.assert_allclose(prob, expected["prob"], rtol=0, atol=1e-6)
     # Unfolded: the BatchNorm's map, as affine_of reads it, is what the model computes.

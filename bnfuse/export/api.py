@@ -26,7 +26,7 @@ from bnfuse._checks import require_destination, require_net_or_paths
 from bnfuse.errors import BnfuseError, OutputError
 from bnfuse.export._onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graph
 from bnfuse.io.atomic import StrPath, atomic_write
-from bnfuse.verification.backends import NetOrPaths, net_files
+from bnfuse.verification.backends import NetOrPaths
 from bnfuse.verification.compare import Inputs, VerifyResult
 
 #: Protobuf cannot serialise a message of 2 GiB or more (ONNX's external data is not used).
@@ -66,20 +66,16 @@ def to_onnx(
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise BnfuseError(f"to_onnx: opset {opset} is not supported: bnfuse writes opsets "
                           f"{MIN_OPSET} to {MAX_OPSET}")
+    from bnfuse.verification.backends import as_net
+
+    loaded = as_net(net)
+    sources = [p for p in (loaded.prototxt_path, loaded.caffemodel_path) if p is not None]
     if fold:
-        from bnfuse.folding.api import fold as fold_files
+        from bnfuse.folding.api import fold_net
 
-        # Folding works in place: fold a fresh load of the net's files, never the caller's Net.
-        with net_files(net) as (prototxt, caffemodel):
-            folded = fold_files(prototxt, caffemodel).net
-            model = export_graph(folded, opset=opset, input_shapes=input_shapes).model
-            sources = [prototxt] + ([] if caffemodel is None else [caffemodel])
-    else:
-        from bnfuse.verification.backends import as_net
-
-        loaded = as_net(net)
-        model = export_graph(loaded, opset=opset, input_shapes=input_shapes).model
-        sources = [p for p in (loaded.prototxt_path, loaded.caffemodel_path) if p is not None]
+        # Folding works in place: fold a copy, never the caller's Net.
+        loaded = fold_net(loaded.copy() if loaded is net else loaded).net
+    model = export_graph(loaded, opset=opset, input_shapes=input_shapes).model
     if path is not None:
         save_onnx(model, path, inputs=sources)
     return model
