@@ -23,6 +23,7 @@ import bnfuse
 from bnfuse.cli import main
 from bnfuse.errors import BackendUnavailableError, BnfuseError, OutputError, UnsupportedLayerError
 from bnfuse.export._onnx import MAX_OPSET, MIN_OPSET, export_graph, import_onnx
+from bnfuse.export.api import verify_onnx
 from bnfuse.verification.backends.onnxruntime_backend import import_onnxruntime, session
 from bnfuse.verification.executor import forward
 from bnfuse.verification.randweights import random_weights
@@ -504,6 +505,20 @@ def test_onnxruntime_backend_agrees_with_numpy_verdicts(case: str) -> None:
         verdicts[backend] = (good.passed, bad.passed, bad.first_divergence)
     assert verdicts["numpy"] == verdicts["onnxruntime"]
     assert verdicts["numpy"][:2] == (True, False)
+
+
+def test_verify_onnx_passes_the_export_and_catches_a_wrong_weight() -> None:
+    paths = (bnfuse.example_path("prototxt"), bnfuse.example_path("caffemodel"))
+    model = bnfuse.to_onnx(paths)
+    good = verify_onnx(paths, model)
+    assert good.passed and [blob.name for blob in good.blobs] == ["prob"]
+    assert good.only_in_a == []
+    weight = next(t for t in model.graph.initializer if t.name == "conv1/weight")
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[int(np.abs(values).argmax())] *= 1.05
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    bad = verify_onnx(paths, model)
+    assert not bad.passed and bad.first_divergence == "prob"
 
 
 def test_cli_export_verify_and_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,6 +129,9 @@ def verify_onnx(
     feed = {i.name: np.ascontiguousarray(given[i.name], dtype=np.float32)
             for i in sess.get_inputs()}
     values_b = dict(zip(names, sess.run(names, feed), strict=True))
+    # The model shows its outputs only: compare those (the inputs are fed identically).
+    values_a = {name: value for name, value in values_a.items()
+                if name in values_b or name in given}
     return compare_runs(reference.layers, written.layers, values_a, values_b,
                         tolerances=tolerances, backend="onnxruntime", skip=list(given),
                         noise=noise)
