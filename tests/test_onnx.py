@@ -2,9 +2,10 @@
 
 Tolerances: max |difference| relative to the reference's max |value|. Real MobileNets
 against real Caffe: 1e-4 (float32 rounding alone reaches 3.6e-5 there, see
-test_executor.py); golden cases (shallow nets) against Caffe: 1e-5; ONNX Runtime against
-bnfuse's executor on the layer-zoo net: 1e-5; pooling against Caffe's loops written out
-here: 1e-6 (one rounding of a sum of at most 9 terms).
+test_executor.py); golden cases (shallow nets) and SSD's own Caffe: 1e-5; ONNX Runtime
+against bnfuse's executor on the layer-zoo nets: 1e-5 (Interp: 1e-6); pooling against
+Caffe's loops written out here: 1e-6 (one rounding of a sum of at most 25 terms); masks,
+unpooling and the divisor of an overhanging window: exact.
 """
 
 from __future__ import annotations
