@@ -6,6 +6,8 @@ The public API:
 - :func:`fold` / :func:`fold_net`: fold BatchNorm, Scale and Bias layers and
   report every decision;
 - :func:`verify`: run two nets on the same inputs and compare every blob;
+- :func:`to_onnx`: export a net (folded first by default) as an ONNX model
+  (``pip install "bnfuse[onnx]"``);
 - for embedders (converters): :func:`forward` runs a net and returns its blobs,
   :func:`affine_of` gives any BatchNorm dialect's, Scale's or Bias's per-channel
   :class:`Affine` map, and :class:`Net` gives the blob :class:`Graph`
@@ -40,6 +42,7 @@ from bnfuse.errors import (
     UpgradeError,
     excerpt,
 )
+from bnfuse.export.api import to_onnx
 from bnfuse.folding.affine import affine_of
 from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
 from bnfuse.folding.arith import Affine
@@ -108,5 +111,6 @@ __all__ = [
     "forward",
     "load",
     "save",
+    "to_onnx",
     "verify",
 ]

@@ -399,6 +399,69 @@ def _cmd_verify(args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args: argparse.Namespace, out: _Out) -> int:
+    """``bnfuse export``: fold (unless --no-fold), write ONNX; with --verify, check it first."""
+    import bnfuse
+    from bnfuse.export.api import save_onnx, verify_onnx
+
+    prototxt, caffemodel = Path(args.prototxt), Path(args.caffemodel)
+    target: str | Path = args.output if args.output else prototxt.with_suffix(".onnx")
+    _check_outputs([("-o", target)], [prototxt, caffemodel])
+    shapes = dict(args.input_shape or []) or None
+    net = bnfuse.load(prototxt, caffemodel) if args.no_fold else \
+        bnfuse.fold(prototxt, caffemodel).net
+    model = bnfuse.to_onnx(net, fold=False, opset=args.opset, input_shapes=shapes)
+    out.say(f"{prototxt.name} + {caffemodel.name}: {len(net.layers)} layers"
+            f"{'' if args.no_fold else ' after folding'} -> {len(model.graph.node)} ONNX nodes, "
+            f"opset {args.opset}")
+    if args.verify:
+        # The verdict comes before the file is written: a failed check writes nothing.
+        reference = net if args.no_fold else (prototxt, caffemodel)
+        result = verify_onnx(reference, model, exported=net, inputs=args.inputs,
+                             seed=args.seed, rtol=args.rtol, atol=args.atol)
+        out.say(cli_words(result.summary()))
+        if not result.passed:
+            print(f"error: the ONNX model's outputs differ from the Caffe net's (first at "
+                  f"blob {result.first_divergence!r}); nothing was written", file=sys.stderr)
+            return EXIT_ERROR
+    save_onnx(model, target, inputs=[prototxt, caffemodel])
+    out.say(f"wrote {target}")
+    return EXIT_OK
+
+
+def _add_export_command(commands: Any) -> None:
+    from bnfuse.export._onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+    export = commands.add_parser(
+        "export", help="write the model as ONNX (folded first unless --no-fold)",
+        description="Fold BatchNorm/Scale layers, then write the net as an ONNX model "
+                    "(needs: pip install \"bnfuse[onnx]\"; --verify also needs onnxruntime).")
+    export.add_argument("prototxt", help="the model definition")
+    export.add_argument("caffemodel", help="the trained weights (.caffemodel)")
+    export.add_argument("-o", "--output", metavar="OUT.onnx",
+                        help="output path (default: the prototxt's name with .onnx)")
+    export.add_argument("--no-fold", action="store_true",
+                        help="export the net as it is, BatchNorm and Scale layers included")
+    export.add_argument("--opset", type=int, choices=range(MIN_OPSET, MAX_OPSET + 1),
+                        default=DEFAULT_OPSET, metavar="N",
+                        help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}, default "
+                             f"{DEFAULT_OPSET})")
+    export.add_argument("--verify", action="store_true",
+                        help="run the ONNX model in ONNX Runtime and compare it with bnfuse's "
+                             "executor on the Caffe net before writing (calibrated tolerance)")
+    export.add_argument("--inputs", metavar="FILE.npz",
+                        help="input arrays by blob name for --verify (default: seeded random)")
+    export.add_argument("--seed", type=_seed, default=0, help="seed of --verify's inputs")
+    export.add_argument("--rtol", type=_tolerance, default=None,
+                        help="--verify's max difference relative to each blob's max |value|")
+    export.add_argument("--atol", type=_tolerance, default=None,
+                        help="--verify's absolute tolerance")
+    export.add_argument("--input-shape", type=_input_shape, action="append", default=None,
+                        metavar="NAME=N,C,H,W", help="export input blob NAME at this shape")
+    export.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    export.set_defaults(handler=_cmd_export)
+
+
 def _cmd_random_weights(args: argparse.Namespace, out: _Out) -> int:
     from bnfuse.errors import OutputError
     from bnfuse.net import save_weights
@@ -464,7 +527,9 @@ def _add_shape_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_verify_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=("numpy", "opencv", "pycaffe"), default="numpy",
+    from bnfuse.verification.backends import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="numpy",
                         help="runtime that runs both nets (default: numpy, always available)")
     parser.add_argument("--inputs", metavar="FILE.npz",
                         help="input arrays by blob name (default: seeded random inputs)")
@@ -622,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "variance 1 instead of failing")
     rand.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     rand.set_defaults(handler=_cmd_random_weights)
+    _add_export_command(commands)
     return parser
 
 

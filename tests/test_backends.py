@@ -37,7 +37,7 @@ def _cv2_or_skip() -> None:
 
 
 def test_backend_names() -> None:
-    assert BACKENDS == ("numpy", "opencv", "pycaffe")
+    assert BACKENDS == ("numpy", "opencv", "onnxruntime", "pycaffe")
     with pytest.raises(BnfuseError, match="unknown verification backend"):
         get_backend("onnx")
 

@@ -128,10 +128,15 @@ def test_wheel_metadata(dists: dict[str, Path]) -> None:
     assert runtime == ["numpy", "protobuf"], requires
     protobuf = next(r for r in requires if r.startswith("protobuf"))
     assert ">=3.20.3" in protobuf and "<8" in protobuf
-    assert set(metadata.get_all("Provides-Extra") or []) == {"verify", "dev"}
-    verify_extra = [r for r in requires if 'extra == "verify"' in r]
-    assert len(verify_extra) == 1 and verify_extra[0].startswith("opencv-python-headless")
-    assert "<5" in verify_extra[0]
+    assert set(metadata.get_all("Provides-Extra") or []) == {"verify", "onnx", "dev"}
+    verify_extra = sorted(r for r in requires if 'extra == "verify"' in r)
+    assert [re.split(r"[<>=]", r, maxsplit=1)[0] for r in verify_extra] == [
+        "onnx", "onnxruntime", "opencv-python-headless"]
+    assert "<1.23" in verify_extra[0] and ">=1.17" in verify_extra[1]
+    assert "<5" in verify_extra[2]
+    onnx_extra = [r for r in requires if 'extra == "onnx"' in r]
+    assert len(onnx_extra) == 1 and onnx_extra[0].startswith("onnx")
+    assert ">=1.16" in onnx_extra[0] and "<1.23" in onnx_extra[0]
     assert re.search(r"^bnfuse\s*=\s*bnfuse\.cli:main$", entry_points, flags=re.M)
     description = metadata.get_payload()
     assert isinstance(description, str) and description.lstrip().startswith("# bnfuse")
@@ -153,9 +158,10 @@ def test_sdist_contents(dists: dict[str, Path]) -> None:
 
 
 def test_import_loads_no_optional_backend() -> None:
-    # In the dev environment OpenCV is installed: importing bnfuse must still not load it.
+    # In the dev environment OpenCV and ONNX are installed: importing bnfuse loads neither.
     code = ("import sys, bnfuse, bnfuse.cli, bnfuse.verification.compare; "
-            "assert 'cv2' not in sys.modules and 'caffe' not in sys.modules, sorted(sys.modules)")
+            "assert not {'cv2', 'caffe', 'onnx', 'onnxruntime'} & set(sys.modules), "
+            "sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 

@@ -14,6 +14,8 @@ outputs of layers it does not keep.
 
 - ``numpy``: bnfuse's own reference executor (always available).
 - ``opencv``: ``cv2.dnn.readNetFromCaffe`` (OpenCV 4.x, ``pip install "bnfuse[verify]"``).
+- ``onnxruntime``: the net exported by bnfuse's ONNX exporter, run in ONNX Runtime
+  (``pip install "bnfuse[verify]"``).
 - ``pycaffe``: real Caffe, run in a child process so that a failed ``CHECK`` in
   Caffe cannot take the caller down with it.
 
@@ -24,7 +26,7 @@ of bnfuse's machinery being touched.
 Example:
     >>> from bnfuse.verification.backends import BACKENDS, get_backend
     >>> BACKENDS
-    ('numpy', 'opencv', 'pycaffe')
+    ('numpy', 'opencv', 'onnxruntime', 'pycaffe')
     >>> callable(get_backend("numpy"))
     True
 """
@@ -54,7 +56,7 @@ NetOrPaths = Union[
 Progress = Callable[[int, int, str], None]
 
 #: Backend names accepted by :func:`bnfuse.verification.compare.verify`.
-BACKENDS = ("numpy", "opencv", "pycaffe")
+BACKENDS = ("numpy", "opencv", "onnxruntime", "pycaffe")
 
 
 class BackendRun(Protocol):
@@ -94,6 +96,10 @@ def get_backend(name: str) -> BackendRun:
         from bnfuse.verification.backends import opencv_backend
 
         return opencv_backend.run
+    if name == "onnxruntime":
+        from bnfuse.verification.backends import onnxruntime_backend
+
+        return onnxruntime_backend.run
     if name == "pycaffe":
         from bnfuse.verification.backends import pycaffe_backend
 
