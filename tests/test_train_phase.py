@@ -196,3 +196,11 @@ def test_a_copy_keeps_the_phase(model: tuple[Path, Path]) -> None:
     to_deploy(twin, {"data": (2, 3, 6, 6)})
     assert (twin.phase, net.phase) == ("TEST", "TRAIN")
     assert twin.document.render() == DEPLOY
+
+
+def test_a_train_phase_view_is_not_exported(model: tuple[Path, Path]) -> None:
+    net = bnfuse.load(*model, phase="TRAIN")
+    for fold in (True, False):
+        with pytest.raises(bnfuse.BnfuseError, match=r"^to_onnx: .* was loaded with "
+                                                     r"phase='TRAIN'; export its deploy form"):
+            bnfuse.to_onnx(net, fold=fold)

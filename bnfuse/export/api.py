@@ -26,6 +26,7 @@ from bnfuse._checks import require_destination, require_net_or_paths
 from bnfuse.errors import BnfuseError, OutputError
 from bnfuse.export._onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graph
 from bnfuse.io.atomic import StrPath, atomic_write
+from bnfuse.net import Net
 from bnfuse.verification.backends import NetOrPaths
 from bnfuse.verification.compare import Inputs, VerifyResult
 
@@ -69,6 +70,7 @@ def to_onnx(
     from bnfuse.verification.backends import as_net
 
     loaded = as_net(net)
+    _refuse_train_view(loaded)
     sources = [p for p in (loaded.prototxt_path, loaded.caffemodel_path) if p is not None]
     if fold:
         from bnfuse.folding.api import fold_net
@@ -79,6 +81,13 @@ def to_onnx(
     if path is not None:
         save_onnx(model, path, inputs=sources)
     return model
+
+
+def _refuse_train_view(net: Net) -> None:
+    # Its layers still carry their TRAIN-only rules, and its data layers feed nothing.
+    if net.phase != "TEST":
+        raise BnfuseError(f"to_onnx: {net.prototxt_source} was loaded with phase={net.phase!r}; "
+                          "export its deploy form (bnfuse.deploy.to_deploy(net) first)")
 
 
 def verify_onnx(
