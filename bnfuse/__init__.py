@@ -25,7 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bnfuse.errors import (
     BackendUnavailableError,
@@ -42,17 +44,59 @@ from bnfuse.errors import (
     UpgradeError,
     excerpt,
 )
-from bnfuse.export.api import to_onnx
-from bnfuse.folding.affine import affine_of
-from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
-from bnfuse.folding.arith import Affine
-from bnfuse.folding.planner import Action
-from bnfuse.graph import BlobVersion, Graph
-from bnfuse.layertypes.geometry import ConvGeometry, PoolGeometry
-from bnfuse.layertypes.notices import NetWarning
-from bnfuse.net import Layer, Net, load, save
-from bnfuse.run import forward
-from bnfuse.verification.compare import VerifyResult, verify
+
+if TYPE_CHECKING:
+    from bnfuse.export.api import to_onnx
+    from bnfuse.folding.affine import affine_of
+    from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
+    from bnfuse.folding.arith import Affine
+    from bnfuse.folding.planner import Action
+    from bnfuse.graph import BlobVersion, Graph
+    from bnfuse.layertypes.geometry import ConvGeometry, PoolGeometry
+    from bnfuse.layertypes.notices import NetWarning
+    from bnfuse.net import Layer, Net, load, save
+    from bnfuse.run import forward
+    from bnfuse.verification.compare import VerifyResult, verify
+
+#: Public names imported on first use, by the module that defines them: ``import bnfuse``
+#: and ``bnfuse --help`` then load neither numpy nor protobuf nor the schema module.
+#: (Add a new public name here, and under TYPE_CHECKING above for type checkers.)
+_LAZY = {
+    "Action": "bnfuse.folding.planner",
+    "Affine": "bnfuse.folding.arith",
+    "BlobVersion": "bnfuse.graph",
+    "ConvGeometry": "bnfuse.layertypes.geometry",
+    "Graph": "bnfuse.graph",
+    "NetWarning": "bnfuse.layertypes.notices",
+    "PoolGeometry": "bnfuse.layertypes.geometry",
+    "affine_of": "bnfuse.folding.affine",
+    "forward": "bnfuse.run",
+    "to_onnx": "bnfuse.export.api",
+    "FoldReport": "bnfuse.folding.api",
+    "FoldResult": "bnfuse.folding.api",
+    "Layer": "bnfuse.net",
+    "Net": "bnfuse.net",
+    "VerifyResult": "bnfuse.verification.compare",
+    "fold": "bnfuse.folding.api",
+    "fold_net": "bnfuse.folding.api",
+    "load": "bnfuse.net",
+    "save": "bnfuse.net",
+    "verify": "bnfuse.verification.compare",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name of :data:`_LAZY` on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bnfuse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __version__ = "0.1.0"
 

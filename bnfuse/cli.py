@@ -18,11 +18,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import re
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,15 +63,22 @@ class _Out:
 
 #: The library names its keyword arguments in messages; the command line shows the flag
 #: that sets each (the one table of which flag is which keyword).
-_FLAG_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"unmeasurable='unit'"), "--fill-unmeasurable"),
-    (re.compile(r"force_global_stats=True"), "--force-global-stats"),
-    (re.compile(r"deploy=True"), "--deploy"),
-    (re.compile(r"phase='(TRAIN|TEST)'"), "--phase {0}"),
-    (re.compile(r"--max-memory \(max_memory=\)"), "--max-memory"),
-    (re.compile(r"input_shapes=\{'((?:[^'\\]|\\.)*)': \(([^)]*)\)\}(?: to verify_local)?"),
+#: (Patterns as text, compiled on the first message: ``bnfuse --help`` compiles none.)
+_FLAG_WORDS: tuple[tuple[str, str], ...] = (
+    (r"unmeasurable='unit'", "--fill-unmeasurable"),
+    (r"force_global_stats=True", "--force-global-stats"),
+    (r"deploy=True", "--deploy"),
+    (r"phase='(TRAIN|TEST)'", "--phase {0}"),
+    (r"\(--batch, --input-shape; input_shapes=\)", "(--batch, --input-shape)"),
+    (r"--max-memory \(max_memory=\)", "--max-memory"),
+    (r"input_shapes=\{'((?:[^'\\]|\\.)*)': \(([^)]*)\)\}(?: to verify_local)?",
      "--input-shape {0}={1}"),
 )
+
+
+@functools.cache
+def _flag_patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
+    return tuple((re.compile(pattern), flag) for pattern, flag in _FLAG_WORDS)
 
 
 def cli_words(text: str) -> str:
@@ -82,7 +88,7 @@ def cli_words(text: str) -> str:
         >>> print(cli_words("pass unmeasurable='unit' or input_shapes={'data': (8, C, H, W)}"))
         pass --fill-unmeasurable or --input-shape data=8,C,H,W
     """
-    for pattern, flag in _FLAG_WORDS:
+    for pattern, flag in _flag_patterns():
         text = pattern.sub(lambda m, flag=flag: flag.format(  # type: ignore[misc]
             *(g.replace(" ", "").rstrip(",") for g in m.groups())), text)
     return text
@@ -91,6 +97,8 @@ def cli_words(text: str) -> str:
 def _write_json(payload: Any, target: str, inputs: Sequence[str | Path] = ()) -> None:
     """Write JSON to stdout (``-``) or through the guarded writer to a file that is
     none of ``inputs``."""
+    import json
+
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
     if target == "-":
         sys.stdout.write(text)
@@ -430,7 +438,7 @@ def _cmd_export(args: argparse.Namespace, out: _Out) -> int:
 
 
 def _add_export_command(commands: Any) -> None:
-    from bnfuse.export._onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from bnfuse.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
     export = commands.add_parser(
         "export", help="write the model as ONNX (folded first unless --no-fold)",
@@ -527,7 +535,7 @@ def _add_shape_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_verify_options(parser: argparse.ArgumentParser) -> None:
-    from bnfuse.verification.backends import BACKENDS
+    from bnfuse.verification import BACKENDS
 
     parser.add_argument("--backend", choices=BACKENDS, default="numpy",
                         help="runtime that runs both nets (default: numpy, always available)")
@@ -599,6 +607,30 @@ def _add_fold_options(parser: argparse.ArgumentParser) -> None:
                              "stored statistics (changes outputs)")
 
 
+def _terminal_columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it (COLUMNS, then the
+    terminal, then 80), without importing shutil (and its compression modules) for it."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, given the width so that it does not import shutil for it."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bnfuse`` command.
 
@@ -609,11 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
     from bnfuse import __version__
 
     parser = argparse.ArgumentParser(
-        prog="bnfuse",
+        prog="bnfuse", formatter_class=_HelpFormatter,
         description="Fold BatchNorm and Scale layers of Caffe models exactly, without Caffe.",
         epilog="Run 'bnfuse COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"bnfuse {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser = functools.partial(  # type: ignore[method-assign]
+        commands.add_parser, formatter_class=_HelpFormatter)
 
     fold = commands.add_parser(
         "fold", help="fold BatchNorm/Scale layers and write the inference model",
@@ -702,6 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["verify", *model, *model, "--quiet"])  # a model against itself: passes
         0
     """
+    import traceback
+
     from bnfuse.errors import BnfuseError, InternalError
 
     parser = build_parser()

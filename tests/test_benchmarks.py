@@ -27,6 +27,8 @@ EXPECTED = {
     "bnfuse fold (CLI)",
     "bnfuse fold (in-process)",
     "cp",
+    "cp + fsync",
+    "floor (numpy)",
     "bnfuse.load (in-process)",
     "bnfuse load+save unchanged",
 }
@@ -66,6 +68,13 @@ def test_smoke_benchmark_reports_verified_finite_rows(tmp_path: Path) -> None:
     goal_names = " | ".join(g["goal"] for g in result["goals"])
     assert "import bnfuse does not import cv2/caffe" in goal_names
     assert "--help" in goal_names
+    # The numpy floor rewrote each fold's output by itself: its bytes are bnfuse's.
+    floors = [g for g in result["goals"] if g["goal"].endswith("the float64-once fold")]
+    assert len(floors) == 2 and {g["result"] for g in floors} == {"PASS"}, floors
+    fsyncs = [r["fsync_s"] for r in rows if r["measurement"] == "bnfuse fold (in-process)"]
+    assert all(isinstance(f, float) and f > 0 for f in fsyncs), fsyncs
+    for key in ("import_s", "help_over_bare_s", "import_over_bare_s"):
+        assert math.isfinite(result["startup"][key]), key
     assert math.isfinite(result["startup"]["help_s"])
     executor = result["executor"]
     assert math.isfinite(executor["bnfuse_s"])

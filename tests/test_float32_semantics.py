@@ -17,7 +17,7 @@ import pytest
 
 import bnfuse
 from bnfuse.errors import UnsupportedLayerError
-from bnfuse.folding.arith import (
+from bnfuse.folding.float32 import (
     Float32Probe,
     caffe_float32_batchnorm,
     caffe_float32_bias,

@@ -23,7 +23,8 @@ from conftest import golden_cases, real_models, shared_path
 import bnfuse
 from bnfuse.cli import main
 from bnfuse.errors import BackendUnavailableError, BnfuseError, OutputError, UnsupportedLayerError
-from bnfuse.export._onnx import MAX_OPSET, MIN_OPSET, export_graph, import_onnx
+from bnfuse.export import MAX_OPSET, MIN_OPSET
+from bnfuse.export._onnx import export_graph, import_onnx
 from bnfuse.export.api import verify_onnx
 from bnfuse.verification.backends.onnxruntime_backend import import_onnxruntime, session
 from bnfuse.verification.executor import forward

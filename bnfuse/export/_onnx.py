@@ -55,6 +55,7 @@ import numpy.typing as npt
 
 from bnfuse._text import quote_user_text
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
+from bnfuse.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from bnfuse.graph import BlobVersion, build_graph
 from bnfuse.io.guard import deferred_signals
 from bnfuse.layertypes._base import DEPTHWISE_TYPES, LayerLike, NetLike, Shape
@@ -92,12 +93,6 @@ from bnfuse.verification.norms import norm_dialect
 
 Array = npt.NDArray[Any]
 
-#: The lowest opset the exporter writes (Softmax on one axis, Split/Clip/Pad by inputs).
-MIN_OPSET = 13
-#: The highest opset the exporter writes (the newest every supported ``onnx`` release knows).
-MAX_OPSET = 21
-#: The opset written unless another is asked for.
-DEFAULT_OPSET = 17
 
 _INSTALL = 'pip install "bnfuse[onnx]"'
 #: Caffe seeds max pooling with -FLT_MAX: padding with it leaves every maximum unchanged.

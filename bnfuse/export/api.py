@@ -24,7 +24,8 @@ from typing import Any
 
 from bnfuse._checks import require_destination, require_net_or_paths
 from bnfuse.errors import BnfuseError, OutputError
-from bnfuse.export._onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graph
+from bnfuse.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from bnfuse.export._onnx import export_graph
 from bnfuse.io.atomic import StrPath, atomic_write
 from bnfuse.net import Net
 from bnfuse.verification.backends import NetOrPaths

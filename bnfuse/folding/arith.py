@@ -8,7 +8,9 @@ merge such a map into the weights of a neighbouring linear layer.
 Dtype policy
 ------------
 - Everything is computed in float64, whatever the input dtype, so the only
-  rounding added by a fold is the final cast.
+  rounding added by a fold is the final cast. A weight is scaled in one pass
+  (numpy's float64 loop rounding each product straight into the result), with
+  exactly the bits of a float64 product cast afterwards and no float64 copy.
 - Results are cast back to the dtype of the weight they replace: a float32
   weight stays float32, float16 stays float16, float64 stays float64. A bias
   keeps its own dtype; a bias created for a producer that had none takes the
@@ -35,12 +37,8 @@ them); callers add that context.
 
 Caffe's float32 semantics
 -------------------------
-The float64 fold is exact for the values, but Caffe itself computes a chain in
-float32, step by step. :func:`caffe_float32_batchnorm`, :func:`caffe_float32_scale`
-and :func:`caffe_float32_bias` replay those steps in float32 on the inputs 0 and 1
-(a :class:`Float32Probe`) and raise :class:`~bnfuse.errors.UnsupportedLayerError`
-naming the step and the channel where Caffe would produce inf or NaN, so the planner
-keeps such a chain instead of folding it into finite weights.
+The float64 fold is exact for the values; whether Caffe's own step-by-step float32
+evaluation of a chain is finite is judged by :mod:`bnfuse.folding.float32`.
 
 Example:
     >>> import numpy as np
@@ -52,6 +50,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +70,6 @@ __all__ = [
     "Affine",
     "F32Array",
     "F64Array",
-    "Float32Probe",
     "FloatArray",
     "affine_from_batchnorm",
     "affine_from_bias",
@@ -79,9 +77,6 @@ __all__ = [
     "affine_problem",
     "affine_to_scale_blobs",
     "caffe_batchnorm_stats",
-    "caffe_float32_batchnorm",
-    "caffe_float32_bias",
-    "caffe_float32_scale",
     "check_finite_stats",
     "compose",
     "fold_forward_into_convolution",
@@ -155,20 +150,69 @@ def _bias(
     return vec, arr.shape, arr.dtype
 
 
+#: Elements per block of the finiteness scan: its boolean temporary stays in cache
+#: instead of being a quarter of the weight's size.
+_FINITE_BLOCK = 1 << 16
+
+#: "Are the inputs of this fold finite?", asked only when a result is not: scanning a
+#: large weight costs a full pass, which a fold whose results are finite never needs.
+Finite = Callable[[], bool]
+
+
 def _all_finite(*arrays: npt.NDArray[Any]) -> bool:
-    return all(bool(np.isfinite(a).all()) for a in arrays)
+    for a in arrays:
+        if a.size <= _FINITE_BLOCK or not a.flags.c_contiguous:
+            if not bool(np.isfinite(a).all()):
+                return False
+            continue
+        flat = a.reshape(-1)
+        for start in range(0, flat.size, _FINITE_BLOCK):
+            if not bool(np.isfinite(flat[start : start + _FINITE_BLOCK]).all()):
+                return False
+    return True
 
 
-def _cast(values: F64Array, dtype: np.dtype[Any], what: str, inputs_finite: bool) -> FloatArray:
+def _finite_inputs(*arrays: npt.NDArray[Any]) -> Finite:
+    return lambda: _all_finite(*arrays)
+
+
+def _out_of_range(
+    what: str, dtype: np.dtype[Any], value: float, index: int
+) -> UnsupportedLayerError:
+    return UnsupportedLayerError(
+        f"folded {what} do not fit {np.dtype(dtype).name}: value "
+        f"{value:.6g} at flat index {index} is out of range"
+    )
+
+
+def _cast(values: F64Array, dtype: np.dtype[Any], what: str, inputs_finite: Finite) -> FloatArray:
     """Cast a float64 result to ``dtype``, refusing to invent infinities."""
     with np.errstate(over="ignore", invalid="ignore"):
         out: FloatArray = values.astype(dtype)
-    if inputs_finite and not bool(np.isfinite(out).all()):
+    if not _all_finite(out) and inputs_finite():
         bad = int(np.flatnonzero(~np.isfinite(out.reshape(-1)))[0])
-        raise UnsupportedLayerError(
-            f"folded {what} do not fit {np.dtype(dtype).name}: value "
-            f"{values.reshape(-1)[bad]:.6g} at flat index {bad} is out of range"
-        )
+        raise _out_of_range(what, dtype, float(values.reshape(-1)[bad]), bad)
+    return out
+
+
+def _multiply_once(w: FloatArray, factor: F64Array, what: str, inputs_finite: Finite) -> FloatArray:
+    """``w * factor`` in float64, rounded once to ``w``'s dtype, in a single pass.
+
+    The same bits as ``(w.astype(float64) * factor).astype(w.dtype)``: numpy runs its
+    float64 loop (``factor`` is float64), converting each input element exactly and
+    rounding each product once into ``out``, a block at a time, so no full-size
+    float64 temporary exists. ``factor`` broadcasts against ``w``. A product that is
+    not finite in ``w``'s dtype while every input is finite raises (a checked cast).
+    """
+    out: FloatArray = np.empty(w.shape, dtype=w.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(w, factor, out=out, casting="same_kind")
+    if not _all_finite(out) and inputs_finite():
+        bad = int(np.flatnonzero(~np.isfinite(out.reshape(-1)))[0])
+        where = np.unravel_index(bad, out.shape)
+        # The float64 product the message reports, the same operation numpy made.
+        value = float(w[where]) * float(np.broadcast_to(factor, out.shape)[where])
+        raise _out_of_range(what, w.dtype, value, bad)
     return out
 
 
@@ -490,7 +534,7 @@ def affine_to_scale_blobs(
     dt = np.dtype(dtype)
     if dt.kind != "f":
         raise ModelMismatchError(f"Scale blobs: expected a floating-point dtype, got {dt}")
-    finite = _all_finite(affine.scale, affine.shift)
+    finite = _finite_inputs(affine.scale, affine.shift)
     return (
         _cast(affine.scale, dt, "Scale weights", finite),
         _cast(affine.shift, dt, "Scale bias", finite),
@@ -524,12 +568,13 @@ def fold_into_convolution(
         )
     b64, bshape, bdtype = _bias(b, cout, wa.dtype, "convolution bias")
     s, t = affine.scale, affine.shift
-    finite = _all_finite(wa, b64, s, t)
+    finite = _finite_inputs(wa, b64, s, t)
+    w2 = _multiply_once(wa, s.reshape((cout,) + (1,) * (wa.ndim - 1)), "convolution weights",
+                        finite)
     with np.errstate(over="ignore", invalid="ignore"):
-        w2 = wa.astype(np.float64) * s.reshape((cout,) + (1,) * (wa.ndim - 1))
         b2 = b64 * s + t
     return (
-        _cast(w2, wa.dtype, "convolution weights", finite),
+        w2,
         _cast(b2, bdtype, "convolution bias", finite).reshape(bshape),
     )
 
@@ -570,14 +615,14 @@ def fold_into_deconvolution(
     b64, bshape, bdtype = _bias(b, cout, wa.dtype, "deconvolution bias")
     s, t = affine.scale, affine.shift
     kernel = wa.shape[2:]
-    finite = _all_finite(wa, b64, s, t)
+    finite = _finite_inputs(wa, b64, s, t)
+    grouped = wa.reshape((group, cin // group, per_group, *kernel))
+    s_view = s.reshape((group, 1, per_group) + (1,) * len(kernel))
+    w2 = _multiply_once(grouped, s_view, "deconvolution weights", finite).reshape(wa.shape)
     with np.errstate(over="ignore", invalid="ignore"):
-        grouped = wa.astype(np.float64).reshape((group, cin // group, per_group, *kernel))
-        s_view = s.reshape((group, 1, per_group) + (1,) * len(kernel))
-        w2 = (grouped * s_view).reshape(wa.shape)
         b2 = b64 * s + t
     return (
-        _cast(w2, wa.dtype, "deconvolution weights", finite),
+        w2,
         _cast(b2, bdtype, "deconvolution bias", finite).reshape(bshape),
     )
 
@@ -608,13 +653,13 @@ def fold_into_inner_product(
         )
     b64, bshape, bdtype = _bias(b, n, wa.dtype, "inner product bias")
     s, t = affine.scale, affine.shift
-    finite = _all_finite(wa, b64, s, t)
+    finite = _finite_inputs(wa, b64, s, t)
+    w2 = _multiply_once(m, s[np.newaxis, :] if transpose else s[:, np.newaxis],
+                        "inner product weights", finite)
     with np.errstate(over="ignore", invalid="ignore"):
-        m64 = m.astype(np.float64)
-        w2 = m64 * (s[np.newaxis, :] if transpose else s[:, np.newaxis])
         b2 = b64 * s + t
     return (
-        _cast(w2.reshape(wa.shape), wa.dtype, "inner product weights", finite),
+        w2.reshape(wa.shape),
         _cast(b2, bdtype, "inner product bias", finite).reshape(bshape),
     )
 
@@ -659,16 +704,19 @@ def fold_forward_into_convolution(
         )
     b64, bshape, bdtype = _bias(b, cout, wa.dtype, "convolution bias")
     s, t = affine.scale, affine.shift
-    finite = _all_finite(wa, b64, s, t)
+    finite = _finite_inputs(wa, b64, s, t)
     taps = int(np.prod(wa.shape[2:], dtype=np.int64))
+    grouped = wa.reshape(group, cout // group, cin_g, taps)
+    w2 = _multiply_once(grouped, s.reshape(group, 1, cin_g, 1), "convolution weights",
+                        finite).reshape(wa.shape)
     with np.errstate(over="ignore", invalid="ignore"):
-        grouped = wa.astype(np.float64).reshape(group, cout // group, cin_g, taps)
-        w2 = (grouped * s.reshape(group, 1, cin_g, 1)).reshape(wa.shape)
-        # The shift reaches every tap of every input channel of the group once.
-        shift_through = np.einsum("gojk,gj->go", grouped, t.reshape(group, cin_g))
+        # The shift reaches every tap of every input channel of the group once. The sum
+        # runs over a float64 copy as it always has: its order fixes the bias's bits.
+        shift_through = np.einsum("gojk,gj->go", grouped.astype(np.float64),
+                                  t.reshape(group, cin_g))
         b2 = b64 + shift_through.reshape(cout)
     return (
-        _cast(w2, wa.dtype, "convolution weights", finite),
+        w2,
         _cast(b2, bdtype, "convolution bias", finite).reshape(bshape),
     )
 
@@ -708,218 +756,15 @@ def fold_forward_into_inner_product(
     b64, bshape, bdtype = _bias(b, n, wa.dtype, "inner product bias")
     s_in = np.repeat(affine.scale, spatial)
     t_in = np.repeat(affine.shift, spatial)
-    finite = _all_finite(wa, b64, s_in, t_in)
+    finite = _finite_inputs(wa, b64, s_in, t_in)
+    w2 = _multiply_once(m, s_in[:, np.newaxis] if transpose else s_in[np.newaxis, :],
+                        "inner product weights", finite)
     with np.errstate(over="ignore", invalid="ignore"):
+        # A float64 copy for the product with the shift, as always: its summation
+        # order (BLAS) fixes the bias's bits.
         m64 = m.astype(np.float64)
-        if transpose:
-            w2 = m64 * s_in[:, np.newaxis]
-            b2 = b64 + t_in @ m64
-        else:
-            w2 = m64 * s_in[np.newaxis, :]
-            b2 = b64 + m64 @ t_in
+        b2 = b64 + (t_in @ m64 if transpose else m64 @ t_in)
     return (
-        _cast(w2.reshape(wa.shape), wa.dtype, "inner product weights", finite),
+        w2.reshape(wa.shape),
         _cast(b2, bdtype, "inner product bias", finite).reshape(bshape),
     )
-
-
-# --------------------------------------------------------------------------- Caffe's float32
-
-
-_F32 = np.float32
-
-
-def _f32_vector(blob: npt.ArrayLike, what: str) -> F32Array:
-    """One value per channel as float32, as Caffe's ``Blob<float>`` holds it."""
-    vec = _vector(blob, what)
-    # A double blob value beyond float32 becomes inf in Caffe's float net; judged later.
-    with np.errstate(over="ignore", invalid="ignore"):
-        return vec.astype(_F32)
-
-
-def _not_finite(values: F32Array) -> npt.NDArray[np.bool_]:
-    return ~np.isfinite(values)
-
-
-def _float32_reason(detail: str) -> UnsupportedLayerError:
-    return UnsupportedLayerError(f"Caffe's float32 arithmetic is not finite: {detail}")
-
-
-@dataclass(frozen=True, eq=False)
-class Float32Probe:
-    """What Caffe's float32 layers output, per channel, for the inputs 0 and 1.
-
-    A fold replaces a chain of per-channel layers by its float64 map; Caffe evaluates
-    the chain layer by layer in float32. When that evaluation is not finite (a variance
-    plus eps that is 0 in float32, a ``1/factor`` that overflows, a Scale that pushes
-    the normalised value past float32's range), real Caffe outputs inf or NaN while the
-    folded weights would be finite, so the fold would change what the model computes.
-    The probe runs Caffe's float32 arithmetic, step by step and in Caffe's order, on the
-    inputs 0 and 1 of every channel: the chain folds only when every step is finite for
-    both (an overflow that only much larger inputs reach depends on the data).
-
-    Example:
-        >>> probe = Float32Probe.unit(2)
-        >>> probe.at_zero.tolist(), probe.at_one.tolist(), probe.at_one.dtype.name
-        ([0.0, 0.0], [1.0, 1.0], 'float32')
-    """
-
-    at_zero: F32Array
-    at_one: F32Array
-
-    @classmethod
-    def unit(cls, channels: int) -> Float32Probe:
-        """The inputs themselves: 0 and 1 in each of ``channels`` channels.
-
-        Example:
-            >>> Float32Probe.unit(1).at_one.tolist()
-            [1.0]
-        """
-        return cls(np.zeros(channels, _F32), np.ones(channels, _F32))
-
-    @property
-    def channels(self) -> int:
-        """Number of channels probed."""
-        return int(self.at_zero.size)
-
-    def _checked(self, what: str) -> Float32Probe:
-        for name, values in (("0", self.at_zero), ("1", self.at_one)):
-            bad = _not_finite(values)
-            if bad.any():
-                raise _float32_reason(f"{what} is {values[bad][0]} in {_first_bad(bad)} "
-                                      f"for the input {name}")
-        return self
-
-
-def caffe_float32_batchnorm(
-    mean_blob: npt.ArrayLike,
-    var_blob: npt.ArrayLike,
-    eps: float,
-    *,
-    factor_blob: npt.ArrayLike | None = None,
-    scale: npt.ArrayLike | None = None,
-    shift: npt.ArrayLike | None = None,
-    multiply_by_rsqrt: bool = False,
-) -> Float32Probe:
-    """Caffe's float32 evaluation of a BatchNorm, on the inputs 0 and 1 (:class:`Float32Probe`).
-
-    The steps are the forks' TEST-phase code, each rounded to float32: with a BVLC
-    ``factor_blob``, ``k = 0 if f == 0 else 1 / f``, then ``mean·k``, ``variance·k``;
-    then ``d = variance + eps``, and ``(x - mean) / sqrt(d)`` (``multiply_by_rsqrt``:
-    NVIDIA's ``(x - mean) · d^-0.5``), then ``· scale + shift`` when the dialect has them.
-    Raises :class:`~bnfuse.errors.UnsupportedLayerError` naming the first step that is
-    not finite and its channel; returns the probe otherwise.
-
-    Example:
-        >>> caffe_float32_batchnorm([2.0], [8.0], 0.0, factor_blob=[2.0]).at_zero.tolist()
-        [-0.5]
-        >>> caffe_float32_batchnorm([0.0], [-1.0], 1.0)  # 0 in float32: Caffe divides by 0
-        Traceback (most recent call last):
-        ...
-        bnfuse.errors.UnsupportedLayerError: Caffe's float32 arithmetic is not finite: \
-variance + eps is 0 in channel 0 (variance -1, eps 1), so Caffe divides by zero
-    """
-    mean = _f32_vector(mean_blob, "BatchNorm mean blob")
-    var = _f32_vector(var_blob, "BatchNorm variance blob")
-    if mean.size != var.size:
-        raise ModelMismatchError(
-            f"BatchNorm blobs: mean has {mean.size} channels but variance has {var.size}")
-    for role, values in (("mean", mean), ("variance", var)):
-        bad = _not_finite(values)
-        if bad.any():
-            raise _float32_reason(f"the {role} blob is {values[bad][0]} in float32 in "
-                                  f"{_first_bad(bad)}")
-    stored = "variance"
-    with np.errstate(all="ignore"):
-        if factor_blob is not None:
-            factor = _real_array(factor_blob, "BatchNorm factor blob")
-            if factor.size != 1:
-                raise ModelMismatchError(
-                    f"BatchNorm factor blob: expected a single value, got shape {factor.shape}")
-            f = _F32(factor.reshape(-1)[0])
-            k = _F32(0) if f == 0 else _F32(1) / f
-            if not np.isfinite(k):
-                raise _float32_reason(f"1/factor is {k} (factor {float(f):.9g}), so Caffe's "
-                                      "mean and variance are inf or NaN")
-            mean, var = mean * k, var * k
-            stored = "variance/factor"
-            for role, values in (("mean/factor", mean), (stored, var)):
-                bad = _not_finite(values)
-                if bad.any():
-                    raise _float32_reason(f"{role} is {values[bad][0]} in {_first_bad(bad)}")
-        eps32 = _F32(eps)
-        denom = var + eps32
-        for bad, what in ((denom == 0, "is 0"), (~(denom > 0) & (denom != 0), "is negative")):
-            if bad.any():
-                c = int(np.flatnonzero(bad)[0])
-                effect = ("so Caffe divides by zero" if what == "is 0"
-                          else "so Caffe's square root is NaN")
-                raise _float32_reason(
-                    f"{stored} + eps {what} in {_first_bad(bad)} ({stored} {float(var[c]):.9g}, "
-                    f"eps {float(eps32):.9g}), {effect}")
-        if multiply_by_rsqrt:
-            factor_per_channel = np.power(denom, _F32(-0.5))
-            at_zero, at_one = (_F32(0) - mean) * factor_per_channel, \
-                (_F32(1) - mean) * factor_per_channel
-        else:
-            root = np.sqrt(denom)
-            at_zero, at_one = (_F32(0) - mean) / root, (_F32(1) - mean) / root
-    probe = Float32Probe(at_zero.astype(_F32), at_one.astype(_F32))._checked(
-        "the normalised value")
-    if scale is None and shift is None:
-        return probe
-    return caffe_float32_scale(probe, np.ones(probe.channels) if scale is None else scale,
-                               shift, what="the BatchNorm's scaled output")
-
-
-def caffe_float32_scale(
-    probe: Float32Probe, gamma: npt.ArrayLike, beta: npt.ArrayLike | None = None,
-    *, what: str = "the Scale output",
-) -> Float32Probe:
-    """A Scale layer's float32 output ``x·gamma (+ beta)`` for the probed inputs.
-
-    Caffe multiplies, then adds the bias, rounding each step to float32. ``gamma`` and
-    ``beta`` hold one value per channel, or one value for every channel. Raises
-    :class:`~bnfuse.errors.UnsupportedLayerError` (``what`` names the step) when a value
-    is not finite.
-
-    Example:
-        >>> caffe_float32_scale(Float32Probe.unit(1), [2.0], [1.0]).at_one.tolist()
-        [3.0]
-        >>> caffe_float32_scale(Float32Probe.unit(1), [3e38], [3e38])
-        Traceback (most recent call last):
-        ...
-        bnfuse.errors.UnsupportedLayerError: Caffe's float32 arithmetic is not finite: \
-the Scale output is inf in channel 0 for the input 1
-    """
-    g = _f32_per_channel(gamma, probe.channels, "Scale blob")
-    b = None if beta is None else _f32_per_channel(beta, probe.channels, "Scale bias blob")
-    with np.errstate(all="ignore"):
-        at_zero, at_one = probe.at_zero * g, probe.at_one * g
-        if b is not None:
-            at_zero, at_one = at_zero + b, at_one + b
-    return Float32Probe(at_zero.astype(_F32), at_one.astype(_F32))._checked(what)
-
-
-def caffe_float32_bias(probe: Float32Probe, beta: npt.ArrayLike, *,
-                       what: str = "the Bias output") -> Float32Probe:
-    """A Bias layer's float32 output ``x + beta`` for the probed inputs.
-
-    Example:
-        >>> caffe_float32_bias(Float32Probe.unit(2), [0.5, 1.0]).at_zero.tolist()
-        [0.5, 1.0]
-    """
-    b = _f32_per_channel(beta, probe.channels, "Bias blob")
-    with np.errstate(all="ignore"):
-        at_zero, at_one = probe.at_zero + b, probe.at_one + b
-    return Float32Probe(at_zero.astype(_F32), at_one.astype(_F32))._checked(what)
-
-
-def _f32_per_channel(blob: npt.ArrayLike, channels: int, what: str) -> F32Array:
-    values = _f32_vector(blob, what)
-    if values.size not in (1, channels):
-        raise ModelMismatchError(f"{what}: has {values.size} values, expected {channels} or 1")
-    bad = _not_finite(values)
-    if bad.any():
-        raise _float32_reason(f"{what} is {values[bad][0]} in float32 in {_first_bad(bad)}")
-    return values

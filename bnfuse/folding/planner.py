@@ -36,7 +36,7 @@ import numpy as np
 
 from bnfuse._text import quote_user_text
 from bnfuse.errors import BnfuseError
-from bnfuse.folding import arith, variants
+from bnfuse.folding import arith, float32, variants
 from bnfuse.folding.affine import layer_affine, scale_bias_problem
 from bnfuse.graph import Graph, build_graph
 from bnfuse.layertypes.batchnorm import NORM_TYPES, Dialect, detect_layer
@@ -127,10 +127,10 @@ def _caffe_float32_problem(chain: Sequence[Layer], options: FoldOptions) -> str 
     The float64 map may be finite where Caffe, computing layer by layer in float32,
     produces inf or NaN (a variance + eps that is 0 in float32, a ``1/factor`` that
     overflows, a Scale that overflows); folding would then change what the model
-    computes. The probe (:class:`~bnfuse.folding.arith.Float32Probe`) replays Caffe's
+    computes. The probe (:class:`~bnfuse.folding.float32.Float32Probe`) replays Caffe's
     steps on the inputs 0 and 1; the reason names the layer, the step and the channel.
     """
-    probe: arith.Float32Probe | None = None
+    probe: float32.Float32Probe | None = None
     for layer in chain:
         blobs = [np.asarray(blob) for blob in layer.blobs]
         where = f"{layer.type} {quote_user_text(layer.name)}"
@@ -140,13 +140,13 @@ def _caffe_float32_problem(chain: Sequence[Layer], options: FoldOptions) -> str 
                     _norm_dialect(layer, options, structural=False), blobs)
                 continue
             if probe is None:
-                probe = arith.Float32Probe.unit(int(blobs[0].size))
+                probe = float32.Float32Probe.unit(int(blobs[0].size))
             if layer.type == "Scale":
-                probe = arith.caffe_float32_scale(probe, blobs[0].reshape(-1),
+                probe = float32.caffe_float32_scale(probe, blobs[0].reshape(-1),
                                                   blobs[1].reshape(-1) if len(blobs) > 1
                                                   else None)
             else:
-                probe = arith.caffe_float32_bias(probe, blobs[0].reshape(-1))
+                probe = float32.caffe_float32_bias(probe, blobs[0].reshape(-1))
         except BnfuseError as exc:
             return f"{where}: {exc}"
     return None

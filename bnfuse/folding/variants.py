@@ -21,14 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfuse.errors import UnsupportedLayerError
-from bnfuse.folding.arith import (
-    Affine,
-    Float32Probe,
-    affine_from_batchnorm,
-    caffe_batchnorm_stats,
-    caffe_float32_batchnorm,
-    caffe_float32_scale,
-)
+from bnfuse.folding.arith import Affine, affine_from_batchnorm, caffe_batchnorm_stats
+from bnfuse.folding.float32 import Float32Probe, caffe_float32_batchnorm, caffe_float32_scale
 from bnfuse.layertypes.batchnorm import Dialect
 
 __all__ = ["dialect_affine", "dialect_float32_probe"]
@@ -89,7 +83,7 @@ def dialect_float32_probe(dialect: Dialect, blobs: Blobs) -> Float32Probe:
     """Caffe's own float32 evaluation of a foldable BatchNorm dialect on the inputs 0 and 1.
 
     The same roles as :func:`dialect_affine`, computed with the fork's float32 steps
-    (:func:`bnfuse.folding.arith.caffe_float32_batchnorm`): BVLC divides the statistics
+    (:func:`bnfuse.folding.float32.caffe_float32_batchnorm`): BVLC divides the statistics
     by the factor, NVIDIA multiplies by ``(variance + eps)^-0.5``, the others divide by
     the square root and then apply scale and shift; SegNet's INFERENCE map is
     ``scale·x + shift``. Raises :class:`~bnfuse.errors.UnsupportedLayerError` naming the

@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NoReturn
 
@@ -63,6 +65,11 @@ InputSpec = FileId | StrPath | None
 #: Chunk size of the user-space copy loop: large enough to amortise syscalls,
 #: small enough not to matter for memory.
 _CHUNK = 8 << 20
+
+#: Early writeback: every this many bytes written, the kernel is asked to start writing
+#: them to disk (``sync_file_range``), so the final fsync has little left to wait for.
+#: Measured on ResNet-152 / VGG-16-BN here: see benchmarks/README.md.
+_WRITEBACK_EVERY = 16 << 20
 
 #: errno values that mean "this kernel or file system cannot do that copy here";
 #: the next, simpler method is tried instead.
@@ -134,6 +141,33 @@ def _create_temp(folder: str, base: str) -> tuple[int, str]:
     raise OutputError(f"{os.path.join(folder, base)}: cannot create a temporary file beside it")
 
 
+@functools.cache
+def _start_writeback() -> Callable[[int, int, int], None] | None:
+    """Linux's ``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)``, or None.
+
+    Python's os module does not expose it, so it is called through ctypes; where
+    there is no such call (another platform, a libc without it) writeback is left
+    to the final fsync alone. Loaded on the first file large enough to need it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    write = 2  # SYNC_FILE_RANGE_WRITE: start writing the dirty pages, do not wait
+
+    def start(fd: int, offset: int, length: int) -> None:
+        # Only a hint: a failure here is ignored, the final fsync reports real errors.
+        func(fd, offset, length, write)
+
+    return start
+
+
 def _fsync_folder(folder: str) -> None:
     """Make the rename itself durable; not every platform can open a folder, so best effort."""
     try:
@@ -168,13 +202,30 @@ class OutputFile:
         self.shown = target.shown
         self.temp = temp
         self._file = os.fdopen(fd, "wb")
+        #: Bytes given to the file since writeback was last started, and where it ended.
+        self._unsynced = 0
+        self._synced_to = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data``; return the number of bytes."""
         try:
-            return self._file.write(data)
+            written = self._file.write(data)
         except OSError as exc:
             raise _output_error(self.shown, exc) from exc
+        self._written(written)
+        return written
+
+    def _written(self, count: int) -> None:
+        self._unsynced += count
+        if self._unsynced < _WRITEBACK_EVERY:
+            return
+        start = _start_writeback()
+        if start is None:
+            return
+        self.flush()
+        end = os.lseek(self.fileno(), 0, os.SEEK_CUR)
+        start(self.fileno(), self._synced_to, end - self._synced_to)
+        self._synced_to, self._unsynced = end, 0
 
     def flush(self) -> None:
         """Hand the buffered bytes to the kernel."""
@@ -200,6 +251,7 @@ class OutputFile:
             copy_range(src_fd, self.fileno(), offset, length)
         except OSError as exc:
             raise _output_error(self.shown, exc) from exc
+        self._written(length)
 
     def _finish(self) -> None:
         """Flush, fsync and close: the temp file is complete on disk."""

@@ -21,3 +21,7 @@ Example:
 """
 
 from __future__ import annotations
+
+#: Backend names accepted by :func:`bnfuse.verification.compare.verify`. Kept here, where
+#: importing it loads nothing else: ``bnfuse --help`` lists them without numpy.
+BACKENDS = ("numpy", "opencv", "onnxruntime", "pycaffe")

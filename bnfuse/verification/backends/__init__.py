@@ -55,8 +55,7 @@ NetOrPaths = Union[
 #: ``progress(done, total, what)``: how far a long run has got (the CLI draws it).
 Progress = Callable[[int, int, str], None]
 
-#: Backend names accepted by :func:`bnfuse.verification.compare.verify`.
-BACKENDS = ("numpy", "opencv", "onnxruntime", "pycaffe")
+from bnfuse.verification import BACKENDS  # noqa: E402 -- the one list, importable alone
 
 
 class BackendRun(Protocol):
