@@ -267,3 +267,35 @@ def test_thresholds_of_signum_after_binarized_chain() -> None:
         else:
             assert t.threshold[c] == pytest.approx(-shift[c] / scale[c], rel=1e-15)
             assert t.polarity[c] == (1 if scale[c] > 0 else -1) and t.tie[c] == -1
+
+
+# --------------------------------------------------------------------------- packed bits
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def test_packed_bit_blob_is_named_not_called_corrupt(tmp_path) -> None:
+    shape = _field(7, _field(1, b"".join(_varint(d) for d in (4, 1, 2, 2))))
+    blob = shape + _field(10, bytes([0b10110010, 0b01001101]))  # 16 weights, 2 bytes
+    layer = _field(1, b"bconv") + _field(2, b"BinaryConvolution") + _field(7, blob)
+    model = tmp_path / "packed.caffemodel"
+    model.write_bytes(_field(100, layer))
+    text = (b'input: "x" input_shape { dim: 1 dim: 1 dim: 3 dim: 3 }\n'
+            b'layer { name: "bconv" type: "BinaryConvolution" bottom: "x" top: "y"\n'
+            b'  convolution_param { num_output: 4 kernel_size: 2 bias_term: false } }\n')
+    with pytest.raises(bnfuse.CaffemodelError) as caught:
+        bnfuse.load(text, model)
+    message = str(caught.value)
+    assert "packed-bit" in message and "'bconv'" in message and "field 10" in message
+    assert "corrupt" not in message
