@@ -6,6 +6,9 @@ The public API:
 - :func:`fold` / :func:`fold_net`: fold BatchNorm, Scale and Bias layers and
   report every decision;
 - :func:`verify`: run two nets on the same inputs and compare every blob;
+- :func:`binarize` / :func:`binarize_net`: binary-weight layers to +1/-1 weights with
+  their scale merged into the Scale after them; :func:`verify_binarized` checks the
+  result against the forks' binary semantics;
 - :class:`BnfuseError` and its subclasses: the only errors bnfuse raises.
 
 Example:
@@ -35,8 +38,10 @@ from bnfuse.errors import (
     excerpt,
 )
 from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
+from bnfuse.folding.binarize import BinarizeResult, binarize, binarize_net
 from bnfuse.folding.planner import Action
 from bnfuse.net import Layer, Net, load, save
+from bnfuse.verification._binarylayers import verify_binarized
 from bnfuse.verification.compare import VerifyResult, verify
 
 __version__ = "0.1.0"
@@ -66,6 +71,7 @@ def example_path(kind: str = "prototxt") -> Path:
 __all__ = [
     "Action",
     "BackendUnavailableError",
+    "BinarizeResult",
     "BnfuseError",
     "CaffemodelError",
     "FoldReport",
@@ -83,10 +89,13 @@ __all__ = [
     "UpgradeError",
     "VerifyResult",
     "__version__",
+    "binarize",
+    "binarize_net",
     "example_path",
     "fold",
     "fold_net",
     "load",
     "save",
     "verify",
+    "verify_binarized",
 ]

@@ -299,3 +299,32 @@ def test_packed_bit_blob_is_named_not_called_corrupt(tmp_path) -> None:
     message = str(caught.value)
     assert "packed-bit" in message and "'bconv'" in message and "field 10" in message
     assert "corrupt" not in message
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_binarize_verify_writes_net_and_thresholds(tmp_path, capsys) -> None:
+    from bnfuse.cli import main
+
+    tail = BN_SCALE.replace(b'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }',
+                            b'layer { name: "r" type: "Signum" bottom: "c" top: "s" }')
+    net = _conv_net(2, b"binary_convolution_param { }", tail)
+    _set_bn(net, "bn", 4)
+    net.set_blobs(net.layer("sc"), [np.array([1, -1, 0, 2], np.float32),
+                                    np.array([0.5, 0, 1, -1], np.float32)])
+    bnfuse.save(net, tmp_path / "b.prototxt", tmp_path / "b.caffemodel")
+    out = tmp_path / "out"
+    code = main(["binarize", str(tmp_path / "b.prototxt"), str(tmp_path / "b.caffemodel"),
+                 "-o", f"{out}.prototxt", "-w", f"{out}.caffemodel", "--verify",
+                 "--thresholds", f"{out}.npz"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "alpha into Scale 'sc'" in printed and "thresholds for 'r'" in printed
+    written = bnfuse.load(f"{out}.prototxt", f"{out}.caffemodel")
+    assert [layer.type for layer in written.layers] == ["Input", "Convolution", "Scale",
+                                                        "Signum"]
+    with np.load(f"{out}.npz") as sidecar:
+        assert sorted(sidecar.files) == ["r/polarity", "r/threshold", "r/tie"]
+        assert sidecar["r/threshold"][2] == -np.inf and sidecar["r/polarity"][2] == 1
+        assert sidecar["r/tie"].dtype == np.int8

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bnfuse._checks import require_net, require_source
 from bnfuse.errors import BnfuseError, UnsupportedLayerError
 from bnfuse.folding.arith import (
     Affine,
@@ -52,7 +53,7 @@ from bnfuse.layertypes.binary import (
     alpha_axes,
     binary_dialect,
 )
-from bnfuse.net import Layer, Net, load, save
+from bnfuse.net import Destination, Layer, Net, Source, load, save
 
 F32 = npt.NDArray[np.float32]
 
@@ -133,6 +134,16 @@ class BinarizeReport:
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [entry.to_dict() for entry in self.layers]}
 
+    def conventions(self) -> dict[str, str]:
+        """The convention of every binary layer, by name (what a check runs them with)."""
+        return {entry.layer: entry.convention for entry in self.layers}
+
+    def declared(self) -> dict[str, str]:
+        """Each plain layer declared binary-trained, with the binary type it was run as."""
+        binary_of = {plain: binary for binary, plain in PLAIN_TYPE.items()}
+        return {entry.layer: binary_of[entry.type] for entry in self.layers
+                if entry.type in binary_of}
+
 
 @dataclass
 class BinarizeResult:
@@ -150,10 +161,12 @@ class BinarizeResult:
     report: BinarizeReport
     thresholds: dict[str, Thresholds]
 
-    def save(self, prototxt: str, caffemodel: str | None = None, *,
-             thresholds: str | None = None) -> None:
-        """Write the net (:func:`bnfuse.save`) and, when asked, the thresholds sidecar."""
-        save(self.net, prototxt, caffemodel)
+    def save(self, prototxt: Destination, caffemodel: Destination | None = None, *,
+             thresholds: Destination | None = None,
+             check: Callable[[str, str], None] | None = None) -> None:
+        """Write the net (:func:`bnfuse.save`, ``check`` is its) and, when asked, the
+        thresholds sidecar (:func:`save_thresholds`)."""
+        save(self.net, prototxt, caffemodel, check=check)
         if thresholds is not None:
             save_thresholds(self.net, self.thresholds, thresholds)
 
@@ -171,7 +184,7 @@ def thresholds_npz(thresholds: dict[str, Thresholds]) -> bytes:
     return buffer.getvalue()
 
 
-def save_thresholds(net: Net, thresholds: dict[str, Thresholds], dest: str) -> None:
+def save_thresholds(net: Net, thresholds: dict[str, Thresholds], dest: Destination) -> None:
     """Write the sidecar through bnfuse's guarded writer (never over an input file)."""
     inputs = [p for p in (net.prototxt_path, net.caffemodel_path) if p is not None]
     with atomic_write(dest, inputs=inputs) as out:
@@ -325,6 +338,9 @@ def binarize_net(net: Net, *, layers: Sequence[str] = (),
         >>> net.layer("c").blobs[0].ravel().tolist(), net.layer("s").blobs[0].tolist()
         ([1.0, -1.0, 1.0, 1.0], [0.5, 3.0])
     """
+    require_net(net, "binarize_net")
+    if isinstance(layers, (str, bytes)):
+        raise TypeError("binarize_net: layers must be a list of layer names, not a string")
     for name in layers:
         layer = net.layer(name)
         if layer.type not in PLAIN_TYPE.values() and layer.type not in BINARY_TYPES:
@@ -341,8 +357,8 @@ def binarize_net(net: Net, *, layers: Sequence[str] = (),
     return BinarizeResult(net, BinarizeReport(entries), thresholds)
 
 
-def binarize(prototxt: str, caffemodel: str | None = None, *, layers: Sequence[str] = (),
-             convention: str | None = None) -> BinarizeResult:
+def binarize(prototxt: Source, caffemodel: Source | None = None, *,
+             layers: Sequence[str] = (), convention: str | None = None) -> BinarizeResult:
     """Load a net and binarize it; see :func:`binarize_net`.
 
     Example:
@@ -350,6 +366,8 @@ def binarize(prototxt: str, caffemodel: str | None = None, *, layers: Sequence[s
         >>> binarize(bnfuse.example_path("prototxt")).report.layers  # no binary layers
         []
     """
+    require_source(prototxt, "binarize", "prototxt")
+    require_source(caffemodel, "binarize", "caffemodel", optional=True)
     return binarize_net(load(prototxt, caffemodel), layers=layers, convention=convention)
 
 

@@ -150,6 +150,22 @@ def verify_binarized(original: Any, binarized: Any, *, conventions: Mapping[str,
     ambiguous or plain layer; ``plain`` maps each plain layer declared binary-trained to
     its binary type, which ``original`` (changed in place) is given for the run.
     ``options`` are :func:`~bnfuse.verification.compare.verify`'s.
+
+    Example:
+        >>> import bnfuse
+        >>> text = b'''input: "x" input_shape { dim: 1 dim: 2 }
+        ... layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        ...         inner_product_param { num_output: 2 bias_term: false } }
+        ... layer { name: "s" type: "Scale" bottom: "y" top: "y" }'''
+        >>> def build():
+        ...     net = bnfuse.load(text)
+        ...     net.set_blobs(net.layer("ip"), [np.array([[0.5, -1.5], [2.0, 0.0]])])
+        ...     net.set_blobs(net.layer("s"), [np.array([1.0, -2.0])])
+        ...     return net
+        >>> result = bnfuse.binarize_net(build(), layers=["ip"], convention="zzqiuzz")
+        >>> verify_binarized(build(), result.net, conventions=result.report.conventions(),
+        ...                  plain=result.report.declared()).passed
+        True
     """
     from bnfuse.verification.compare import verify
 
