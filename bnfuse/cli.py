@@ -319,8 +319,8 @@ def _cmd_binarize(args: argparse.Namespace, out: _Out) -> int:
             out.say(f"{head}: skipped: {entry.skipped}")
             continue
         out.say(f"{head}: alpha {entry.alpha_min:.6g} .. {entry.alpha_max:.6g}; bias: "
-                f"{entry.bias}; alpha into Scale {entry.alpha_into!r} (merged "
-                f"{' + '.join(entry.merged)})"
+                f"{entry.bias}; alpha into Scale {entry.alpha_into!r} "
+                + (f"(merged {' + '.join(entry.merged)})" if entry.merged else "(inserted)")
                 + (f"; thresholds for {entry.thresholds_for!r}" if entry.thresholds_for else ""))
     if not report.layers:
         out.say("  no binary-weight layers")

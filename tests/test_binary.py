@@ -180,11 +180,21 @@ def test_binarize_inner_product_bn_without_scale_not_in_place() -> None:
     _check_binarized(reference, net, x, "out", ["ip"])
 
 
-def test_binarize_without_affine_after_is_skipped_with_reason() -> None:
-    net = _conv_net(1, b"binary_convolution_param { }")
-    [entry] = binarize_net(net).report.layers
-    assert entry.skipped is not None and "insert a Scale" in entry.skipped
-    assert net.layer("c").type == "BinaryConvolution"
+@pytest.mark.parametrize(("block", "convention"), [
+    (b"binary_convolution_param { }", None), (b"", "zzqiuzz")])
+def test_binarize_without_affine_after_inserts_a_scale(block: bytes,
+                                                       convention: str | None) -> None:
+    relu = b'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }\n'
+    net = _conv_net(1, block, relu)
+    x = RNG.standard_normal((2, 4, 5, 5))
+    with binary_conventions({"c": convention} if convention else {}):
+        reference = forward(net, {"x": x}, dtype=np.float64)
+    [entry] = binarize_net(net, convention=convention).report.layers
+    assert entry.skipped is None and entry.alpha_into == "c_alpha" and entry.merged == []
+    assert [(layer.name, layer.type, layer.bottoms, layer.tops) for layer in net.layers[1:]] == [
+        ("c", "Convolution", ("x",), ("c_sign",)), ("c_alpha", "Scale", ("c_sign",), ("c",)),
+        ("r", "ReLU", ("c",), ("c",))]
+    _check_binarized(reference, net, x, "c", ["c"])
 
 
 def test_plain_layers_already_alpha_sign_binarize_to_same_outputs() -> None:

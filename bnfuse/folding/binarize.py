@@ -4,7 +4,8 @@ For each binary-weight layer (a fork type of :mod:`bnfuse.layertypes.binary`, or
 Convolution/InnerProduct the caller declares binary-trained with a convention) the
 result is a BVLC layer whose weights are ``sign(W)`` (float32 +1/-1, the dialect's sign
 of 0) and a Scale (``bias_term: true``) holding ``alpha`` composed with the per-channel
-affine chain that followed (BatchNorm, Scale, Bias): the chain is merged into one Scale.
+affine chain that followed (BatchNorm, Scale, Bias): the chain is merged into one Scale
+(a new Scale is inserted when nothing affine follows).
 Alpha after the bias (``alpha * (x*B + b)``) keeps ``b`` in the layer and composes
 ``(alpha, 0)``; alpha before it (``x*(alpha B) + b``) moves ``b`` into the Scale's
 shift, composing ``(alpha, b)``, and zeroes the layer's bias. BatchNorm is never folded
@@ -232,6 +233,15 @@ def _affine_of(layer: Layer, channels: int) -> Affine:
     return affine_from_bias(blobs[0], channels)
 
 
+def _fresh(net: Net, name: str, *, blobs: bool) -> str:
+    """``name``, or ``name`` with underscores added, used by no blob (or layer) of ``net``."""
+    taken = ({b for other in net.layers for b in (*other.tops, *other.bottoms)} if blobs
+             else {other.name for other in net.layers})
+    while name in taken:
+        name += "_"
+    return name
+
+
 def _dialect(layer: Layer, convention: str | None) -> BinaryDialect:
     if layer.type in BINARY_TYPES:
         try:
@@ -255,10 +265,6 @@ def _binarize_one(net: Net, layer: Layer, convention: str | None,
     bias = np.asarray(layer.blobs[1], np.float64).reshape(-1) if len(layer.blobs) > 1 else None
     entry.alpha_min, entry.alpha_max = float(alpha.min()), float(alpha.max())
     chain = _chain(net, layer)
-    if not chain:
-        entry.skipped = ("no BatchNorm/Scale/Bias follows to take alpha, and bnfuse cannot "
-                         "insert a Scale layer yet")
-        return entry
     if bias is None:
         first = Affine(alpha, np.zeros_like(alpha))
     elif dialect.alpha_after_bias:
@@ -278,8 +284,8 @@ def _binarize_one(net: Net, layer: Layer, convention: str | None,
         return entry
     scale, shift = affine_to_scale_blobs(total, np.float32)
     scales = [link for link in chain if link.type == "Scale"]
-    keeper = scales[0] if scales else chain[0]
-    entry.alpha_into, entry.merged = keeper.name, [link.name for link in chain]
+    keeper = scales[0] if scales else chain[0] if chain else None
+    entry.merged = [link.name for link in chain]
     new_bias = [] if bias is None else [
         (np.zeros(bias.size) if entry.bias == BIAS_MOVED else bias).astype(np.float32)
         .reshape(np.shape(layer.blobs[1]))]
@@ -289,15 +295,19 @@ def _binarize_one(net: Net, layer: Layer, convention: str | None,
         if block is not None:
             net.clear_field(layer, block[0])
         net.set_type(layer, PLAIN_TYPE[layer.type])
-    source, last_top = layer.tops[0], chain[-1].tops[0]
-    if source != last_top:
+    source = layer.tops[0]
+    last_top = chain[-1].tops[0] if chain else source
+    if source != last_top or keeper is None:
         # The +1/-1 output is a new value: a new name, so no one compares it with alpha's.
-        names = {b for other in net.layers for b in (*other.tops, *other.bottoms)}
-        fresh = f"{source}_sign"
-        while fresh in names:
-            fresh += "_"
+        fresh = _fresh(net, f"{source}_sign", blobs=True)
         net.set_top(layer, 0, fresh)
         source = fresh
+    if keeper is None:
+        # Nothing affine follows: a new Scale takes alpha (and the bias, if it moved).
+        keeper = net.insert_layer_after(layer, [
+            ("name", _fresh(net, f"{layer.name}_alpha", blobs=False)), ("type", "Scale"),
+            ("bottom", source), ("top", last_top), ("scale_param", [("bias_term", True)])])
+    entry.alpha_into = keeper.name
     net.set_blobs(keeper, [scale, shift])
     if keeper.type != "Scale":
         for name in ("batch_norm_param", "bn_param"):
