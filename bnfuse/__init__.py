@@ -14,6 +14,9 @@ The public API:
   (:class:`BlobVersion` per write), shapes, inputs, outputs, layer geometry
   (:class:`ConvGeometry`, :class:`PoolGeometry`), its load :class:`NetWarning` list
   and an independent ``copy()``;
+- :func:`binarize` / :func:`binarize_net`: binary-weight layers to +1/-1 weights with
+  their scale merged into the Scale after them; :func:`verify_binarized` checks the
+  result against the forks' binary semantics;
 - :class:`BnfuseError` and its subclasses: the only errors bnfuse raises.
 
 Example:
@@ -50,12 +53,14 @@ if TYPE_CHECKING:
     from bnfuse.folding.affine import affine_of
     from bnfuse.folding.api import FoldReport, FoldResult, fold, fold_net
     from bnfuse.folding.arith import Affine
+    from bnfuse.folding.binarize import BinarizeResult, binarize, binarize_net
     from bnfuse.folding.planner import Action
     from bnfuse.graph import BlobVersion, Graph
     from bnfuse.layertypes.geometry import ConvGeometry, PoolGeometry
     from bnfuse.layertypes.notices import NetWarning
     from bnfuse.net import Layer, Net, load, save
     from bnfuse.run import forward
+    from bnfuse.verification._binarylayers import verify_binarized
     from bnfuse.verification.compare import VerifyResult, verify
 
 #: Public names imported on first use, by the module that defines them: ``import bnfuse``
@@ -72,6 +77,10 @@ _LAZY = {
     "affine_of": "bnfuse.folding.affine",
     "forward": "bnfuse.run",
     "to_onnx": "bnfuse.export.api",
+    "BinarizeResult": "bnfuse.folding.binarize",
+    "binarize": "bnfuse.folding.binarize",
+    "binarize_net": "bnfuse.folding.binarize",
+    "verify_binarized": "bnfuse.verification._binarylayers",
     "FoldReport": "bnfuse.folding.api",
     "FoldResult": "bnfuse.folding.api",
     "Layer": "bnfuse.net",
@@ -126,6 +135,7 @@ __all__ = [
     "Action",
     "Affine",
     "BackendUnavailableError",
+    "BinarizeResult",
     "BlobVersion",
     "BnfuseError",
     "CaffemodelError",
@@ -149,6 +159,8 @@ __all__ = [
     "VerifyResult",
     "__version__",
     "affine_of",
+    "binarize",
+    "binarize_net",
     "example_path",
     "fold",
     "fold_net",
@@ -157,4 +169,5 @@ __all__ = [
     "save",
     "to_onnx",
     "verify",
+    "verify_binarized",
 ]

@@ -305,6 +305,74 @@ def _cmd_fold(args: argparse.Namespace, out: _Out) -> int:
     return status
 
 
+def _cmd_binarize(args: argparse.Namespace, out: _Out) -> int:
+    import bnfuse
+    from bnfuse.verification._binarylayers import verify_binarized
+
+    prototxt, caffemodel = Path(args.prototxt), Path(args.caffemodel)
+    default_text, default_model = _default_outputs(prototxt, caffemodel)
+    out_text: str | Path = args.output if args.output else default_text
+    out_model: str | Path = args.weights if args.weights else default_model
+    outputs: list[tuple[str, str | Path]] = [("prototxt", out_text), ("caffemodel", out_model)]
+    for label, path in (("--thresholds", args.thresholds), ("--json", args.json)):
+        if path:
+            outputs.append((label, path))
+    _check_outputs(outputs, [prototxt, caffemodel])
+    result = bnfuse.binarize(prototxt, caffemodel, layers=args.layers or (),
+                             convention=args.convention)
+    report = result.report
+    out.say(f"{prototxt.name} + {caffemodel.name}")
+    for entry in report.layers:
+        head = f"  {entry.layer} ({entry.type}, {entry.convention})"
+        if entry.skipped:
+            out.say(f"{head}: skipped: {entry.skipped}")
+            continue
+        out.say(f"{head}: alpha {entry.alpha_min:.6g} .. {entry.alpha_max:.6g}; bias: "
+                f"{entry.bias}; alpha into Scale {entry.alpha_into!r} "
+                + (f"(merged {' + '.join(entry.merged)})" if entry.merged else "(inserted)")
+                + (f"; thresholds for {entry.thresholds_for!r}" if entry.thresholds_for else ""))
+    if not report.layers:
+        out.say("  no binary-weight layers")
+    payload: dict[str, Any] = {"prototxt": str(prototxt), "caffemodel": str(caffemodel),
+                               "report": report.to_dict(), "written": None, "verify": None}
+    verdicts: list[Any] = []
+
+    def check(text_temp: str, model_temp: str) -> None:
+        binarized = bnfuse.load(text_temp, model_temp)
+        binarized.prototxt_source = str(out_text)
+        checked = verify_binarized(
+            bnfuse.load(prototxt, caffemodel), binarized, conventions=report.conventions(),
+            plain=report.declared(), backend=args.backend, inputs=args.inputs, seed=args.seed,
+            rtol=args.rtol, atol=args.atol, progress=out.progress(), fallback="local",
+            max_memory=args.max_memory)
+        out.say(cli_words(checked.summary()))
+        verdicts.append(checked)
+        if not checked.passed:
+            raise _NotCommittedError
+
+    status = EXIT_OK
+    try:
+        result.save(out_text, out_model, thresholds=args.thresholds,
+                    check=check if args.verify else None)
+    except _NotCommittedError:
+        payload["verify"] = verdicts[0].to_dict()
+        status = EXIT_ERROR
+        print("error: verification failed: the binarized model's outputs differ from the "
+              f"original's binary semantics (first at blob {verdicts[0].first_divergence!r}); "
+              "nothing was written", file=sys.stderr)
+    else:
+        if verdicts:
+            payload["verify"] = verdicts[0].to_dict()
+        written = [str(out_text), str(out_model), *([str(args.thresholds)]
+                                                    if args.thresholds else [])]
+        payload["written"] = written
+        for path in written:
+            out.say(f"wrote {path}")
+    if args.json:
+        _write_json(payload, args.json, [prototxt, caffemodel])
+    return status
+
+
 def _fold_pair(args: argparse.Namespace, shapes: dict[str, tuple[int, ...]] | None,
                original: tuple[Path, Path], folded_temp: tuple[str, str],
                shown: str | Path) -> tuple[Any, Any]:
@@ -671,6 +739,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fold_options(fold)
     _add_verify_options(fold)
     fold.set_defaults(handler=_cmd_fold)
+
+    binarize = commands.add_parser(
+        "binarize", help="binary-weight layers to +1/-1 weights, alpha into the next Scale",
+        description="Write the inference net of a binary-weight net in BVLC layers: each "
+                    "binary layer's weights become exactly +1/-1 and its per-channel alpha "
+                    "(with the fork's bias rule) is merged with the BatchNorm/Scale/Bias "
+                    "chain after it into one Scale. See docs/binary.md.")
+    binarize.add_argument("prototxt", help="the model definition")
+    binarize.add_argument("caffemodel", help="the trained (latent full-precision) weights")
+    binarize.add_argument("-o", "--output", metavar="OUT.prototxt", help="prototxt path")
+    binarize.add_argument("-w", "--weights", metavar="OUT.caffemodel", help="caffemodel path")
+    binarize.add_argument("--layers", nargs="+", metavar="NAME",
+                          help="plain Convolution/InnerProduct layers that were trained as "
+                               "binary (needs --convention)")
+    binarize.add_argument("--convention", choices=("kohuthonza", "zzqiuzz"),
+                          help="the sign and alpha rule of --layers and of BinaryConvolution "
+                               "layers that do not say which fork wrote them")
+    binarize.add_argument("--thresholds", metavar="OUT.npz",
+                          help="write per-channel sign thresholds for Signum/BinActiv layers")
+    binarize.add_argument("--verify", action="store_true",
+                          help="check the result against the original run with the fork's "
+                               "binary semantics; nothing is written if it differs")
+    binarize.add_argument("--json", metavar="REPORT.json", help="write the report as JSON")
+    binarize.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _add_verify_options(binarize)
+    binarize.set_defaults(handler=_cmd_binarize)
 
     inspect = commands.add_parser(
         "inspect", help="list layers, parameters and every fold opportunity or blocker",

@@ -787,6 +787,28 @@ class Net:
         layer._adopt(param, ())
         self._edited = True
 
+    def insert_layer_after(self, anchor: Layer,
+                           fields: Sequence[tuple[str, NewValue]]) -> Layer:
+        """Add a new top-level ``layer { fields }`` right after ``anchor`` and return it.
+
+        The new layer has no weights until :meth:`set_blobs`; on save it is a new record.
+        """
+        node = self._text(anchor, "insert_layer_after")
+        holder = node.parent
+        root = self.document.root
+        if not isinstance(holder, FieldNode) or holder.parent is not root:
+            raise BnfuseError(f"layer {anchor.name!r} is not a top-level 'layer' entry")
+        added = root.add("layer", list(fields), after=holder).value
+        assert isinstance(added, MessageNode)
+        param, unknown = _derive_param(added, self.prototxt_source)
+        layer = Layer(param, added, unknown_fields=unknown, source=self.prototxt_source)
+        object.__setattr__(layer, "_changed", True)
+        self._slots.insert(self._position[id(anchor)] + 1, layer)
+        self._position = {id(one): i for i, one in enumerate(self._slots) if one is not None}
+        self._view = None
+        self._edited = True
+        return layer
+
     def set_top(self, layer: Layer, index: int, blob: str) -> None:
         """Rename the ``index``-th top of ``layer``."""
         self._text(layer, "set_top").all("top")[_slot(layer, "top", index, "set_top")] \

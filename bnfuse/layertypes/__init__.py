@@ -134,6 +134,11 @@ SPECS: Mapping[str, LayerSpec] = _table(
     LayerSpec("Axpy", rule.axpy_shapes, None, "_axpy"),
     LayerSpec("Interp", rule.interp_shapes, None, "_interp"),
     LayerSpec("Upsample", rule.upsample_shapes, None, "_upsample"),
+    # Binary-weight forks (bnfuse.layertypes.binary): a BVLC counterpart's blobs and params.
+    LayerSpec("BinaryConvolution", rule.conv_shapes, rule.conv_weights, "_binary_convolution"),
+    LayerSpec("BinaryInnerProduct", rule.inner_product_shapes, rule.inner_product_weights,
+              "_binary_inner_product"),
+    _elementwise("Signum", "_signum"),
 )
 
 

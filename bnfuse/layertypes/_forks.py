@@ -556,6 +556,7 @@ OWN_GROUPS: Mapping[str, frozenset[str]] = {
     "Upsample": frozenset({"upsample_param"}),
     "ShuffleChannel": frozenset({"shuffle_channel_param"}),
     "Axpy": frozenset(),
+    "BinaryConvolution": frozenset({"binary_convolution_param"}),  # read by its forward
 }
 
 #: Types whose top shape is known only after the forward pass (Caffe reshapes the top

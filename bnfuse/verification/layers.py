@@ -62,6 +62,13 @@ from bnfuse.layertypes.geometry import (
     slice_layout,
 )
 from bnfuse.layertypes.shapes import layer_output_shapes, param_shapes, unsupported_type
+from bnfuse.verification._binarylayers import (
+    binary_layer_dialect,
+    binary_weights,
+    channel_vector,
+    sign_forward,
+    sign_zero_to,
+)
 from bnfuse.verification._forklayers import (
     axpy_forward,
     interp_forward,
@@ -714,6 +721,49 @@ def _upsample(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> l
             f"positions outside the {out_h}x{out_w} output; it is not the argmax mask of a "
             "pooling layer of this size")
     return [top]
+
+
+# --------------------------------------------------------------------------- binary weights
+
+
+def _binary_convolution(layer: LayerLike, bottoms: list[Array],
+                        dtype: np.dtype[Any]) -> list[Array]:
+    # The forks' rule (bnfuse.layertypes.binary): sign(W), alpha before or after the bias.
+    dialect = binary_layer_dialect(layer)
+    weights = layer_weights(layer, _shapes(bottoms[:1]), dtype)
+    bias = weights[1] if len(weights) > 1 else None
+    signs, alpha = binary_weights(weights[0], zero_to=dialect.zero_to)
+    tops = []
+    for x in bottoms:
+        g = conv_geometry(layer, x.shape)
+        _check_conv_work(layer, x.shape, g)
+        if dialect.alpha_after_bias:
+            y = conv_forward(x, signs, bias, g)
+            tops.append(y * channel_vector(alpha, y.ndim, g.axis))
+        else:
+            tops.append(conv_forward(x, signs * channel_vector(alpha, signs.ndim, 0), bias, g))
+    return tops
+
+
+def _binary_inner_product(layer: LayerLike, bottoms: list[Array],
+                          dtype: np.dtype[Any]) -> list[Array]:
+    dialect = binary_layer_dialect(layer)
+    ip = layer.param.inner_product_param
+    x = bottoms[0]
+    axis = canonical_axis(layer, int(ip.axis), x.ndim)
+    weights = layer_weights(layer, _shapes(bottoms), dtype)
+    signs, alpha = binary_weights(weights[0], zero_to=dialect.zero_to)
+    rows = x.reshape(count(x.shape, 0, axis), -1)
+    y = rows @ (signs if dialect.alpha_after_bias else signs * alpha[:, None]).T
+    if len(weights) > 1:
+        y += weights[1]
+    if dialect.alpha_after_bias:
+        y = y * alpha
+    return [y.reshape(*x.shape[:axis], int(ip.num_output))]
+
+
+def _signum(layer: LayerLike, bottoms: list[Array], dtype: np.dtype[Any]) -> list[Array]:
+    return [sign_forward(bottoms[0], sign_zero_to(layer))]
 
 
 # The registry names each type's forward function; resolved once, by name.

@@ -405,6 +405,8 @@ class _BlobFields:
     doubles: list[_Segment] = dataclasses.field(default_factory=list)
     raw: tuple[int, int] | None = None
     raw_type: int = 0  # proto2 default of NVIDIA's Type enum: its first value, DOUBLE
+    #: Field 10 as bytes: packed-bit weights (one bit per value), not NVIDIA's varint.
+    packed_bits: tuple[int, int] | None = None
 
 
 def _scan_blob(
@@ -428,6 +430,17 @@ def _scan_blob(
     dtype, encoding, segments = _blob_values(fields, field_start, where, layer)
     stored = sum(s.count for s in segments)
     count = math.prod(shape)
+    if fields.packed_bits is not None and stored == 0:
+        nbytes = fields.packed_bits[1] - fields.packed_bits[0]
+        raise _corrupt(
+            field_start,
+            f"{where}: the values are packed-bit weights ({nbytes} bytes in BlobProto field 10 "
+            f"for {count} values, one bit each, as the binarized models of "
+            "labiybafakh/caffe-Binarized-Weight-Networks store them), not float data",
+            layer=layer,
+            hint="bnfuse does not read packed-bit blobs: no published source states their bit "
+                 "order; export the float weights from the fork that wrote them",
+        )
     if stored != count:
         what = "none" if encoding == "none" else str(stored)
         raise _corrupt(
@@ -492,6 +505,8 @@ def _read_blob_fields(
             _scan_shape(view, vs, ve, fields.dims)
         elif number == B_RAW_TYPE and wire == WIRETYPE_VARINT:
             fields.raw_type = to_signed64(read_varint(view, vs, ve)[0])
+        elif number == B_RAW_TYPE and wire == WIRETYPE_LENGTH_DELIMITED:
+            fields.packed_bits = (vs, ve)
         elif number == B_RAW_DATA and wire == WIRETYPE_LENGTH_DELIMITED:
             fields.raw = (vs, ve)  # optional bytes: the last occurrence wins
         pos = ve
