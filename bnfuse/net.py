@@ -45,6 +45,7 @@ from bnfuse._checks import (
 )
 from bnfuse.errors import (
     BnfuseError,
+    InternalError,
     ModelMismatchError,
     OutputError,
     PrototxtSchemaError,
@@ -792,14 +793,26 @@ class Net:
         """Add a new top-level ``layer { fields }`` right after ``anchor`` and return it.
 
         The new layer has no weights until :meth:`set_blobs`; on save it is a new record.
+        Each insertion renumbers the layers after it (O(number of layers)): meant for a
+        few layers, as :func:`bnfuse.binarize` adds at most one per binary layer.
+
+        Example:
+            >>> import bnfuse
+            >>> net = bnfuse.load(b'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }')
+            >>> s = net.insert_layer_after(net.layer("r"), [
+            ...     ("name", "s"), ("type", "Scale"), ("bottom", "y"), ("top", "z")])
+            >>> [(layer.name, layer.type) for layer in net.layers]
+            [('r', 'ReLU'), ('s', 'Scale')]
         """
         node = self._text(anchor, "insert_layer_after")
         holder = node.parent
         root = self.document.root
         if not isinstance(holder, FieldNode) or holder.parent is not root:
-            raise BnfuseError(f"layer {anchor.name!r} is not a top-level 'layer' entry")
+            raise BnfuseError(f"Net.insert_layer_after: layer {excerpt(anchor.name)} is not a "
+                              "top-level 'layer' entry")
         added = root.add("layer", list(fields), after=holder).value
-        assert isinstance(added, MessageNode)
+        if not isinstance(added, MessageNode):
+            raise InternalError("Net.insert_layer_after: the new layer's text is not a message")
         param, unknown = _derive_param(added, self.prototxt_source)
         layer = Layer(param, added, unknown_fields=unknown, source=self.prototxt_source)
         object.__setattr__(layer, "_changed", True)
