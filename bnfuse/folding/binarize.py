@@ -42,6 +42,7 @@ from bnfuse.folding.arith import (
     affine_to_scale_blobs,
     compose,
 )
+from bnfuse.folding.rewrite import chain_to_scale
 from bnfuse.folding.variants import dialect_affine
 from bnfuse.io.atomic import atomic_write
 from bnfuse.layertypes.batchnorm import NORM_TYPES, detect_layer
@@ -309,20 +310,7 @@ def _binarize_one(net: Net, layer: Layer, convention: str | None,
             ("bottom", source), ("top", last_top), ("scale_param", [("bias_term", True)])])
     entry.alpha_into = keeper.name
     net.set_blobs(keeper, [scale, shift])
-    if keeper.type != "Scale":
-        for name in ("batch_norm_param", "bn_param"):
-            net.clear_field(keeper, name)
-        net.set_type(keeper, "Scale")
-        net.set_param_spec_count(keeper, 2)
-    if not keeper.param.scale_param.bias_term:
-        net.set_field(keeper, ("scale_param", "bias_term"), True)
-    if keeper.bottoms[0] != source:
-        net.set_bottom(keeper, 0, source)
-    if keeper.tops[0] != last_top:
-        net.set_top(keeper, 0, last_top)
-    for link in chain:
-        if link is not keeper:
-            net.remove_layer(link)
+    chain_to_scale(net, chain, keeper, source, last_top)
     readers = [r for r in _readers(net, last_top) if r is not keeper and r is not layer]
     if readers and readers[0].type in SIGN_ACTIVATIONS:
         act = SIGN_ACTIVATIONS[readers[0].type]

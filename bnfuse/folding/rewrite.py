@@ -39,7 +39,7 @@ from bnfuse.folding.planner import (
 )
 from bnfuse.net import CONV_TYPES, Layer, Net
 
-__all__ = ["Edit", "apply", "commit", "prepare"]
+__all__ = ["Edit", "apply", "chain_to_scale", "commit", "prepare"]
 
 Arrays = list[np.ndarray]
 Op = Callable[[Net], None]
@@ -168,23 +168,32 @@ def _merge_to_scale(overlay: _Overlay, edit: Edit) -> None:
     last_top = chain[-1].tops[0]
 
     def rewire(net: Net) -> None:
-        if keeper.type != "Scale":
-            # A BatchNorm dialect with no Scale after it becomes the Scale itself.
-            for name in ("batch_norm_param", "bn_param"):
-                net.clear_field(keeper, name)
-            net.set_type(keeper, "Scale")
-            net.set_param_spec_count(keeper, 2)
-        if not keeper.param.scale_param.bias_term:
-            net.set_field(keeper, ("scale_param", "bias_term"), True)
-        if keeper.bottoms[0] != source:
-            net.set_bottom(keeper, 0, source)
-        if keeper.tops[0] != last_top:
-            net.set_top(keeper, 0, last_top)
-        for layer in chain:
-            if layer is not keeper:
-                net.remove_layer(layer)
+        chain_to_scale(net, chain, keeper, source, last_top)
 
     edit.ops.append(rewire)
+
+
+def chain_to_scale(net: Net, chain: Sequence[Layer], keeper: Layer, source: str,
+                   last_top: str) -> None:
+    """Make ``keeper`` the one Scale (with bias) of ``chain`` from ``source`` to
+    ``last_top``, and remove the chain's other layers; its blobs are set by the caller.
+
+    A BatchNorm dialect with no Scale after it becomes the Scale itself.
+    """
+    if keeper.type != "Scale":
+        for name in ("batch_norm_param", "bn_param"):
+            net.clear_field(keeper, name)
+        net.set_type(keeper, "Scale")
+        net.set_param_spec_count(keeper, 2)
+    if not keeper.param.scale_param.bias_term:
+        net.set_field(keeper, ("scale_param", "bias_term"), True)
+    if keeper.bottoms[0] != source:
+        net.set_bottom(keeper, 0, source)
+    if keeper.tops[0] != last_top:
+        net.set_top(keeper, 0, last_top)
+    for layer in chain:
+        if layer is not keeper:
+            net.remove_layer(layer)
 
 
 _PREPARE: Mapping[str, Callable[[_Overlay, Edit], None]] = {
