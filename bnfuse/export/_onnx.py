@@ -86,7 +86,7 @@ from bnfuse.layertypes.geometry import (
     slice_layout,
 )
 from bnfuse.layertypes.shapes import input_layer_shapes, is_input_layer, layer_output_shapes
-from bnfuse.verification._forklayers import _source_positions as source_positions
+from bnfuse.verification._forklayers import source_positions
 from bnfuse.verification._ssd import prior_box_forward
 from bnfuse.verification.layers import layer_weights
 from bnfuse.verification.norms import norm_dialect

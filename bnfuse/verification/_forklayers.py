@@ -70,9 +70,16 @@ def axpy_forward(a: Array, x: Array, y: Array) -> Array:
     return out
 
 
-def _source_positions(size_in: int, size_out: int, dtype: np.dtype[Any]) -> tuple[Array, ...]:
+def source_positions(size_in: int, size_out: int, dtype: np.dtype[Any]) -> tuple[Array, ...]:
     """Per output index: the source index, the step to the next one (0 at the edge), and
-    the two weights, as the fork derives them from a float32 ratio."""
+    the two weights, as the fork derives them from a float32 ratio (the ONNX export of
+    Interp asks the same rule).
+
+    Example:
+        >>> index, step, near, far = source_positions(2, 3, np.dtype(np.float32))
+        >>> index.tolist(), step.tolist(), far.tolist()
+        ([0, 0, 1], [1, 1, 0], [0.0, 0.5, 0.0])
+    """
     ratio = _F4(_F4(size_in - 1) / _F4(size_out - 1)) if size_out > 1 else _F4(0)
     real = ratio * np.arange(size_out, dtype=_F4)
     index = real.astype(np.int64)  # C's float -> int conversion truncates
@@ -94,8 +101,8 @@ def interp_forward(x: Array, g: InterpGeometry) -> Array:
     window = x[:, :, b : b + g.in_h, b : b + g.in_w]
     if (g.in_h, g.in_w) == (g.out_h, g.out_w):
         return np.ascontiguousarray(window)
-    rows, row_step, h0, h1 = _source_positions(g.in_h, g.out_h, x.dtype)
-    cols, col_step, w0, w1 = _source_positions(g.in_w, g.out_w, x.dtype)
+    rows, row_step, h0, h1 = source_positions(g.in_h, g.out_h, x.dtype)
+    cols, col_step, w0, w1 = source_positions(g.in_w, g.out_w, x.dtype)
     top, bottom = window[:, :, rows], window[:, :, rows + row_step]
     h0, h1 = h0[:, None], h1[:, None]
     # The fork's expression, in its order: h0 * (w0 * a + w1 * b) + h1 * (w0 * c + w1 * d).
@@ -140,4 +147,5 @@ def nearest_upsample_forward(x: Array, scale: int) -> Array:
     return np.repeat(np.repeat(x, scale, axis=2), scale, axis=3)
 
 
-__all__ = ["interp_forward", "nearest_upsample_forward", "relu6_forward", "unpool_forward"]
+__all__ = ["interp_forward", "nearest_upsample_forward", "relu6_forward", "source_positions",
+           "unpool_forward"]

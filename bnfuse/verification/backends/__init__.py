@@ -201,6 +201,19 @@ def python_layers(net: Net) -> list[str]:
     return [layer.name for layer in net.layers if layer.type == "Python"]
 
 
+def require_float32(backend: str, dtype: npt.DTypeLike) -> None:
+    """Refuse a working dtype other than float32 for a runtime that has no other.
+
+    Example:
+        >>> require_float32("opencv", np.float64)
+        Traceback (most recent call last):
+        ...
+        bnfuse.errors.BnfuseError: the opencv backend computes in float32 only, not float64
+    """
+    if np.dtype(dtype) != np.dtype(np.float32):
+        raise BnfuseError(f"the {backend} backend computes in float32 only, not {np.dtype(dtype)}")
+
+
 __all__ = [
     "BACKENDS",
     "BackendRun",
@@ -211,4 +224,5 @@ __all__ = [
     "get_backend",
     "net_files",
     "python_layers",
+    "require_float32",
 ]

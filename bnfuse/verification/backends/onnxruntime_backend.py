@@ -33,7 +33,13 @@ import numpy.typing as npt
 
 from bnfuse.errors import BackendUnavailableError, BnfuseError
 from bnfuse.io.guard import deferred_signals
-from bnfuse.verification.backends import NetOrPaths, Progress, as_net, python_layers
+from bnfuse.verification.backends import (
+    NetOrPaths,
+    Progress,
+    as_net,
+    python_layers,
+    require_float32,
+)
 
 NAME = "onnxruntime"
 
@@ -110,9 +116,7 @@ def run(
     from bnfuse.verification.inputs import input_layer_shapes, seeded_inputs
 
     del allow_python_layers
-    if np.dtype(dtype) != np.dtype(np.float32):
-        raise BnfuseError(f"the onnxruntime backend computes in float32 only, not "
-                          f"{np.dtype(dtype)}")
+    require_float32(NAME, dtype)
     import_onnxruntime()
     net = as_net(net_or_paths)
     if python_layers(net):

@@ -53,7 +53,13 @@ import numpy.typing as npt
 from bnfuse._text import escape_user_text, quote_user_text
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
 from bnfuse.layertypes.shapes import is_input_layer
-from bnfuse.verification.backends import NetOrPaths, Progress, as_net, net_files
+from bnfuse.verification.backends import (
+    NetOrPaths,
+    Progress,
+    as_net,
+    net_files,
+    require_float32,
+)
 
 NAME = "opencv"
 
@@ -161,8 +167,7 @@ def run(
     from bnfuse.layertypes.shapes import infer_shapes
 
     del allow_python_layers
-    if np.dtype(dtype) != np.dtype(np.float32):
-        raise BnfuseError(f"the opencv backend computes in float32 only, not {np.dtype(dtype)}")
+    require_float32(NAME, dtype)
     cv2 = import_cv2()
     net = as_net(net_or_paths)
     for layer in net.layers:

@@ -46,7 +46,15 @@ import numpy.typing as npt
 
 import bnfuse
 from bnfuse.errors import BackendUnavailableError, BnfuseError, UnsupportedLayerError
-from bnfuse.verification.backends import NetOrPaths, Progress, as_net, declared_blobs, net_files
+from bnfuse.verification.backends import (
+    NetOrPaths,
+    Progress,
+    as_net,
+    declared_blobs,
+    net_files,
+    python_layers,
+    require_float32,
+)
 
 NAME = "pycaffe"
 
@@ -143,10 +151,9 @@ def run(
         Traceback (most recent call last):
         bnfuse.errors.UnsupportedLayerError: <prototxt bytes>: Python layer 'py' would import ...
     """
-    if np.dtype(dtype) != np.dtype(np.float32):
-        raise BnfuseError(f"the pycaffe backend computes in float32 only, not {np.dtype(dtype)}")
+    require_float32(NAME, dtype)
     net = as_net(net_or_paths)
-    python = [layer.name for layer in net.layers if layer.type == "Python"]
+    python = python_layers(net)
     if python and not allow_python_layers:
         raise UnsupportedLayerError(
             f"{net.prototxt_source}: Python layer {python[0]!r} would import and run code named "
