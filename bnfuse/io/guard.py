@@ -518,8 +518,13 @@ def deferred_signals() -> Iterator[None]:
     if mask is None:
         yield
         return
-    previous = mask(signal.SIG_BLOCK, _DEFERRED)
+    # Python runs a pending handler inside pthread_sigmask, after the mask changed: the
+    # mask is read first (a handler raising there changed nothing) and blocked inside
+    # the try, so that an Interrupted raised as the signals get blocked still unblocks
+    # them (else the default action that ends the process stays pending for ever).
+    previous = mask(signal.SIG_BLOCK, ())
     try:
+        mask(signal.SIG_BLOCK, _DEFERRED)
         yield
     finally:
         mask(signal.SIG_SETMASK, previous)
